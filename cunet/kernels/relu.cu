@@ -1,0 +1,32 @@
+/*
+ * ReLU, forward and backward: y = max(x, 0); dx = dy where y > 0, else 0.
+ *
+ * The simplest op family, and the template every other kernel file follows.
+ *
+ * Work mapping: a 1-D grid over the flat tensor, one element per thread; blocks of
+ * RELU_BLOCK threads, the grid rounded up and every thread bounds-checked (rule 5).
+ * Memory traffic per element: forward reads 4 B and writes 4 B; backward reads 8 B
+ * (y and dy) and writes 4 B. Pure bandwidth: on an A100 (1.5 TB/s) a 572x572x64
+ * activation map (84 MB round trip) takes about 55 us. In the U-Net, ReLU is fused
+ * into the convolution epilogue; this stand-alone kernel is for the unfused path.
+ *
+ * The backward takes the forward's *output* y, not its input: y > 0 exactly where
+ * x > 0, so the input need not be kept alive for the backward pass.
+ */
+
+KERNEL void relu_forward(GLOBAL const float* RESTRICT x, GLOBAL float* RESTRICT y, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        y[i] = fmaxf(x[i], 0.0f);
+    }
+}
+
+KERNEL void relu_backward(GLOBAL const float* RESTRICT y, GLOBAL const float* RESTRICT dy,
+                          GLOBAL float* RESTRICT dx, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    }
+}

@@ -1,0 +1,10 @@
+"""The U-Net's ops, one module per family: checks, CPU path, and shared launch code.
+
+Importing this package declares every kernel module, which is how the compile check
+(``python -m cunet.kernels check``) finds them all.
+"""
+from .random import philox_bits
+from .relu import relu_backward, relu_forward
+from .sgd import sgd_momentum_update
+
+__all__ = ["philox_bits", "relu_forward", "relu_backward", "sgd_momentum_update"]

@@ -1,0 +1,57 @@
+"""SGD with momentum: the fused in-place parameter update, on every device.
+
+Caffe's convention (the U-Net paper trained with Caffe):
+
+    v <- momentum * v - lr * (g + weight_decay * p)
+    p <- p + v
+
+``param`` and ``velocity`` are updated in place; ``grad`` is only read.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from cunet.kernels import kernel_module
+
+from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, grid_1d
+
+SGD_CU = kernel_module("sgd.cu", threads=256)
+
+
+@njit(cache=True)
+def momentum_step(p, v, g, lr, momentum, weight_decay):
+    """One element's update: returns (new p, new v)."""
+    v = momentum * v - lr * (g + weight_decay * p)
+    return p + v, v
+
+
+@njit(parallel=True, cache=True)
+def _sgd_cpu(param, velocity, grad, lr, momentum, weight_decay):
+    for i in prange(param.size):
+        param[i], velocity[i] = momentum_step(param[i], velocity[i], grad[i], lr, momentum, weight_decay)
+
+
+def sgd_momentum_update(param, velocity, grad, lr: float, momentum: float, weight_decay: float = 0.0) -> None:
+    """Update ``param`` and ``velocity`` in place from ``grad``; any shape, all three alike."""
+    op = "sgd_momentum_update"
+    for name, a in (("param", param), ("velocity", velocity), ("grad", grad)):
+        check_float_array(op, name, a)
+    check_same_shape(op, param=param, velocity=velocity, grad=grad)
+    check_same_dtype(op, param=param, velocity=velocity, grad=grad)
+    runtime = check_same_device(op, param=param, velocity=velocity, grad=grad)
+    if not (lr >= 0 and 0 <= momentum < 1 and weight_decay >= 0):
+        raise ValueError(f"{op}: need lr >= 0, 0 <= momentum < 1, weight_decay >= 0; got {lr}, {momentum}, {weight_decay}")
+    if runtime is None:
+        scalar = param.dtype.type  # do the arithmetic in the parameters' precision
+        _sgd_cpu(param.reshape(-1), velocity.reshape(-1), grad.reshape(-1), scalar(lr), scalar(momentum), scalar(weight_decay))
+        return
+    grid, block = grid_1d(param.size, SGD_CU.threads)
+    scalars = (np.float32(lr), np.float32(momentum), np.float32(weight_decay), np.int32(param.size))
+    if runtime.use_numba_kernels:
+        from .numba_cuda import sgd as numba_sgd
+
+        flat = tuple(a.reshape(-1) for a in (param, velocity, grad))
+        runtime.launch_numba(numba_sgd.sgd_momentum_update, grid, block, flat + scalars)
+    else:
+        runtime.launch(SGD_CU, "sgd_momentum_update", grid, block, (param, velocity, grad) + scalars)

@@ -1,0 +1,38 @@
+"""Helpers for the kernel tests: running code under Oclgrind and the Numba CUDA simulator."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+
+# Words Oclgrind writes at the head of each report: invalid reads/writes, data races,
+# uninitialised accesses, barrier divergence, and its generic error messages.
+OCLGRIND_ERROR_WORDS = ("Invalid", "race", "error", "Error", "divergence", "Uninitialized")
+
+
+def run_under_oclgrind(test_module: str, case: str, tmp_path: Path, timeout: float = 240) -> str:
+    """Run ``case(device)`` from ``tests/<test_module>.py`` on Oclgrind; return its log.
+
+    Oclgrind reads its settings from the environment when it loads, so the case runs in
+    a fresh interpreter with race detection on and the reports sent to a file.
+    """
+    log = tmp_path / f"oclgrind-{case}.log"
+    env = dict(os.environ, OCLGRIND_DATA_RACES="1", OCLGRIND_LOG=str(log), PYTHONPATH=str(TESTS))
+    code = (
+        f"from cunet.device import get_device\nimport {test_module} as m\n"
+        f"m.{case}(get_device('opencl', opencl_platform='oclgrind'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    text = log.read_text() if log.exists() else ""
+    assert proc.returncode == 0, f"the case crashed under Oclgrind:\n{proc.stdout}\n{proc.stderr}\n{text}"
+    return text
+
+
+def assert_oclgrind_clean(log: str) -> None:
+    """Fail, quoting the report, if Oclgrind reported any error."""
+    flagged = [line for line in log.splitlines() if any(w in line for w in OCLGRIND_ERROR_WORDS)]
+    assert not flagged, "Oclgrind reported:\n" + log[:4000]

@@ -1,0 +1,80 @@
+"""The fused SGD-with-momentum update against a float64 reference, on cpu and PoCL, and under Oclgrind."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cunet.ops import sgd_momentum_update
+from helpers import assert_oclgrind_clean, run_under_oclgrind
+
+sizes = st.one_of(st.sampled_from([0, 1, 255, 256, 257, 4096]), st.integers(0, 3000))
+hyper = st.tuples(st.floats(0, 0.1), st.sampled_from([0.0, 0.9, 0.99]), st.sampled_from([0.0, 5e-4]))
+
+
+def sgd_reference(p, v, g, lr, momentum, weight_decay):
+    """Caffe's update in float64, element by element."""
+    p, v = p.astype(np.float64), v.astype(np.float64)
+    for i in range(p.size):
+        v[i] = momentum * v[i] - lr * (g[i] + weight_decay * p[i])
+        p[i] = p[i] + v[i]
+    return p, v
+
+
+@given(n=sizes, hp=hyper, steps=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_sgd_matches_reference(device, n, hp, steps, seed):
+    lr, momentum, wd = hp
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n).astype(np.float32)
+    v = (0.01 * rng.standard_normal(n)).astype(np.float32)
+    p_dev, v_dev = device.to_device(p), device.to_device(v)
+    p_ref, v_ref = p.astype(np.float64), v.astype(np.float64)
+    for _ in range(steps):
+        g = rng.standard_normal(n).astype(np.float32)
+        sgd_momentum_update(p_dev, v_dev, device.to_device(g), lr, momentum, wd)
+        p_ref, v_ref = sgd_reference(p_ref, v_ref, g, lr, momentum, wd)
+    # float32 arithmetic (a GPU may fuse multiply-adds): a few ulps of |p| ~ 1 per step.
+    np.testing.assert_allclose(device.to_host(p_dev), p_ref, rtol=1e-6, atol=3e-7 * steps)
+    np.testing.assert_allclose(device.to_host(v_dev), v_ref, rtol=1e-6, atol=3e-7 * steps)
+
+
+def test_sgd_float64_on_cpu_is_exact_to_double(rng):
+    p, v, g = (rng.standard_normal(50) for _ in range(3))
+    p_ref, v_ref = sgd_reference(p.copy(), v.copy(), g, 0.01, 0.99, 1e-3)
+    sgd_momentum_update(p, v, g, 0.01, 0.99, 1e-3)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-15)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-15)
+
+
+def test_sgd_matches_pytorch_convention_with_constant_lr(rng):
+    """Caffe's v' = m v - lr g; p += v' equals PyTorch's b' = m b + g; p -= lr b' (v = -lr b)."""
+    p = rng.standard_normal(20)
+    p_torch, b = p.copy(), np.zeros(20)
+    v = np.zeros(20)
+    for _ in range(5):
+        g = rng.standard_normal(20)
+        sgd_momentum_update(p, v, g, 0.05, 0.9)
+        b = 0.9 * b + g
+        p_torch = p_torch - 0.05 * b
+    np.testing.assert_allclose(p, p_torch, rtol=1e-12)
+
+
+def test_sgd_bad_input(device):
+    p = device.to_device(np.zeros(8, np.float32))
+    with pytest.raises(ValueError, match="sgd_momentum_update: shapes must match"):
+        sgd_momentum_update(p, device.to_device(np.zeros(8, np.float32)), device.to_device(np.zeros(7, np.float32)), 0.1, 0.9)
+    with pytest.raises(ValueError, match="0 <= momentum < 1"):
+        sgd_momentum_update(p, device.to_device(np.zeros(8, np.float32)), device.to_device(np.zeros(8, np.float32)), 0.1, 1.5)
+
+
+def oclgrind_case_sgd(device):
+    """Two updates over a ragged size."""
+    rng = np.random.default_rng(0)
+    p, v = device.to_device(rng.standard_normal(300).astype(np.float32)), device.zeros((300,))
+    for _ in range(2):
+        sgd_momentum_update(p, v, device.to_device(rng.standard_normal(300).astype(np.float32)), 0.01, 0.99, 5e-4)
+    device.to_host(p)
+
+
+@pytest.mark.oclgrind
+def test_sgd_under_oclgrind(tmp_path):
+    assert_oclgrind_clean(run_under_oclgrind("test_sgd", "oclgrind_case_sgd", tmp_path))
