@@ -1,0 +1,85 @@
+"""Checkpoints: everything a run needs to continue exactly, written atomically.
+
+One ``.npz`` file holds the weights (``param/<name>``), the momentum buffers
+(``velocity/<i>``) and a JSON document (``meta``) with the step, the configuration, the
+random-number state of the data sampler and the drop-out call counter, and the loss of
+the last step. It is written to a temporary file in the same folder, flushed to disk and
+renamed over the old one, so a crash at any moment leaves either the old checkpoint or
+the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "cunet-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, truncated, or does not fit the model."""
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns."""
+
+    params: dict[str, np.ndarray]
+    velocities: list[np.ndarray]
+    meta: dict
+
+    @property
+    def step(self) -> int:
+        """Training steps completed when it was written."""
+        return int(self.meta["step"])
+
+    @property
+    def config(self) -> dict:
+        """The run's configuration (model and training settings)."""
+        return self.meta["config"]
+
+
+def save_checkpoint(path, params: dict[str, np.ndarray], velocities: list[np.ndarray], meta: dict) -> Path:
+    """Write a checkpoint atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"param/{k}": v for k, v in params.items()}
+    arrays |= {f"velocity/{i}": v for i, v in enumerate(velocities)}
+    arrays["meta"] = np.frombuffer(json.dumps(dict(meta, format=FORMAT)).encode(), dtype=np.uint8)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint, or raise CheckpointError saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc})") from exc
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path} is not a cunet checkpoint (no 'meta' entry)")
+    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {meta.get('format')!r}; this cunet reads {FORMAT!r}")
+    params = {k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}
+    n_velocities = sum(k.startswith("velocity/") for k in arrays)
+    velocities = [arrays[f"velocity/{i}"] for i in range(n_velocities)]
+    return Checkpoint(params, velocities, meta)

@@ -1,0 +1,364 @@
+"""``python -m cunet.train``: train the U-Net, on the synthetic EM data or on yours.
+
+    python -m cunet.train                          # defaults for this machine (says what it chose)
+    python -m cunet.train --data ../shared/data/isbi2012 --steps 2000
+    python -m cunet.train --resume runs/unet/checkpoint.npz --steps 4000
+
+Each step draws ``--batch`` random augmented tiles (cunet.data.TrainingSampler), runs the
+forward pass, the weighted cross-entropy, the backward pass and one SGD-with-momentum
+update. Every step is logged to ``<out>/log.jsonl``; ``<out>/checkpoint.npz`` is written
+atomically every ``--checkpoint-every`` steps, at the end, and on Ctrl-C; ``--resume``
+continues a run exactly (on ``cpu``, bit for bit). Validation metrics on held-out images
+are printed before training, every ``--val-every`` steps and at the end, and the loss
+curve is saved as ``<out>/loss.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cunet.autograd import Tensor
+from cunet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cunet.data import TrainingSampler, load_dataset, make_split, make_synthetic
+from cunet.device import DEVICE_NAMES, Device, DeviceUnavailableError, get_device
+from cunet.loss import weighted_cross_entropy
+from cunet.metrics import basic_metrics
+from cunet.optim import SGD
+from cunet.predict import predict_probabilities
+from cunet.unet import InvalidSizeError, UNet, check_input_size, output_size
+
+# The paper's network and optimiser: what a GPU runs by default.
+PAPER = dict(tile=572, base=64, depth=5, steps=2000, lr=0.01)
+# A CPU-only machine gets a smaller network that trains visibly in about ten minutes on
+# two cores (see the README for the measurement behind these numbers).
+CPU_LAPTOP = dict(tile=252, base=16, depth=4, steps=300, lr=0.05)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in every checkpoint."""
+
+    tile: int
+    base: int
+    depth: int
+    steps: int
+    lr: float
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    batch: int = 1
+    seed: int = 0
+    dropout: float = 0.5
+    w0: float = 10.0
+    sigma: float = 5.0
+    data: str | None = None
+    synthetic_images: int = 10
+    val_fraction: float = 0.2
+    augment: bool = True
+    val_every: int = 0
+    checkpoint_every: int = 50
+    notes: list[str] = field(default_factory=list)
+
+
+# Settings a resumed run may change; everything else must match the checkpoint.
+RESUMABLE_OVERRIDES = {"steps", "val_every", "checkpoint_every"}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line. Options left unset get device-dependent defaults (see resolve_config)."""
+    p = argparse.ArgumentParser(prog="python -m cunet.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--device", choices=DEVICE_NAMES, default="auto", help="where to train (default auto: cuda if CuPy finds a GPU, else cpu)")
+    p.add_argument("--kernels", choices=("cuda", "numba"), default="cuda", help="on cuda: CUDA C kernels or the Numba alternates for memory-bound ops")
+    p.add_argument("--data", help="ISBI folder (train-volume.tif + train-labels.tif) or images/ + labels/ folder; default: synthetic EM data")
+    p.add_argument("--steps", type=int, help="total training steps (GPU default 2000; CPU default 300)")
+    p.add_argument("--tile", type=int, help="input tile size (GPU default 572; CPU default 252)")
+    p.add_argument("--base", type=int, help="channels of the first level (GPU default 64; CPU default 16)")
+    p.add_argument("--depth", type=int, help="levels (GPU default 5; CPU default 4)")
+    p.add_argument("--lr", type=float, help="learning rate (GPU default 0.01; CPU default 0.05)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.99, the paper's)")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
+    p.add_argument("--batch", type=int, help="tiles per step (default 1: the paper's one large tile)")
+    p.add_argument("--seed", type=int, help="seed for weights, data, augmentation and drop-out (default 0)")
+    p.add_argument("--dropout", type=float, help="drop-out probability at the end of the contracting path (default 0.5)")
+    p.add_argument("--w0", type=float, help="border weight w0 of the weight map (default 10)")
+    p.add_argument("--sigma", type=float, help="border width sigma of the weight map in pixels (default 5)")
+    p.add_argument("--val-every", type=int, help="validate every N steps (default: only before and after)")
+    p.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 50)")
+    p.add_argument("--out", help="output folder (default runs/<time>; with --resume the checkpoint's folder)")
+    p.add_argument("--resume", help="continue from this checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary lines")
+    return p.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
+    """Fill unset options: the paper's settings on a GPU, the laptop settings elsewhere; note why."""
+    defaults, why = (PAPER, "a GPU: the paper's network (572 tiles, base 64, depth 5)") if device.name == "cuda" else \
+        (CPU_LAPTOP, f"no GPU ({device.name}): a smaller U-Net that trains in about 10 minutes on 2 cores; "
+                     "pass --tile 572 --base 64 --depth 5 for the paper's network")
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+    notes = [f"defaults for {why}"] if any(getattr(args, k) is None for k in defaults) else []
+    extra = {k: getattr(args, k) for k in ("momentum", "weight_decay", "batch", "seed", "dropout", "w0", "sigma",
+                                           "val_every", "checkpoint_every", "data") if getattr(args, k) is not None}
+    config = TrainConfig(**chosen, **extra, notes=notes)
+    validate_config(config)
+    return config
+
+
+def validate_config(c: TrainConfig) -> None:
+    """Refuse settings that cannot work, saying what would."""
+    check_input_size(c.tile, c.depth)
+    for name in ("steps", "batch", "base"):
+        if getattr(c, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(c, name)}")
+    if not (c.lr > 0 and 0 <= c.momentum < 1 and c.weight_decay >= 0 and 0 <= c.dropout < 1):
+        raise ValueError(f"need lr > 0, 0 <= momentum < 1, weight decay >= 0, 0 <= dropout < 1; got "
+                         f"{c.lr}, {c.momentum}, {c.weight_decay}, {c.dropout}")
+
+
+@dataclass
+class Data:
+    """Training sampler and held-out validation images."""
+
+    sampler: TrainingSampler
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    description: str
+    split: dict
+
+
+def load_data(c: TrainConfig) -> Data:
+    """The synthetic data set (default) or the one at ``c.data``, split into train and validation."""
+    if c.data is None:
+        images, labels, instances = make_synthetic(c.synthetic_images, size=512, seed=c.seed)
+        source = f"synthetic EM data ({c.synthetic_images} images of 512x512, seed {c.seed})"
+    else:
+        dataset = load_dataset(c.data)
+        images, labels, instances, source = dataset.images, dataset.labels, None, f"{dataset.source} ({len(dataset)} slices)"
+    split = make_split(len(images), val_fraction=c.val_fraction, seed=c.seed)
+    out = output_size(c.tile, c.depth)
+    sampler = TrainingSampler(images[split.train], labels[split.train], in_size=c.tile, out_size=out,
+                              augment=c.augment, seed=c.seed,
+                              instances=None if instances is None else instances[split.train],
+                              weight_kwargs=dict(w0=c.w0, sigma=c.sigma))
+    description = f"{source}: {len(split.train)} for training, {len(split.val)} held out"
+    return Data(sampler, images[split.val], labels[split.val], description, json.loads(split.to_json()))
+
+
+def validate(model: UNet, data: Data, tile: int) -> dict[str, float]:
+    """Mean metrics over the held-out images (overlap-tile prediction of each whole image)."""
+    per_image = [basic_metrics(predict_probabilities(model, image, tile), label)
+                 for image, label in zip(data.val_images, data.val_labels)]
+    return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
+
+
+class StopRequest:
+    """The first Ctrl-C asks the loop to stop after the current step (and save); a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort)", file=sys.stderr)
+
+    def restore(self) -> None:
+        """Put the previous SIGINT handler back."""
+        signal.signal(signal.SIGINT, self._previous)
+
+
+class Run:
+    """One training run: model, optimiser, data, logs and checkpoints."""
+
+    def __init__(self, config: TrainConfig, device: Device, out: Path, quiet: bool = False):
+        self.config, self.device, self.out, self.quiet = config, device, out, quiet
+        self.model = UNet(1, 2, config.base, config.depth, config.dropout, seed=config.seed).to(device)
+        self.optimizer = SGD(self.model.parameters(), config.lr, config.momentum, config.weight_decay)
+        self.data = load_data(config)
+        self.step = 0
+        self.last_loss = None
+        out.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = out / "checkpoint.npz"
+
+    # ----------------------------------------------------------------- checkpoints
+    def save(self) -> Path:
+        """Write the checkpoint (atomically)."""
+        meta = dict(step=self.step, config=asdict(self.config), sampler=self.data.sampler.state(),
+                    dropout_calls=self.model.dropout.calls, loss=self.last_loss, split=self.data.split)
+        return save_checkpoint(self.checkpoint_path, self.model.state_dict(), self.optimizer.state_dict()["velocities"], meta)
+
+    def restore(self, path) -> None:
+        """Load weights, momentum, step and random state from a checkpoint of this configuration."""
+        ckpt = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(ckpt.params)
+            self.optimizer.load_state_dict(dict(lr=self.config.lr, momentum=self.config.momentum,
+                                                weight_decay=self.config.weight_decay, velocities=ckpt.velocities))
+        except ValueError as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from exc
+        self.data.sampler.set_state(ckpt.meta["sampler"])
+        self.model.dropout.calls = ckpt.meta["dropout_calls"]
+        self.step, self.last_loss = ckpt.step, ckpt.meta.get("loss")
+
+    # ----------------------------------------------------------------- training
+    def train_step(self) -> float:
+        """One SGD step on a fresh batch; returns the loss (before the update)."""
+        x, labels, weights = self.data.sampler.batch(self.config.batch)
+        logits = self.model(Tensor(self.device.to_device(x)))
+        loss = weighted_cross_entropy(logits, labels, self.device.to_device(weights))
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"the loss became {value} at step {self.step + 1}")
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return value
+
+    def log(self, record: dict) -> None:
+        """Append one JSON line to log.jsonl."""
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run(self) -> dict:
+        """Train until ``config.steps``; returns a summary dict. Raises NonFiniteLoss after saving nothing new."""
+        c = self.config
+        before = validate(self.model, self.data, c.tile)
+        self.log(dict(step=self.step, validation=before))
+        stop = StopRequest()
+        bar = None if self.quiet else _progress(self.step, c.steps)
+        try:
+            while self.step < c.steps and not stop.requested:
+                t0 = time.perf_counter()
+                self.last_loss = self.train_step()
+                self.device.synchronize()
+                seconds = time.perf_counter() - t0
+                self.step += 1
+                self.log(dict(step=self.step, loss=self.last_loss, lr=c.lr, seconds=seconds, images_per_s=c.batch / seconds))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{c.batch / seconds:.2f}")
+                    bar.update(1)
+                if c.val_every and self.step % c.val_every == 0 and self.step < c.steps:
+                    self.log(dict(step=self.step, validation=validate(self.model, self.data, c.tile)))
+                if self.step % c.checkpoint_every == 0:
+                    self.save()
+        finally:
+            stop.restore()
+            if bar is not None:
+                bar.close()
+        self.save()
+        after = validate(self.model, self.data, c.tile)
+        self.log(dict(step=self.step, validation=after))
+        plot_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
+        return dict(step=self.step, interrupted=stop.requested, before=before, after=after)
+
+
+def _progress(start: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+
+def plot_loss_curve(log_path: Path, png_path: Path) -> Path:
+    """Training loss (raw and a moving average) and validation pixel error, from log.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(log_path)]
+    steps = [r["step"] for r in records if "loss" in r]
+    losses = np.array([r["loss"] for r in records if "loss" in r])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(steps, losses, lw=0.6, alpha=0.4, label="loss per step")
+    if len(losses) >= 10:
+        k = max(5, len(losses) // 20)
+        ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode="valid"), lw=2, label=f"mean of {k} steps")
+    ax.set(xlabel="step", ylabel="weighted cross-entropy", title="cunet training")
+    val = [(r["step"], r["validation"]["pixel_error"]) for r in records if "validation" in r]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", color="tab:red", label="validation pixel error")
+        ax2.set_ylabel("validation pixel error", color="tab:red")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def config_for_resume(args: argparse.Namespace, checkpoint_path: str) -> TrainConfig:
+    """The checkpoint's configuration, with the few settings a resumed run may change."""
+    saved = TrainConfig(**load_checkpoint(checkpoint_path).config)
+    for key, value in vars(args).items():
+        if value is None or not hasattr(saved, key) or key == "notes":
+            continue
+        if key in RESUMABLE_OVERRIDES:
+            setattr(saved, key, value)
+        elif value != getattr(saved, key):
+            raise CheckpointError(f"--{key.replace('_', '-')} {value} differs from the checkpoint's {getattr(saved, key)}; "
+                                  f"a resumed run keeps its configuration (only --steps, --val-every, --checkpoint-every may change)")
+    return saved
+
+
+def _format_metrics(m: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+
+
+def main(argv=None) -> int:
+    """Entry point; returns the process exit code."""
+    args = parse_args(argv)
+    try:
+        device = get_device(args.device, kernels=args.kernels)
+        if args.resume:
+            config = config_for_resume(args, args.resume)
+            out = Path(args.out) if args.out else Path(args.resume).parent
+        else:
+            config = resolve_config(args, device)
+            out = Path(args.out) if args.out else Path("runs") / time.strftime("unet-%Y%m%d-%H%M%S")
+        run = Run(config, device, out, quiet=args.quiet)
+        if args.resume:
+            run.restore(args.resume)
+    except (DeviceUnavailableError, CheckpointError, InvalidSizeError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    c = config
+    print(f"device: {device.describe()}")
+    for note in c.notes:
+        print(f"chose {note}")
+    print(f"model: U-Net base {c.base}, depth {c.depth}, tile {c.tile} -> {output_size(c.tile, c.depth)}, "
+          f"{sum(p.data.size for p in run.model.parameters()) / 1e6:.2f} M parameters")
+    print(f"training: {c.steps} steps (from step {run.step}), batch {c.batch}, lr {c.lr}, momentum {c.momentum}, seed {c.seed}")
+    print(f"data: {run.data.description}")
+    print(f"output: {out}")
+    t0 = time.perf_counter()
+    try:
+        result = run.run()
+    except NonFiniteLoss as exc:
+        saved = f"{run.checkpoint_path} (step {load_checkpoint(run.checkpoint_path).step})" if run.checkpoint_path.exists() else "none yet"
+        print(f"error: {exc}; stopped without saving it. Last good checkpoint: {saved}. "
+              f"Try a lower --lr (now {c.lr}).", file=sys.stderr)
+        return 1
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"validation before: {_format_metrics(result['before'])}")
+    print(f"validation after:  {_format_metrics(result['after'])}")
+    state = "interrupted at" if result["interrupted"] else "finished"
+    print(f"{state} step {result['step']} in {minutes:.1f} min; checkpoint {run.checkpoint_path}; loss curve {out / 'loss.png'}")
+    return 130 if result["interrupted"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
