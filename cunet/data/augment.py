@@ -4,7 +4,7 @@ grey-value changes, with mirrored borders.
 The geometric part is written as **one coordinate map**: for every output pixel p we
 compute where in the source image it comes from,
 
-    s(p) = c_src + shift + R(angle) F (p - c_out) + D(p)
+    s(p) = c_src + shift + R(-angle) F (p - c_out) + D(p)
 
 with c_out the centre of the output grid, c_src the point of the source that lands
 there, F a diagonal flip (+-1 per axis), R a rotation and D the dense elastic
@@ -68,7 +68,7 @@ class GeometricTransform:
     """One draw of the geometric augmentation (see the module docstring's s(p))."""
 
     coarse: np.ndarray  # [2, g, g] displacement vectors (rows, cols) in px
-    angle: float = 0.0  # radians
+    angle: float = 0.0  # radians; positive turns the content counter-clockwise as displayed
     flip: tuple[bool, bool] = (False, False)  # (rows, cols)
     shift: tuple[float, float] = (0.0, 0.0)  # px (rows, cols)
 
@@ -148,8 +148,10 @@ def source_coordinates(transform: GeometricTransform, out_shape: tuple[int, int]
         q[0] = -q[0]
     if transform.flip[1]:
         q[1] = -q[1]
+    # Sampling the source at R(-angle) q turns the content by +angle: counter-clockwise
+    # as displayed (row axis down), the convention of np.rot90 and ndimage.rotate.
     cos, sin = np.cos(transform.angle), np.sin(transform.angle)
-    coords = np.stack([cos * q[0] - sin * q[1], sin * q[0] + cos * q[1]])
+    coords = np.stack([cos * q[0] + sin * q[1], -sin * q[0] + cos * q[1]])
     coords += coarse_to_dense(transform.coarse, out_shape)
     coords[0] += source_centre[0] + transform.shift[0]
     coords[1] += source_centre[1] + transform.shift[1]

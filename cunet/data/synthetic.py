@@ -12,7 +12,7 @@ which a *bad* model scores badly):
 * **Thin membranes (1-3 px) that are sometimes faint or broken.** The label marks
   pixels within t(x)/2 of a cell boundary (t varies smoothly across the image between
   1 and 3 px) and always separates neighbouring cells in the 4-connected sense. The
-  *image* draws each membrane with its own strength (a fifth are faint) times a smooth
+  *image* draws each membrane with its own strength (about a seventh are faint) times a smooth
   field that opens gaps: the network must close broken contours from context.
 * **Dark organelles that are not membranes.** Mitochondria-like ellipses with dark
   rims and striped interiors, solid dark blobs and clusters of small vesicles, as dark
@@ -99,12 +99,13 @@ def _pack_disks(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     placed so far wins, or the radius is dropped. Cells end up tightly packed because
     the power diagram later hands the gaps between disks to their neighbours.
     """
-    scale = size / 512.0
-    n_draw = int(900 * scale * scale) + 4
+    # Cell sizes are in pixels whatever the image size (a smaller image is a smaller field
+    # of view at the same magnification), so the number of disks scales with the area.
+    n_draw = int(900 * (size / 512.0) ** 2) + 4
     radii = np.exp(rng.normal(np.log(8.0), 0.45, n_draw))
     big = rng.random(n_draw) < 0.04
     radii[big] = rng.uniform(18.0, 40.0, big.sum())
-    radii = np.sort(np.clip(radii, 3.5, 45.0) * max(scale, 0.25))[::-1].copy()
+    radii = np.sort(np.clip(radii, 3.5, 45.0))[::-1].copy()
     # Centres may lie a little outside the image, so border cells are cut like real ones.
     tries = rng.random((n_draw, 24, 2)) * (size + 0.6 * radii[:, None, None]) - 0.3 * radii[:, None, None]
     keep = _place_disks(radii, tries)
@@ -224,14 +225,14 @@ def _cytoplasm(rng, cell) -> np.ndarray:
 def _membrane_darkness(rng, cell, neighbour, boundary_dist, thickness) -> np.ndarray:
     """How much each pixel is darkened by membrane, 0..0.85.
 
-    A Gaussian profile across the boundary, times a strength per pair of cells (one in
-    five faint), times a smooth field that drops to zero in places (broken membranes).
+    A Gaussian profile across the boundary, times a strength per pair of cells (about
+    one in seven faint), times a smooth field that drops to zero in places (broken membranes).
     """
     size = cell.shape[0]
     n_cells = int(max(cell.max(), neighbour.max())) + 1
     pair = np.minimum(cell, neighbour) * n_cells + np.maximum(cell, neighbour)
-    faint = rng.random(n_cells * n_cells) < 0.2
-    strength_table = np.where(faint, rng.uniform(0.15, 0.4, n_cells * n_cells), rng.uniform(0.7, 1.0, n_cells * n_cells))
+    faint = rng.random(n_cells * n_cells) < 0.15
+    strength_table = np.where(faint, rng.uniform(0.2, 0.45, n_cells * n_cells), rng.uniform(0.7, 1.0, n_cells * n_cells))
     gaps = np.clip((_smooth_noise(rng, size, 12) + 1.5) / 0.6, 0.0, 1.0)  # 0 in ~7% of the area
     profile = np.exp(-0.5 * (boundary_dist / (0.4 * thickness + 0.2)) ** 2)
     return 0.85 * strength_table[pair] * gaps * profile
