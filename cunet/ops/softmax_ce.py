@@ -1,0 +1,259 @@
+"""Weighted softmax cross-entropy, the U-Net's loss, on every device.
+
+    p_k(x)   = exp(z_k(x)) / sum_j exp(z_j(x))                   softmax over the K classes
+    loss     = (1 / (N*H*W)) * sum_x w(x) * -log p_{l(x)}(x)
+    dlogits  = grad_loss * w(x) * (p(x) - onehot(l(x))) / (N*H*W)
+
+for logits z [N, K, H, W], labels l [N, H, W] (class indices) and the weight map
+w [N, H, W] (class balance plus the paper's border term, made by cunet/data/weights.py).
+
+Normalisation: the loss is the MEAN over all N*H*W pixels of the batch of the weighted
+per-pixel loss (divided by the pixel count, not by the sum of the weights). So the
+gradient's size, and with it a good learning rate, does not change with the tile size;
+a summed loss would be N*H*W times larger, and so would its gradient.
+
+Numerically stable: log-sum-exp with the maximum subtracted (every exponent <= 0), so
+logits of any size give finite probabilities and losses. The forward returns the
+probabilities, which is all the backward needs (dlogits = scaled p - onehot).
+
+Checks, all before any launch: labels may be NumPy integer arrays (uint8, int32, int64,
+...) or int32 device arrays; they are validated on the host (a device array is copied
+back for it) and must lie in [0, K); weights must be finite and non-negative (device
+weights are copied back for the check, too: a few hundred kilobytes per step). Labels go
+to the kernels as int32.
+
+Determinism: the loss is summed in a fixed order everywhere. cpu: a float64 partial per
+image row, then np.sum over the rows. cuda/opencl: per-block tree sums, then one block
+adds the partials (kernels/softmax_ce.cu explains the two passes).
+
+cpu: Numba, parallel over rows (forward) or pixels (backward), in the input's precision
+(float32, or float64 for gradient checks). cuda/opencl: kernels/softmax_ce.cu; on cuda the
+Numba alternates (ops/numba_cuda/softmax_ce.py) run instead when the runtime asks. Both
+Numba paths call the per-pixel functions below.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from cunet.device import runtime_of
+from cunet.kernels import kernel_module
+
+from .common import check_float_array, check_same_device, check_same_dtype, grid_1d
+
+BLOCK = 256  # threads per block; a power of two (the tree reduction halves it)
+SOFTMAX_CE_CU = kernel_module("softmax_ce.cu", threads=BLOCK, SOFTMAX_CE_BLOCK=BLOCK)
+LAYOUT = "N, K, H, W"
+
+
+# --- per-pixel math, shared by the CPU loops and the Numba CUDA kernels -----------------
+# The arrays are flat. Pixel q = n*H*W + h*W + w of the batch; its class-k value sits at
+# pixel_offset(q) + k*H*W. Constants are np.float32 so float32 arithmetic stays float32 on
+# the GPU (a bare 1.0 is a float64 in Numba); with float64 inputs they widen exactly.
+# pixel_forward and pixel_backward are the only functions here that touch arrays; the
+# Numba CUDA module compiles their Python source as CUDA device functions (see there).
+@njit(cache=True)
+def pixel_offset(q, classes, plane):
+    """Flat index of [n, 0, h, w] for pixel q of the batch (plane = H*W)."""
+    n = q // plane
+    return n * classes * plane + (q - n * plane)
+
+
+@njit(cache=True)
+def softmax_step(m, s, v):
+    """Fold logit v into the running max m and sum s = sum_k exp(z_k - m) (online softmax)."""
+    if v > m:  # a new maximum: rescale the sum so far to it
+        return v, s * math.exp(m - v) + np.float32(1)
+    return m, s + math.exp(v - m)
+
+
+@njit(cache=True)
+def pixel_forward(logits, labels, weights, probs, q, classes, plane):
+    """Write pixel q's K probabilities; return its weighted loss w * -log p_label = w * ((m - z_l) + log s)."""
+    base = pixel_offset(q, classes, plane)
+    m, s = logits[base], np.float32(1)  # exp(z_0 - m) = 1 with m = z_0
+    for k in range(1, classes):
+        m, s = softmax_step(m, s, logits[base + k * plane])
+    inv_sum = np.float32(1) / s
+    for k in range(classes):
+        i = base + k * plane
+        probs[i] = math.exp(logits[i] - m) * inv_sum
+    z_label = logits[base + labels[q] * plane]
+    return weights[q] * ((m - z_label) + math.log(s))
+
+
+@njit(cache=True)
+def pixel_backward(probs, labels, weights, dlogits, q, classes, plane, scale):
+    """dlogits of pixel q: scale * w * (p_k - [k == label]), scale = grad_loss / (N*H*W)."""
+    base = pixel_offset(q, classes, plane)
+    label = labels[q]
+    g = scale * weights[q]
+    for k in range(classes):
+        i = base + k * plane
+        p = probs[i]
+        if k == label:
+            p = p - np.float32(1)  # one rounding (none for p >= 0.5), then one multiply
+        dlogits[i] = g * p
+
+
+# --- cpu ----------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def _forward_cpu(logits, labels, weights, probs, row_loss, classes, plane, width):
+    """Probabilities, and per image row (n, h) the float64 sum of its pixels' losses."""
+    for row in prange(row_loss.size):
+        acc = 0.0
+        for x in range(width):
+            acc += pixel_forward(logits, labels, weights, probs, row * width + x, classes, plane)
+        row_loss[row] = acc
+
+
+@njit(parallel=True, cache=True)
+def _backward_cpu(probs, labels, weights, dlogits, classes, plane, scale):
+    for q in prange(labels.size):
+        pixel_backward(probs, labels, weights, dlogits, q, classes, plane, scale)
+
+
+# --- checks (host side, before any launch) ----------------------------------------------
+def _check_pixel_shape(op: str, arg: str, a, expected: tuple, name: str, scores) -> None:
+    if tuple(a.shape) != expected:
+        raise ValueError(
+            f"{op}: {arg} must be [N, H, W] = {expected} to match {name} {tuple(scores.shape)} "
+            f"[{LAYOUT}], got shape {tuple(a.shape)}"
+        )
+
+
+def _check_labels(op: str, labels, runtime, expected: tuple, classes: int, name: str, scores):
+    """Validate the labels on the host; return them as int32 on the scores' device."""
+    if not (hasattr(labels, "shape") and hasattr(labels, "dtype")):
+        raise TypeError(f"{op}: labels must be an integer array, got {type(labels).__name__}")
+    on_device = runtime_of(labels) is not None
+    if on_device:
+        check_same_device(op, **{name: scores, "labels": labels})
+        if labels.dtype != np.int32 or not labels.flags.c_contiguous:
+            raise TypeError(f"{op}: device labels must be contiguous int32, got {labels.dtype}; "
+                            "or pass a NumPy integer array (uint8, int32, int64)")
+    elif labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{op}: labels has dtype {labels.dtype}; expected an integer dtype "
+                        "(uint8, int32, int64, ...) holding class indices")
+    _check_pixel_shape(op, "labels", labels, expected, name, scores)
+    host = runtime.to_host(labels) if on_device else np.asarray(labels)
+    bad = host[(host < 0) | (host >= classes)]
+    if bad.size:
+        values = np.unique(bad)
+        listing = ", ".join(str(v) for v in values[:8]) + (", ..." if values.size > 8 else "")
+        raise ValueError(f"{op}: labels must be class indices in [0, K) with K = {classes} ({name} axis 1); "
+                         f"{bad.size} pixel(s) hold values outside it: {listing}")
+    if on_device:
+        return labels
+    host = np.ascontiguousarray(host, np.int32)
+    return host if runtime is None else runtime.to_device(host)
+
+
+def _check_weight_values(op: str, weights, runtime) -> None:
+    host = weights if runtime is None else runtime.to_host(weights)
+    bad = ~(np.isfinite(host) & (host >= 0))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{op}: weights must be finite and non-negative; {int(bad.sum())} pixel(s) are not, "
+                         f"e.g. weights[{', '.join(map(str, first))}] = {host[first]}")
+
+
+def _check_loss_inputs(op: str, name: str, scores, labels, weights):
+    """Validate (logits or probs, labels, weights); return (runtime, labels as int32 on the device)."""
+    runtime = check_float_array(op, name, scores, 4, LAYOUT)
+    n, classes, h, w = scores.shape
+    if classes < 2:
+        raise ValueError(f"{op}: {name} needs K >= 2 classes on axis 1 of [{LAYOUT}], got shape {tuple(scores.shape)}")
+    if n * h * w == 0:
+        raise ValueError(f"{op}: {name} has no pixels (shape {tuple(scores.shape)}); the mean loss is undefined")
+    check_float_array(op, "weights", weights, 3, "N, H, W")
+    check_same_device(op, **{name: scores, "weights": weights})
+    check_same_dtype(op, **{name: scores, "weights": weights})
+    _check_pixel_shape(op, "weights", weights, (n, h, w), name, scores)
+    labels = _check_labels(op, labels, runtime, (n, h, w), classes, name, scores)
+    _check_weight_values(op, weights, runtime)
+    return runtime, labels
+
+
+# --- shared launch glue ---------------------------------------------------------------
+def softmax_ce_grid(pixels: int):
+    """(grid, block): one thread per pixel of the batch, BLOCK threads per block, rounded up."""
+    return grid_1d(pixels, BLOCK)
+
+
+def _forward_device(runtime, logits, labels, weights):
+    n, classes, h, w = logits.shape
+    pixels = n * h * w
+    probs, loss = runtime.empty(logits.shape), runtime.empty((1,))
+    grid, block = softmax_ce_grid(pixels)
+    partial = runtime.empty((grid[0],))  # one float per block of pass 1
+    sizes = (np.int32(pixels), np.int32(classes), np.int32(h * w))
+    sum_args = (partial, loss, np.int32(grid[0]), np.int32(pixels))
+    if runtime.use_numba_kernels:
+        from .numba_cuda import softmax_ce as numba_ce
+
+        flat = tuple(a.reshape(-1) for a in (logits, labels, weights, probs))
+        runtime.launch_numba(numba_ce.softmax_ce_forward, grid, block, flat + (partial,) + sizes)
+        runtime.launch_numba(numba_ce.softmax_ce_sum, (1, 1, 1), block, sum_args)
+    else:
+        runtime.launch(SOFTMAX_CE_CU, "softmax_ce_forward", grid, block, (logits, labels, weights, probs, partial) + sizes)
+        runtime.launch(SOFTMAX_CE_CU, "softmax_ce_sum", (1, 1, 1), block, sum_args)
+    return loss, probs
+
+
+def _backward_device(runtime, probs, labels, weights, scale):
+    n, classes, h, w = probs.shape
+    dlogits = runtime.empty(probs.shape)
+    grid, block = softmax_ce_grid(n * h * w)
+    scalars = (np.int32(n * h * w), np.int32(classes), np.int32(h * w), np.float32(scale))
+    if runtime.use_numba_kernels:
+        from .numba_cuda import softmax_ce as numba_ce
+
+        flat = tuple(a.reshape(-1) for a in (probs, labels, weights, dlogits))
+        runtime.launch_numba(numba_ce.softmax_ce_backward, grid, block, flat + scalars)
+    else:
+        runtime.launch(SOFTMAX_CE_CU, "softmax_ce_backward", grid, block, (probs, labels, weights, dlogits) + scalars)
+    return dlogits
+
+
+# --- public ops -----------------------------------------------------------------------
+def softmax_ce_forward(logits, labels, weights):
+    """(loss, probs) for logits [N, K, H, W], labels [N, H, W] in [0, K), weights [N, H, W] >= 0.
+
+    loss = mean over the N*H*W pixels of w(x) * -log softmax(logits)_{l(x)}(x): shape (1,),
+    the logits' dtype, on their device. probs = softmax over axis 1, like logits.
+    """
+    op = "softmax_ce_forward"
+    runtime, labels = _check_loss_inputs(op, "logits", logits, labels, weights)
+    if runtime is not None:
+        return _forward_device(runtime, logits, labels, weights)
+    n, classes, h, w = logits.shape
+    probs = np.empty_like(logits)
+    row_loss = np.empty(n * h, np.float64)  # one partial per image row: a fixed summation order
+    _forward_cpu(logits.reshape(-1), labels.reshape(-1), weights.reshape(-1), probs.reshape(-1),
+                 row_loss, classes, h * w, w)
+    return np.array([np.sum(row_loss) / (n * h * w)], logits.dtype), probs
+
+
+def softmax_ce_backward(probs, labels, weights, grad_loss: float = 1.0):
+    """dlogits [N, K, H, W] = grad_loss * w(x) * (probs - onehot(labels)) / (N*H*W).
+
+    ``probs`` is softmax_ce_forward's second output; ``grad_loss`` is dL/dloss (1 when the
+    loss is the objective itself).
+    """
+    op = "softmax_ce_backward"
+    if isinstance(grad_loss, (bool, np.bool_)) or not isinstance(grad_loss, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{op}: grad_loss must be a number, got {type(grad_loss).__name__}")
+    if not math.isfinite(grad_loss):
+        raise ValueError(f"{op}: grad_loss must be finite, got {grad_loss}")
+    runtime, labels = _check_loss_inputs(op, "probs", probs, labels, weights)
+    n, classes, h, w = probs.shape
+    scale = float(grad_loss) / (n * h * w)
+    if runtime is not None:
+        return _backward_device(runtime, probs, labels, weights, scale)
+    dlogits = np.empty_like(probs)
+    _backward_cpu(probs.reshape(-1), labels.reshape(-1), weights.reshape(-1), dlogits.reshape(-1),
+                  classes, h * w, probs.dtype.type(scale))
+    return dlogits

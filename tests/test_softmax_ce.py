@@ -1,0 +1,227 @@
+"""Weighted softmax cross-entropy against a naive float64 reference, on cpu and PoCL, and under Oclgrind.
+
+The reference loops over pixels and takes the log-sum-exp of each pixel's K logits in
+float64; the gradient reference writes w * (p - onehot) / (N*H*W) out per element; and a
+float64 finite-difference check ties the backward to the forward on the cpu path.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cunet.ops import softmax_ce_backward, softmax_ce_forward
+from cunet.ops.softmax_ce import BLOCK
+from helpers import assert_oclgrind_clean, run_under_oclgrind
+
+# Widths around the 256-pixel block (one row of a wide image spans blocks) and 1x1 images.
+widths = st.one_of(st.sampled_from([1, 2, 7, 255, 256, 257]), st.integers(1, 40))
+label_dtypes = st.sampled_from([np.uint8, np.int32, np.int64])
+
+
+def softmax_ce_reference(logits, labels, weights):
+    """(loss, probs) in float64, pixel by pixel: loss = mean over pixels of w * (lse - z_label)."""
+    z = logits.astype(np.float64)
+    n_images, classes, height, width = z.shape
+    probs, total = np.empty_like(z), 0.0
+    for n in range(n_images):
+        for h in range(height):
+            for w in range(width):
+                column = z[n, :, h, w]
+                m = column.max()
+                lse = m + np.log(np.sum(np.exp(column - m)))
+                probs[n, :, h, w] = np.exp(column - lse)
+                total += float(weights[n, h, w]) * (lse - column[labels[n, h, w]])
+    return total / (n_images * height * width), probs
+
+
+def grad_reference(probs, labels, weights, grad_loss):
+    """dlogits[n, k, h, w] = grad_loss * w * (p_k - [k == label]) / (N*H*W), element by element."""
+    p = probs.astype(np.float64)
+    n_images, classes, height, width = p.shape
+    out = np.empty_like(p)
+    for n, k, h, w in np.ndindex(p.shape):
+        onehot = 1.0 if labels[n, h, w] == k else 0.0
+        out[n, k, h, w] = grad_loss * float(weights[n, h, w]) * (p[n, k, h, w] - onehot) / (n_images * height * width)
+    return out
+
+
+def make_inputs(rng, shape, scale=1.0, label_dtype=np.int32):
+    """Logits ~ N(0, scale^2), labels uniform over the classes, weights in [0, 10) with some zeros."""
+    n, classes, h, w = shape
+    logits = (scale * rng.standard_normal(shape)).astype(np.float32)
+    labels = rng.integers(0, classes, (n, h, w)).astype(label_dtype)
+    weights = (10 * rng.random((n, h, w))).astype(np.float32)
+    weights[rng.random((n, h, w)) < 0.2] = 0
+    return logits, labels, weights
+
+
+@given(n=st.integers(1, 3), classes=st.integers(2, 5), h=st.integers(1, 4), w=widths,
+       scale=st.sampled_from([1.0, 10.0, 80.0]), label_dtype=label_dtypes, seed=st.integers(0, 2**32 - 1))
+def test_forward_matches_reference(device, n, classes, h, w, scale, label_dtype, seed):
+    logits, labels, weights = make_inputs(np.random.default_rng(seed), (n, classes, h, w), scale, label_dtype)
+    loss, probs = softmax_ce_forward(device.to_device(logits), labels, device.to_device(weights))
+    ref_loss, ref_probs = softmax_ce_reference(logits, labels, weights)
+    loss, probs = device.to_host(loss), device.to_host(probs)
+    assert loss.shape == (1,) and loss.dtype == np.float32 and probs.dtype == np.float32
+    assert np.all(np.isfinite(probs)) and np.isfinite(loss[0])
+    # Tolerances: float32 computes z - m with one rounding, up to ~8e-6 absolute for
+    # |z - m| ~ 160 (scale 80), and exp turns that into the same relative error in p;
+    # the loss is a float32 sum of non-negative terms (no cancellation): ~1e-6 relative.
+    np.testing.assert_allclose(probs, ref_probs, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(loss[0], ref_loss, rtol=1e-5, atol=1e-7)
+
+
+@given(n=st.integers(1, 3), classes=st.integers(2, 5), h=st.integers(1, 4), w=widths,
+       grad_loss=st.sampled_from([1.0, 0.5, -2.0]), seed=st.integers(0, 2**32 - 1))
+def test_backward_matches_reference(device, n, classes, h, w, grad_loss, seed):
+    logits, labels, weights = make_inputs(np.random.default_rng(seed), (n, classes, h, w), 3.0)
+    probs = softmax_ce_reference(logits, labels, weights)[1].astype(np.float32)
+    dlogits = device.to_host(softmax_ce_backward(device.to_device(probs), labels, device.to_device(weights), grad_loss))
+    # A few float32 roundings per element, no cancellation beyond p - 1 (one rounding).
+    # atol: probabilities below float32's normal range may be flushed to zero on a device.
+    np.testing.assert_allclose(dlogits, grad_reference(probs, labels, weights, grad_loss), rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("scale", [80.0, 1000.0])
+def test_extreme_logits_stay_finite(device, rng, scale):
+    logits, labels, weights = make_inputs(rng, (2, 3, 5, 6))
+    logits = np.where(rng.random(logits.shape) < 0.5, scale, -scale).astype(np.float32)  # exp(80) ~ 5e34
+    loss, probs = (device.to_host(a) for a in softmax_ce_forward(device.to_device(logits), labels, device.to_device(weights)))
+    ref_loss, ref_probs = softmax_ce_reference(logits, labels, weights)
+    assert np.all(np.isfinite(probs)) and np.isfinite(loss[0]) and loss[0] > 0
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs, ref_probs, atol=1e-6)
+    np.testing.assert_allclose(loss[0], ref_loss, rtol=1e-6)
+    dlogits = device.to_host(softmax_ce_backward(device.to_device(probs), labels, device.to_device(weights)))
+    assert np.all(np.isfinite(dlogits))
+
+
+def test_many_blocks_sum_in_two_passes(opencl_device, rng):
+    """More than BLOCK partials, so each thread of the second pass adds several (its stride loop)."""
+    shape = (1, 2, 257, 257)  # 66049 pixels: 259 blocks of 256
+    assert shape[2] * shape[3] > BLOCK * BLOCK
+    logits, labels, weights = make_inputs(rng, shape)
+    loss, _ = softmax_ce_forward(opencl_device.to_device(logits), labels, opencl_device.to_device(weights))
+    ref_loss, _ = softmax_ce_reference(logits, labels, weights)
+    np.testing.assert_allclose(opencl_device.to_host(loss)[0], ref_loss, rtol=1e-5)
+
+
+def test_loss_is_deterministic(device, rng):
+    logits, labels, weights = make_inputs(rng, (2, 3, 31, 29))  # several blocks
+    args = (device.to_device(logits), labels, device.to_device(weights))
+    first = device.to_host(softmax_ce_forward(*args)[0])
+    for _ in range(3):
+        np.testing.assert_array_equal(device.to_host(softmax_ce_forward(*args)[0]), first)
+
+
+def test_gradient_matches_finite_differences_float64(rng):
+    """Central differences of the float64 cpu loss against softmax_ce_backward, every logit."""
+    logits, labels, weights = make_inputs(rng, (2, 3, 3, 4), scale=2.0)
+    logits, weights = logits.astype(np.float64), weights.astype(np.float64)
+    grad_loss, eps = 1.7, 1e-6
+    loss, probs = softmax_ce_forward(logits, labels, weights)
+    assert loss.dtype == np.float64 and loss.shape == (1,)
+    dlogits = softmax_ce_backward(probs, labels, weights, grad_loss)
+    numeric = np.empty_like(logits)
+    for i in np.ndindex(logits.shape):
+        plus, minus = logits.copy(), logits.copy()
+        plus[i] += eps
+        minus[i] -= eps
+        numeric[i] = grad_loss * (softmax_ce_forward(plus, labels, weights)[0][0]
+                                  - softmax_ce_forward(minus, labels, weights)[0][0]) / (2 * eps)
+    # Central differences: truncation O(eps^2) ~ 1e-12, round-off ~ 1e-16 / eps ~ 1e-10.
+    np.testing.assert_allclose(dlogits, numeric, rtol=1e-6, atol=1e-9)
+    assert np.abs(dlogits).max() > 1e-3  # the check compared something
+
+
+def test_mean_normalisation(device):
+    """The loss is the mean over pixels: a uniform prediction over K classes costs w * log K per pixel."""
+    logits = np.zeros((2, 4, 3, 5), np.float32)
+    labels = np.zeros((2, 3, 5), np.uint8)
+    weights = np.full((2, 3, 5), 2.0, np.float32)
+    loss = device.to_host(softmax_ce_forward(device.to_device(logits), labels, device.to_device(weights))[0])
+    np.testing.assert_allclose(loss[0], 2.0 * np.log(4), rtol=1e-6)
+
+
+def test_device_labels_int32(opencl_device, rng):
+    logits, labels, weights = make_inputs(rng, (2, 3, 4, 5))
+    dev = opencl_device
+    from_host = dev.to_host(softmax_ce_forward(dev.to_device(logits), labels, dev.to_device(weights))[0])
+    from_device = dev.to_host(softmax_ce_forward(dev.to_device(logits), dev.to_device(labels), dev.to_device(weights))[0])
+    np.testing.assert_array_equal(from_device, from_host)
+    labels[0, 0, 0] = 3
+    with pytest.raises(ValueError, match="1 pixel"):
+        softmax_ce_forward(dev.to_device(logits), dev.to_device(labels), dev.to_device(weights))
+
+
+@pytest.fixture
+def refuse_launches(device, monkeypatch):
+    """Make any kernel launch (or the cpu loops) fail the test: errors must come before the first launch."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("work was launched before the inputs were validated")
+
+    import cunet.ops.softmax_ce as module
+
+    monkeypatch.setattr(module, "_forward_cpu", refuse)
+    monkeypatch.setattr(module, "_backward_cpu", refuse)
+    if device.runtime is not None:
+        monkeypatch.setattr(device.runtime, "launch", refuse)
+
+
+def test_bad_input(device, rng, refuse_launches):
+    logits, labels, weights = make_inputs(rng, (2, 3, 4, 5), label_dtype=np.uint8)
+    z, w = device.to_device(logits), device.to_device(weights)
+    fwd = softmax_ce_forward
+    bad = labels.copy()
+    bad[0, 0, :3] = [3, 255, 3]
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, K\) with K = 3.*3 pixel\(s\) hold values outside it: 3, 255"):
+        fwd(z, bad, w)
+    negative = labels.astype(np.int64)
+    negative[1, 2, 3] = -1
+    with pytest.raises(ValueError, match=r"softmax_ce_backward: labels .*1 pixel\(s\) hold values outside it: -1"):
+        softmax_ce_backward(z, negative, w)
+    with pytest.raises(TypeError, match="labels has dtype float32; expected an integer dtype"):
+        fwd(z, labels.astype(np.float32), w)
+    with pytest.raises(TypeError, match="labels has dtype bool"):
+        fwd(z, labels.astype(bool), w)
+    with pytest.raises(ValueError, match=r"labels must be \[N, H, W\] = \(2, 4, 5\) to match logits \(2, 3, 4, 5\)"):
+        fwd(z, labels[:, :3].copy(), w)
+    with pytest.raises(ValueError, match=r"weights must be \[N, H, W\] = \(2, 4, 5\)"):
+        fwd(z, labels, device.to_device(weights[:1].copy()))
+    negative_w = weights.copy()
+    negative_w[1, 0, 2] = -0.5
+    with pytest.raises(ValueError, match=r"weights must be finite and non-negative; 1 pixel\(s\) are not, e.g. weights\[1, 0, 2\] = -0.5"):
+        fwd(z, labels, device.to_device(negative_w))
+    with pytest.raises(ValueError, match="weights must be finite"):
+        fwd(z, labels, device.to_device(np.full_like(weights, np.nan)))
+    with pytest.raises(ValueError, match="needs K >= 2 classes"):
+        fwd(device.to_device(logits[:, :1].copy()), np.zeros((2, 4, 5), np.uint8), w)
+    with pytest.raises(ValueError, match=r"logits must be \[N, K, H, W\]"):
+        fwd(device.to_device(logits[0].copy()), labels, w)
+    with pytest.raises(ValueError, match="has no pixels"):
+        fwd(device.to_device(np.zeros((0, 3, 4, 5), np.float32)), labels[:0], device.to_device(weights[:0]))
+    with pytest.raises(TypeError, match="labels must be an integer array"):
+        fwd(z, labels.tolist(), w)
+    with pytest.raises(ValueError, match="grad_loss must be finite"):
+        softmax_ce_backward(z, labels, w, float("inf"))
+    if device.name == "cpu":
+        with pytest.raises(ValueError, match="dtypes must match"):
+            fwd(logits, labels, weights.astype(np.float64))
+    else:
+        with pytest.raises(TypeError, match="device labels must be contiguous int32"):
+            fwd(z, device.to_device(labels.astype(np.float32)), w)
+        with pytest.raises(ValueError, match="one device"):
+            fwd(z, labels, weights)
+
+
+def oclgrind_case_softmax_ce(device):
+    """Forward (both passes) and backward over 300 pixels: two blocks, the second mostly idle."""
+    logits, labels, weights = make_inputs(np.random.default_rng(0), (1, 3, 5, 60))
+    loss, probs = softmax_ce_forward(device.to_device(logits), labels, device.to_device(weights))
+    device.to_host(loss)
+    device.to_host(softmax_ce_backward(probs, labels, device.to_device(weights)))
+
+
+@pytest.mark.oclgrind
+def test_softmax_ce_under_oclgrind(tmp_path):
+    assert_oclgrind_clean(run_under_oclgrind("test_softmax_ce", "oclgrind_case_softmax_ce", tmp_path))
