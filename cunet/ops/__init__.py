@@ -3,6 +3,7 @@
 Importing this package declares every kernel module, which is how the compile check
 (``python -m cunet.kernels check``) finds them all.
 """
+from .conv2d import conv2d_backward_input, conv2d_backward_params, conv2d_forward
 from .crop_concat import crop_concat_backward, crop_concat_forward
 from .dropout import dropout_backward, dropout_forward, dropout_mask
 from .maxpool import maxpool2x2_backward, maxpool2x2_forward
@@ -12,6 +13,7 @@ from .sgd import sgd_momentum_update
 from .softmax_ce import softmax_ce_backward, softmax_ce_forward
 
 __all__ = [
+    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params",
     "philox_bits", "relu_forward", "relu_backward", "sgd_momentum_update",
     "maxpool2x2_forward", "maxpool2x2_backward",
     "crop_concat_forward", "crop_concat_backward",

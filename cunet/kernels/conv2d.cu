@@ -1,0 +1,368 @@
+/*
+ * 2-D convolution, stride 1, no padding ("valid"), as implicit GEMM: the heart of cunet.
+ *
+ * What is computed (NCHW, filter FILTER x FILTER, FILTER in {1, 3}; OH = H-F+1, OW = W-F+1):
+ *
+ *   forward          y[n,k,oh,ow] = b[k] + sum_{c,r,s} x[n,c,oh+r,ow+s] * w[k,c,r,s]
+ *                    (optionally max(., 0): the ReLU fused into the epilogue)
+ *   backward input   dx[n,c,h,w]  = sum_{k,r,s} dy[n,k,h-r,w-s] * w[k,c,r,s]
+ *                    with dy read as 0 outside [0,OH) x [0,OW): the "full" correlation of
+ *                    dy, zero-padded by F-1, with the flipped filter, written without
+ *                    ever building the padded dy or the flipped w
+ *   backward params  dw[k,c,r,s]  = sum_{n,oh,ow} dy[n,k,oh,ow] * x[n,c,oh+r,ow+s]
+ *                    db[k]        = sum_{n,oh,ow} dy[n,k,oh,ow]
+ *
+ * Each of the three is a matrix product C[M,N] = A[M,KG] * B[KG,N] whose operands are
+ * never stored: every element of A and B is a gather from x, dy or w, computed from its
+ * (row, column) index when the tile that needs it is loaded. CUTLASS calls this
+ * "implicit GEMM"; the big im2col matrix of the textbook method exists only one
+ * shared-memory tile at a time.
+ *
+ *   kernel                   M (rows)          N (columns)   KG (reduction)  A gathers  B gathers
+ *   conv2d_forward           batch*OH*OW       K             C*F*F           x          w
+ *   conv2d_backward_input    batch*H*W         C             K*F*F           dy         w
+ *   conv2d_backward_params   C*F*F + 1         K             batch*OH*OW     x (and 1)  dy
+ *
+ * The backward-params GEMM computes dw transposed, and its last row is the bias: a row of
+ * A that is 1 everywhere makes C[C*F*F, k] = sum_p dy[p,k] = db[k]. (The bias gradient is
+ * the weight gradient of a constant input channel.) Its reduction dimension is the long
+ * one (up to 325k pixels for a 572x572 tile), and M*N is small, so it is split: block z
+ * of the grid sums the pixels [z*chunk, (z+1)*chunk) into partial[z], and
+ * conv2d_sum_partials adds the partials in the order z = 0, 1, 2, ...: the same result
+ * on every run, with no atomics (prelude rule 6).
+ *
+ * Work mapping (the same for the three GEMMs; siboehm's "2-D block tiling")
+ * -------------------------------------------------------------------------
+ * A block of THREADS = (BM/TM) * (BN/TN) threads owns a BM x BN tile of C. It walks the
+ * reduction BK at a time: all threads gather a BK x BM slice of A and a BK x BN slice of B
+ * into shared memory, wait at a barrier, then each thread multiplies its own TM x TN
+ * sub-tile out of shared memory into registers (acc), and waits again before the next
+ * slice overwrites the tiles. A thread's TM rows are spread BM/TM apart (rows tx,
+ * tx + BM/TM, ...), and its TN columns BN/TN apart: neighbouring threads then read
+ * neighbouring shared-memory words (no bank conflicts) and write neighbouring outputs
+ * (coalesced stores). Tile sizes come in as -D defines; the host picks the tile shape by
+ * N (cunet/ops/conv2d.py: TILE_CONFIGS): 128x64 tiles with 8x8 per thread when N is
+ * large, 64x16 and 64x4 tiles when N = 16 or 2 would leave most of a 64-wide tile idle
+ * (K = 16 in the first layers at base 16, K = 2 in the last 1x1 layer).
+ *
+ * Why it is fast, in numbers (the 128x64x8, 8x8 tile): per BK = 8 slice a block loads
+ * (128 + 64) * 8 floats and does 128 * 64 * 8 multiply-adds: 43 FMAs per float loaded
+ * from global memory (an L1/L2 hit mostly: the 3x3 windows of neighbouring pixels
+ * overlap), against 1/9 of a float per FMA for a loop that reads its operands straight
+ * from global memory. Inside the block each thread reads TM + TN = 16 shared-memory
+ * words per 64 FMAs. A direct loop per output would read 2 floats per FMA.
+ *
+ * Arithmetic intensity of the whole op, forward, U-Net layer x[1,64,570,570] -> 64:
+ * 2*M*N*KG = 2 * 324900 * 64 * 576 = 24 GFLOP against (x + w + y) = 83 + 0.15 + 83 MB
+ * of compulsory traffic: about 145 FLOP per byte, well into the compute-bound regime
+ * of any GPU (an A100's ridge point is ~13 FLOP/B for fp32).
+ *
+ * Edges: M, N and KG need not be multiples of BM, BN, BK. Out-of-range elements of A and
+ * B are loaded as 0 (so they add nothing), and the epilogue stores only rows < M and
+ * columns < N. Every thread reaches both barriers of every iteration (rule 5).
+ */
+
+#if !defined(BM) || !defined(BN) || !defined(BK) || !defined(TM) || !defined(TN) || !defined(FILTER)
+#error "conv2d.cu needs -DBM -DBN -DBK -DTM -DTN (tile shape) and -DFILTER (1 or 3)"
+#endif
+
+/* Full unrolling of the tile loops keeps acc[] in registers on the GPU. PoCL and Oclgrind
+ * get the plain loops: unrolled and then replicated for every work-item of a group, the
+ * 8x8 tile took PoCL most of a minute to compile, and the tests run there. */
+#ifdef CUNET_CUDA
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL
+#endif
+
+#define THREADS_M (BM / TM)          /* threads along a tile's rows */
+#define THREADS_N (BN / TN)          /* threads along a tile's columns */
+#define THREADS (THREADS_M * THREADS_N)
+#define FF (FILTER * FILTER)
+
+/* Shared tiles are stored reduction-major: As[kk][m], Bs[kk][n], so the inner product
+ * reads rows. Loaders that walk the reduction index across neighbouring threads store
+ * down a column; padding each row by 32/BK words puts those stores in distinct banks. */
+#define SMEM_PAD (32 / BK)
+#define LDA (BM + SMEM_PAD)
+#define LDB (BN + SMEM_PAD)
+
+#if BM % TM || BN % TN || THREADS % BM || THREADS % BK || (BM * BK) % THREADS || (BN * BK) % THREADS
+#error "conv2d.cu: the tile shape must satisfy THREADS % BM == 0, THREADS % BK == 0 and BM*BK, BN*BK multiples of THREADS"
+#endif
+#define A_LOADS (BM * BK / THREADS)  /* elements of the A slice each thread gathers per step */
+#define B_LOADS (BN * BK / THREADS)
+
+/*
+ * The inner product of one BK-deep slice: acc[i][j] += As[kk][tx + i*THREADS_M] *
+ * Bs[kk][ty + j*THREADS_N]. TM + TN shared loads feed TM * TN FMAs.
+ */
+DEVICE void multiply_tiles(SHARED const float* As, SHARED const float* Bs, float* acc, int tx, int ty)
+{
+UNROLL
+    for (int kk = 0; kk < BK; ++kk) {
+        float a[TM], b[TN];
+UNROLL
+        for (int i = 0; i < TM; ++i) a[i] = As[kk * LDA + tx + i * THREADS_M];
+UNROLL
+        for (int j = 0; j < TN; ++j) b[j] = Bs[kk * LDB + ty + j * THREADS_N];
+UNROLL
+        for (int i = 0; i < TM; ++i) {
+UNROLL
+            for (int j = 0; j < TN; ++j) acc[i * TN + j] += a[i] * b[j];
+        }
+    }
+}
+
+DEVICE void zero_accumulators(float* acc)
+{
+UNROLL
+    for (int i = 0; i < TM * TN; ++i) acc[i] = 0.0f;
+}
+
+/*
+ * Forward: y = conv(x, w) + b, optionally ReLU. Grid (ceil(M/BM), ceil(K/BN)).
+ *
+ * A[m, kk] = x[n, c, oh+r, ow+s] with m = (n, oh, ow) and kk = (c, r, s). Each thread
+ * always gathers the same row m of A (m = t % BM, as THREADS is a multiple of BM), so
+ * it decodes m into a base offset once; per element it only decodes kk (divisions by
+ * the constants FF and FILTER: a multiply and a shift). Neighbouring threads read
+ * neighbouring ow: coalesced. B[kk, k] = w[k, kk]: neighbouring threads read
+ * neighbouring kk, i.e. consecutive floats of one filter.
+ */
+KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_forward(
+    GLOBAL const float* RESTRICT x, GLOBAL const float* RESTRICT w, GLOBAL const float* RESTRICT bias,
+    GLOBAL float* RESTRICT y, int batch, int C, int H, int W, int K, int relu)
+{
+    __shared__ float As[BK * LDA];
+    __shared__ float Bs[BK * LDB];
+    const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW;
+    const int M = batch * OHW, KG = C * FF;
+    const int t = threadIdx.x, tx = t % THREADS_M, ty = t / THREADS_M;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+
+    /* This thread's row of A, decoded once. */
+    const int a_row = t % BM, a_col = t / BM;
+    const int a_m = m0 + a_row;
+    const bool a_live = a_m < M;
+    int a_base = 0;
+    if (a_live) {
+        int n = a_m / OHW, p = a_m - n * OHW, oh = p / OW, ow = p - oh * OW;
+        a_base = n * C * H * W + oh * W + ow;
+    }
+    const int b_kk = t % BK, b_col = t / BK;
+
+    float acc[TM * TN];
+    zero_accumulators(acc);
+
+    for (int k0 = 0; k0 < KG; k0 += BK) {
+UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            int col = a_col + i * (THREADS / BM), kk = k0 + col;
+            float v = 0.0f;
+            if (a_live && kk < KG) {
+                int c = kk / FF, rs = kk - c * FF, r = rs / FILTER, s = rs - r * FILTER;
+                v = x[a_base + c * H * W + r * W + s];
+            }
+            As[col * LDA + a_row] = v;
+        }
+UNROLL
+        for (int i = 0; i < B_LOADS; ++i) {
+            int col = b_col + i * (THREADS / BK), k = n0 + col, kk = k0 + b_kk;
+            Bs[b_kk * LDB + col] = (k < K && kk < KG) ? w[k * KG + kk] : 0.0f;
+        }
+        __syncthreads();
+        multiply_tiles(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+
+    /* Epilogue: bias, optional ReLU, store. Row m = (n, p) goes to y[n, k, p]. */
+UNROLL
+    for (int i = 0; i < TM; ++i) {
+        int m = m0 + tx + i * THREADS_M;
+        if (m < M) {
+            int n = m / OHW, p = m - n * OHW;
+UNROLL
+            for (int j = 0; j < TN; ++j) {
+                int k = n0 + ty + j * THREADS_N;
+                if (k < K) {
+                    float v = acc[i * TN + j] + bias[k];
+                    y[(n * K + k) * OHW + p] = relu ? fmaxf(v, 0.0f) : v;
+                }
+            }
+        }
+    }
+}
+
+/*
+ * Backward input: dx = full correlation of dy with the flipped filter. Grid
+ * (ceil(batch*H*W / BM), ceil(C / BN)).
+ *
+ * A[m, kk] = dy[n, k, h-r, w-s] with m = (n, h, w), kk = (k, r, s), and 0 where h-r or
+ * w-s falls outside dy: that bounds test *is* the zero padding of F-1 on every side.
+ * B[kk, c] = w[k, c, r, s]. Output pixel (h, w) receives from dy[h-r, w-s] through tap
+ * (r, s), which is what correlating the padded dy with w[.., F-1-r, F-1-s] computes.
+ */
+KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_input(
+    GLOBAL const float* RESTRICT dy, GLOBAL const float* RESTRICT w, GLOBAL float* RESTRICT dx,
+    int batch, int C, int H, int W, int K)
+{
+    __shared__ float As[BK * LDA];
+    __shared__ float Bs[BK * LDB];
+    const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW, HW = H * W;
+    const int M = batch * HW, KG = K * FF;
+    const int t = threadIdx.x, tx = t % THREADS_M, ty = t / THREADS_M;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+
+    const int a_row = t % BM, a_col = t / BM;
+    const int a_m = m0 + a_row;
+    const bool a_live = a_m < M;
+    int a_base = 0, a_h = 0, a_w = 0;
+    if (a_live) {
+        int n = a_m / HW, p = a_m - n * HW;
+        a_h = p / W;
+        a_w = p - a_h * W;
+        a_base = n * K * OHW;
+    }
+    const int b_kk = t % BK, b_col = t / BK;
+
+    float acc[TM * TN];
+    zero_accumulators(acc);
+
+    for (int k0 = 0; k0 < KG; k0 += BK) {
+UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            int col = a_col + i * (THREADS / BM), kk = k0 + col;
+            float v = 0.0f;
+            if (a_live && kk < KG) {
+                int k = kk / FF, rs = kk - k * FF, r = rs / FILTER, s = rs - r * FILTER;
+                int oh = a_h - r, ow = a_w - s;
+                if (oh >= 0 && oh < OH && ow >= 0 && ow < OW) v = dy[a_base + k * OHW + oh * OW + ow];
+            }
+            As[col * LDA + a_row] = v;
+        }
+UNROLL
+        for (int i = 0; i < B_LOADS; ++i) {
+            int col = b_col + i * (THREADS / BK), c = n0 + col, kk = k0 + b_kk;
+            float v = 0.0f;
+            if (c < C && kk < KG) {
+                int k = kk / FF, rs = kk - k * FF;
+                v = w[(k * C + c) * FF + rs];
+            }
+            Bs[b_kk * LDB + col] = v;
+        }
+        __syncthreads();
+        multiply_tiles(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+
+UNROLL
+    for (int i = 0; i < TM; ++i) {
+        int m = m0 + tx + i * THREADS_M;
+        if (m < M) {
+            int n = m / HW, p = m - n * HW;
+UNROLL
+            for (int j = 0; j < TN; ++j) {
+                int c = n0 + ty + j * THREADS_N;
+                if (c < C) dx[(n * C + c) * HW + p] = acc[i * TN + j];
+            }
+        }
+    }
+}
+
+/*
+ * Backward params, step 1: partial sums of dw^T (and db) over one chunk of pixels.
+ * Grid (ceil(J / BM), ceil(K / BN), splits) with J = C*F*F + 1.
+ *
+ * A[j, p] = x[n, c, oh+r, ow+s] for j = (c, r, s) < C*F*F, and 1 for j = C*F*F (the
+ * bias row); B[p, k] = dy[n, k, oh, ow]; p = (n, oh, ow) runs over this block's chunk.
+ * Here the reduction index p is the one neighbouring threads walk (p = p0 + t % BK), so
+ * both gathers read along image rows: coalesced in runs of BK floats. Each thread
+ * decodes its p once per step and uses it for its A and its B elements.
+ *
+ * partial[z, k, j] = sum over chunk z of A[j, p] * B[p, k]: stored k-major, so that
+ * the reduction kernel reads partial[z] with the index layout of dw[k, j].
+ */
+KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_params(
+    GLOBAL const float* RESTRICT x, GLOBAL const float* RESTRICT dy, GLOBAL float* RESTRICT partial,
+    int batch, int C, int H, int W, int K, int chunk)
+{
+    __shared__ float As[BK * LDA];
+    __shared__ float Bs[BK * LDB];
+    const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW, HW = H * W;
+    const int J = C * FF + 1, P = batch * OHW;
+    const int t = threadIdx.x, tx = t % THREADS_M, ty = t / THREADS_M;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN, z = blockIdx.z;
+    const int p_begin = z * chunk, p_end = min(p_begin + chunk, P);
+
+    const int l_p = t % BK, l_col = t / BK;   /* both loaders: reduction index, tile column */
+
+    float acc[TM * TN];
+    zero_accumulators(acc);
+
+    for (int k0 = p_begin; k0 < p_end; k0 += BK) {
+        int p = k0 + l_p;
+        bool p_live = p < p_end;
+        int x_base = 0, dy_base = 0;
+        if (p_live) {
+            int n = p / OHW, q = p - n * OHW, oh = q / OW, ow = q - oh * OW;
+            x_base = n * C * HW + oh * W + ow;
+            dy_base = n * K * OHW + q;
+        }
+UNROLL
+        for (int i = 0; i < A_LOADS; ++i) {
+            int col = l_col + i * (THREADS / BK), j = m0 + col;
+            float v = 0.0f;
+            if (p_live && j < J) {
+                if (j == J - 1) {
+                    v = 1.0f;   /* the bias row */
+                } else {
+                    int c = j / FF, rs = j - c * FF, r = rs / FILTER, s = rs - r * FILTER;
+                    v = x[x_base + c * HW + r * W + s];
+                }
+            }
+            As[l_p * LDA + col] = v;
+        }
+UNROLL
+        for (int i = 0; i < B_LOADS; ++i) {
+            int col = l_col + i * (THREADS / BK), k = n0 + col;
+            Bs[l_p * LDB + col] = (p_live && k < K) ? dy[dy_base + k * OHW] : 0.0f;
+        }
+        __syncthreads();
+        multiply_tiles(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+
+UNROLL
+    for (int i = 0; i < TM; ++i) {
+        int j = m0 + tx + i * THREADS_M;
+UNROLL
+        for (int jj = 0; jj < TN; ++jj) {
+            int k = n0 + ty + jj * THREADS_N;
+            if (j < J && k < K) partial[(z * K + k) * J + j] = acc[i * TN + jj];
+        }
+    }
+}
+
+/*
+ * Backward params, step 2: dw[k, j] = sum_z partial[z, k, j] in the fixed order
+ * z = 0, 1, ..., splits-1, and db[k] = the same sum for j = C*F*F. One thread per
+ * element of [K, J]; neighbouring threads read neighbouring floats of each partial.
+ * Traffic: splits + 1 floats per output; small next to step 1.
+ */
+KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_sum_partials(
+    GLOBAL const float* RESTRICT partial, GLOBAL float* RESTRICT dw, GLOBAL float* RESTRICT db,
+    int splits, int K, int J)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < K * J) {
+        float sum = 0.0f;
+        for (int z = 0; z < splits; ++z) sum += partial[z * K * J + i];
+        int k = i / J, j = i - k * J;
+        if (j < J - 1) {
+            dw[k * (J - 1) + j] = sum;
+        } else {
+            db[k] = sum;
+        }
+    }
+}

@@ -1,0 +1,345 @@
+"""Valid 2-D convolution (forward, backward input, backward params) against naive window loops.
+
+Every device (cpu and PoCL) is compared with references that walk the output pixels one
+by one and sum over the explicit R x R window: no im2col, no GEMM, nothing shared with the
+implementation. Tolerances are the classical bound for a float32 sum of n products in
+any order (Higham, "Accuracy and Stability of Numerical Algorithms", eq. 3.5):
+|computed - exact| <= gamma_n * sum |a_i b_i|, gamma_n ~ n * 2^-24. It holds for every
+summation order, with or without fused multiply-adds, so a correct kernel never fails it,
+while a dropped or repeated term (error ~ |a_i b_i|) is far outside it.
+"""
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import cunet.ops.conv2d as conv2d_module
+from cunet.ops import conv2d_backward_input, conv2d_backward_params, conv2d_forward
+from cunet.ops.conv2d import TILE_CONFIGS, backward_params_split, tile_config
+from helpers import assert_oclgrind_clean, run_under_oclgrind
+
+EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff u = 2^-24
+
+
+# --- naive references (float64, one output pixel at a time) ----------------------------------
+def forward_reference(x, w, b):
+    """y[n,k,oh,ow] = b[k] + sum over the window x[n, :, oh:oh+R, ow:ow+R] times w[k]."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    N, _, H, W = x.shape
+    K, _, R, _ = w.shape
+    y = np.empty((N, K, H - R + 1, W - R + 1))
+    for oh in range(H - R + 1):
+        for ow in range(W - R + 1):
+            window = x[:, :, oh:oh + R, ow:ow + R]
+            y[:, :, oh, ow] = np.einsum("ncrs,kcrs->nk", window, w) + b
+    return y
+
+
+def backward_input_reference(dy, w):
+    """Scatter: output pixel (oh, ow) sent dy[oh, ow] * w into the window it read."""
+    dy, w = dy.astype(np.float64), w.astype(np.float64)
+    N, K, OH, OW = dy.shape
+    _, C, R, _ = w.shape
+    dx = np.zeros((N, C, OH + R - 1, OW + R - 1))
+    for oh in range(OH):
+        for ow in range(OW):
+            dx[:, :, oh:oh + R, ow:ow + R] += np.einsum("nk,kcrs->ncrs", dy[:, :, oh, ow], w)
+    return dx
+
+
+def backward_params_reference(x, dy):
+    """dw sums dy[oh, ow] times the window it came from; db sums dy."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    N, C, H, W = x.shape
+    _, K, OH, OW = dy.shape
+    R = H - OH + 1
+    dw, db = np.zeros((K, C, R, R)), np.zeros(K)
+    for oh in range(OH):
+        for ow in range(OW):
+            dw += np.einsum("nk,ncrs->kcrs", dy[:, :, oh, ow], x[:, :, oh:oh + R, ow:ow + R])
+            db += dy[:, :, oh, ow].sum(axis=0)
+    return dw, db
+
+
+def assert_within_sum_bound(got, exact, abs_sum, terms, what):
+    """|got - exact| <= gamma_{terms+1} * abs_sum elementwise (abs_sum = the sum of |products|)."""
+    bound = (terms + 1) * EPS32 / (1 - (terms + 1) * EPS32) * abs_sum + 1e-30
+    excess = np.abs(got.astype(np.float64) - exact) - bound
+    worst = np.unravel_index(np.argmax(excess), excess.shape)
+    assert excess.max() <= 0, (f"{what}: at {worst} got {got[worst]!r}, exact {exact[worst]!r}, "
+                               f"allowed error {bound[worst]:.3g} ({terms} terms)")
+
+
+# --- shapes -------------------------------------------------------------------------------------
+# Channel counts that land on every tile shape (64x4: <= 4, 64x16: <= 16, 128x64: more),
+# on both sides of each tile edge; output sizes from 1x1 up, so M = N*OH*OW is rarely a
+# multiple of any BM; C from 1 (the U-Net's first layer) up.
+channels = st.one_of(st.sampled_from([1, 2, 4, 5, 16, 17, 64, 65]), st.integers(1, 70))
+in_channels = st.one_of(st.just(1), st.integers(1, 20))
+
+
+@st.composite
+def conv_shapes(draw, max_out=9):
+    """(N, C, H, W, K, R) with OH, OW in [1, max_out]."""
+    R = draw(st.sampled_from([1, 3]))
+    N = draw(st.integers(1, 3))
+    OH, OW = draw(st.integers(1, max_out)), draw(st.integers(1, max_out))
+    return N, draw(in_channels), OH + R - 1, OW + R - 1, draw(channels), R
+
+
+# Hypothesis draws the shapes; these examples make sure that, whatever it draws, every op
+# runs every (tile shape, filter size) kernel module: columns 2, 16 and 17 pick the 64x4,
+# 64x16 and 128x64 tiles, with several blocks along M.
+def every_module(columns_at, **other_arguments):
+    """Decorator: one @example per (columns, R); columns_at is the index of N_gemm in the shape."""
+    def decorate(test):
+        for columns in (2, 16, 17):
+            for R in (1, 3):
+                shape = [2, 5, 9 + R - 1, 10 + R - 1, 3, R]
+                shape[columns_at] = columns
+                test = example(shape=tuple(shape), seed=columns * R, **other_arguments)(test)
+        return test
+    return decorate
+
+
+def random_case(seed, shape, dtype=np.float32):
+    """x, w, b, dy for shape (N, C, H, W, K, R)."""
+    N, C, H, W, K, R = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, R, R)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    dy = rng.standard_normal((N, K, H - R + 1, W - R + 1)).astype(dtype)
+    return x, w, b, dy
+
+
+# --- forward --------------------------------------------------------------------------------------
+@given(shape=conv_shapes(), relu=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@every_module(columns_at=4, relu=True)
+def test_forward_matches_reference(device, shape, relu, seed):
+    x, w, b, _ = random_case(seed, shape)
+    y = device.to_host(conv2d_forward(device.to_device(x), device.to_device(w), device.to_device(b), relu=relu))
+    exact = forward_reference(x, w, b)
+    abs_sum = forward_reference(np.abs(x), np.abs(w), np.abs(b))
+    assert y.shape == exact.shape and y.dtype == np.float32
+    if relu:
+        exact = np.maximum(exact, 0)  # |relu(a) - relu(b)| <= |a - b|: the bound still holds
+        assert (y >= 0).all()
+    N, C, H, W, K, R = shape
+    assert_within_sum_bound(y, exact, abs_sum, C * R * R + 1, f"conv2d_forward{shape}")
+
+
+# --- backward input ---------------------------------------------------------------------------------
+@given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
+@every_module(columns_at=1)
+def test_backward_input_matches_reference(device, shape, seed):
+    _, w, _, dy = random_case(seed, shape)
+    dx = device.to_host(conv2d_backward_input(device.to_device(dy), device.to_device(w)))
+    exact = backward_input_reference(dy, w)
+    abs_sum = backward_input_reference(np.abs(dy), np.abs(w))
+    N, C, H, W, K, R = shape
+    assert dx.shape == (N, C, H, W)
+    assert_within_sum_bound(dx, exact, abs_sum, K * R * R, f"conv2d_backward_input{shape}")
+
+
+# --- backward params ------------------------------------------------------------------------------
+@given(shape=conv_shapes(), min_chunk=st.sampled_from([8, 40, conv2d_module.BWD_MIN_CHUNK]),
+       seed=st.integers(0, 2**32 - 1))
+@every_module(columns_at=4, min_chunk=8)
+def test_backward_params_matches_reference(device, shape, min_chunk, seed):
+    """Also with short chunks, so that tiny shapes split the reduction over several blocks."""
+    x, _, _, dy = random_case(seed, shape)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv2d_module, "BWD_MIN_CHUNK", min_chunk)
+        dw, db = (device.to_host(a) for a in conv2d_backward_params(device.to_device(x), device.to_device(dy)))
+    exact_w, exact_b = backward_params_reference(x, dy)
+    abs_w, abs_b = backward_params_reference(np.abs(x), np.abs(dy))
+    N, C, H, W, K, R = shape
+    pixels = N * (H - R + 1) * (W - R + 1)
+    assert dw.shape == (K, C, R, R) and db.shape == (K,)
+    assert_within_sum_bound(dw, exact_w, abs_w, pixels, f"conv2d_backward_params{shape} dw")
+    assert_within_sum_bound(db, exact_b, abs_b, pixels, f"conv2d_backward_params{shape} db")
+
+
+def test_backward_params_is_deterministic_with_many_splits(device, monkeypatch):
+    """Split-then-sum in a fixed order: two runs agree bit for bit (no atomics anywhere)."""
+    monkeypatch.setattr(conv2d_module, "BWD_MIN_CHUNK", 16)
+    x, _, _, dy = random_case(7, (2, 3, 12, 13, 5, 3))
+    assert backward_params_split(2 * 10 * 11, 3 * 9 + 1, 5, tile_config(5))[0] > 5
+    runs = [[device.to_host(a) for a in conv2d_backward_params(device.to_device(x), device.to_device(dy))]
+            for _ in range(2)]
+    for first, second in zip(*runs):
+        np.testing.assert_array_equal(first, second)
+
+
+# --- the U-Net's own degenerate layers, one example each (hypothesis may not draw them) --------
+@pytest.mark.parametrize("shape", [
+    (1, 1, 12, 13, 16, 3),    # first layer: C = 1, K_gemm = 9
+    (2, 20, 3, 3, 2, 1),      # last layer: 1x1 to 2 classes
+    (1, 3, 3, 3, 70, 3),      # 1x1 output, more filters than one tile
+])
+def test_unet_edge_layers(device, shape):
+    x, w, b, dy = random_case(3, shape)
+    to = device.to_device
+    N, C, H, W, K, R = shape
+    y = device.to_host(conv2d_forward(to(x), to(w), to(b)))
+    assert_within_sum_bound(y, forward_reference(x, w, b), forward_reference(abs(x), abs(w), abs(b)), C * R * R + 1, "y")
+    dx = device.to_host(conv2d_backward_input(to(dy), to(w)))
+    assert_within_sum_bound(dx, backward_input_reference(dy, w), backward_input_reference(abs(dy), abs(w)), K * R * R, "dx")
+    dw, db = (device.to_host(a) for a in conv2d_backward_params(to(x), to(dy)))
+    (ew, eb), (aw, ab) = backward_params_reference(x, dy), backward_params_reference(abs(x), abs(dy))
+    assert_within_sum_bound(dw, ew, aw, dy[:, 0].size, "dw")
+    assert_within_sum_bound(db, eb, ab, dy[:, 0].size, "db")
+
+
+# --- float64 on cpu, and finite-difference gradient checks ------------------------------------
+@pytest.mark.parametrize("R", [1, 3])
+def test_cpu_float64_matches_reference(R):
+    x, w, b, dy = random_case(11, (2, 3, 6, 7, 4, R), np.float64)
+    y = conv2d_forward(x, w, b)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, forward_reference(x, w, b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv2d_backward_input(dy, w), backward_input_reference(dy, w), rtol=1e-12, atol=1e-12)
+    dw, db = conv2d_backward_params(x, dy)
+    ew, eb = backward_params_reference(x, dy)
+    np.testing.assert_allclose(dw, ew, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, eb, rtol=1e-12, atol=1e-12)
+
+
+def numerical_gradient(f, a, h=1e-6):
+    """Central differences of the scalar f() with respect to every element of a (in place)."""
+    grad = np.empty_like(a)
+    for i in np.ndindex(a.shape):
+        saved = a[i]
+        a[i] = saved + h
+        plus = f()
+        a[i] = saved - h
+        minus = f()
+        a[i] = saved
+        grad[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("R", [1, 3])
+def test_backward_ops_match_finite_differences(R):
+    """loss = sum(y * G): dL/dx, dL/dw, dL/db from the backward ops, and numerically."""
+    x, w, b, G = random_case(5, (2, 3, 5, 6, 4, R), np.float64)
+
+    def loss():
+        return float(np.sum(conv2d_forward(x, w, b) * G))
+
+    dx = conv2d_backward_input(G, w)
+    dw, db = conv2d_backward_params(x, G)
+    # loss is linear in each argument, so central differences are exact up to rounding
+    # (~1e-16 * |loss| / h ~ 1e-9): 1e-7 leaves room and still fails on any wrong term.
+    np.testing.assert_allclose(dx, numerical_gradient(loss, x), rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(dw, numerical_gradient(loss, w), rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(db, numerical_gradient(loss, b), rtol=1e-7, atol=1e-7)
+
+
+# --- host-side choices ----------------------------------------------------------------------------
+def test_tile_config_picks_the_narrowest_fitting_tile():
+    assert [tile_config(n).BN for n in (1, 2, 4, 5, 16, 17, 64, 1024)] == [4, 4, 4, 16, 16, 64, 64, 64]
+    for cfg in TILE_CONFIGS:  # the constraints kernels/conv2d.cu's #error lines enforce
+        assert cfg.threads % cfg.BM == 0 and cfg.threads % cfg.BK == 0
+        assert (cfg.BM * cfg.BK) % cfg.threads == 0 and (cfg.BN * cfg.BK) % cfg.threads == 0
+
+
+@pytest.mark.parametrize("pixels,rows,cols", [(1, 10, 16), (100, 10, 2), (324900, 145, 16), (324900, 577, 64),
+                                              (784, 9217, 1024), (18496, 2305, 256)])
+def test_backward_params_split_covers_every_pixel_once(pixels, rows, cols):
+    cfg = tile_config(cols)
+    splits, chunk = backward_params_split(pixels, rows, cols, cfg)
+    assert chunk % cfg.BK == 0 and splits >= 1
+    assert (splits - 1) * chunk < pixels <= splits * chunk           # no empty chunk, none missing
+    assert splits == 1 or chunk >= conv2d_module.BWD_MIN_CHUNK // 2  # never tiny chunks
+    assert splits * rows * cols <= 2 * conv2d_module.BWD_TARGET_BLOCKS * cfg.BM * cfg.BN or splits == 1
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+def test_bad_input(device, rng):
+    to = device.to_device
+    x = to(rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
+    w = to(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    b = to(np.zeros(4, np.float32))
+    dy = to(rng.standard_normal((1, 4, 6, 6)).astype(np.float32))
+    cases = [
+        (TypeError, r"conv2d_forward: x has dtype int32; expected float32",
+         lambda: conv2d_forward(to(np.zeros((1, 3, 8, 8), np.int32)), w, b)),
+        (ValueError, r"conv2d_forward: x must be \[N, C, H, W\], got shape \(3, 8, 8\)",
+         lambda: conv2d_forward(to(np.zeros((3, 8, 8), np.float32)), w, b)),
+        (ValueError, r"conv2d_forward: w must be \[K, C, R, R\], got shape \(4, 3, 3\)",
+         lambda: conv2d_forward(x, to(np.zeros((4, 3, 3), np.float32)), b)),
+        (ValueError, r"conv2d_forward: x \(1, 3, 8, 8\) has 3 channels but w \(4, 2, 3, 3\) expects 2",
+         lambda: conv2d_forward(x, to(np.zeros((4, 2, 3, 3), np.float32)), b)),
+        (ValueError, r"conv2d_forward: w \(4, 3, 2, 2\) has a 2x2 filter; only 1x1 and 3x3",
+         lambda: conv2d_forward(x, to(np.zeros((4, 3, 2, 2), np.float32)), b)),
+        (ValueError, r"conv2d_forward: w \(4, 3, 3, 1\) is \[K, C, R, S\] with a non-square 3x1 filter",
+         lambda: conv2d_forward(x, to(np.zeros((4, 3, 3, 1), np.float32)), b)),
+        (ValueError, r"conv2d_forward: b has shape \(3,\); expected \(4,\)",
+         lambda: conv2d_forward(x, w, to(np.zeros(3, np.float32)))),
+        (ValueError, r"conv2d_forward: x \(1, 3, 2, 8\) is smaller than the 3x3 filter",
+         lambda: conv2d_forward(to(np.zeros((1, 3, 2, 8), np.float32)), w, b)),
+        (ValueError, r"conv2d_forward: x \(0, 3, 8, 8\) has batch size 0",
+         lambda: conv2d_forward(to(np.zeros((0, 3, 8, 8), np.float32)), w, b)),
+        (ValueError, r"conv2d_backward_input: dy \(1, 5, 6, 6\) has 5 channels but w \(4, 3, 3, 3\) has 4 filters",
+         lambda: conv2d_backward_input(to(np.zeros((1, 5, 6, 6), np.float32)), w)),
+        (ValueError, r"conv2d_backward_input: w \(4, 3, 5, 5\) has a 5x5 filter",
+         lambda: conv2d_backward_input(dy, to(np.zeros((4, 3, 5, 5), np.float32)))),
+        (ValueError, r"conv2d_backward_params: x \(1, 3, 8, 8\) and dy \(1, 4, 7, 7\) imply a 2x2 filter",
+         lambda: conv2d_backward_params(x, to(np.zeros((1, 4, 7, 7), np.float32)))),
+        (ValueError, r"conv2d_backward_params: x \(1, 3, 8, 8\) and dy \(1, 4, 6, 8\) imply a 3x1 filter",
+         lambda: conv2d_backward_params(x, to(np.zeros((1, 4, 6, 8), np.float32)))),
+        (ValueError, r"conv2d_backward_params: x \(1, 3, 8, 8\) and dy \(2, 4, 6, 6\) have different batch sizes",
+         lambda: conv2d_backward_params(x, to(np.zeros((2, 4, 6, 6), np.float32)))),
+    ]
+    if device.name == "cpu":
+        cases += [
+            (ValueError, r"conv2d_forward: x must be C-contiguous",
+             lambda: conv2d_forward(np.zeros((1, 3, 8, 16), np.float32)[..., ::2], w, b)),
+            (ValueError, r"conv2d_backward_params: dtypes must match, got x float64, dy float32",
+             lambda: conv2d_backward_params(np.zeros((1, 3, 8, 8)), dy)),
+        ]
+    else:
+        cases += [
+            (ValueError, r"conv2d_forward: all arguments must be on one device",
+             lambda: conv2d_forward(x, w, np.zeros(4, np.float32))),
+        ]
+    for error, message, call in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
+# --- Oclgrind: every kernel, both the wide and a narrow tile, tiny shapes ----------------------
+def oclgrind_case_forward(device):
+    """Wide tile (K = 17) and narrow tile (K = 2), ragged M, ReLU on and off."""
+    for shape, relu in (((1, 2, 5, 6, 17, 3), True), ((2, 3, 4, 5, 2, 1), False)):
+        x, w, b, _ = random_case(1, shape)
+        y = device.to_host(conv2d_forward(device.to_device(x), device.to_device(w), device.to_device(b), relu=relu))
+        exact = forward_reference(x, w, b)
+        np.testing.assert_allclose(y, np.maximum(exact, 0) if relu else exact, rtol=1e-4, atol=1e-4)
+
+
+def oclgrind_case_backward_input(device):
+    """Wide tile (C = 17) and narrow tile (C = 3); dy read across its zero-padded border."""
+    for shape in ((1, 17, 5, 4, 2, 3), (2, 3, 5, 6, 4, 3)):
+        _, w, _, dy = random_case(2, shape)
+        dx = device.to_host(conv2d_backward_input(device.to_device(dy), device.to_device(w)))
+        np.testing.assert_allclose(dx, backward_input_reference(dy, w), rtol=1e-4, atol=1e-4)
+
+
+def oclgrind_case_backward_params(device):
+    """Both kernels (partials and their sum), several splits, a short last chunk, both tiles."""
+    conv2d_module.BWD_MIN_CHUNK = 16  # this runs in a fresh interpreter: no need to restore
+    for shape in ((1, 2, 6, 7, 17, 3), (2, 3, 4, 5, 2, 1)):
+        x, _, _, dy = random_case(3, shape)
+        dw, db = (device.to_host(a) for a in conv2d_backward_params(device.to_device(x), device.to_device(dy)))
+        exact_w, exact_b = backward_params_reference(x, dy)
+        np.testing.assert_allclose(dw, exact_w, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(db, exact_b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.oclgrind
+@pytest.mark.parametrize("case", ["oclgrind_case_forward", "oclgrind_case_backward_input", "oclgrind_case_backward_params"])
+def test_conv2d_under_oclgrind(case, tmp_path):
+    assert_oclgrind_clean(run_under_oclgrind("test_conv2d", case, tmp_path))
