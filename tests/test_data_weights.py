@@ -124,3 +124,10 @@ def test_memory_stays_linear_in_pixels():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 * labels.size * 8, f"peak {peak / 1e6:.1f} MB"  # a handful of H x W float64 arrays
+
+
+def test_sparse_instance_ids_give_the_same_map():
+    labels = np.ones((16, 24), np.uint8)  # no membrane at all: every pixel belongs to a cell
+    instances = np.where(np.arange(24) < 9, 7, 2_000_000_011)[None].repeat(16, 0)
+    reference = reference_class_weights(labels) + reference_border(instances, 10.0, 5.0)
+    np.testing.assert_allclose(weight_map(labels, instances, border_on="all"), reference, rtol=2e-6, atol=1e-6)

@@ -13,13 +13,16 @@ With augmentation on, the input tile is sampled along one composed coordinate ma
 centre of the drawn output window, and the label and weight tiles are the centre crop
 ``[margin:margin+out]`` of the *same* map, sampled with nearest neighbour. So
 ``y[i, j]`` and ``w[i, j]`` always describe the source pixel that ``x`` shows at
-``[margin + i, margin + j]``.
+``[margin + i, margin + j]``. (A rotated or warped output window can reach a little
+past the image edge at its corners; the labels read there are the mirrored labels,
+which is exactly what the mirrored image shows.)
 
 Weight maps are precomputed once per training image from its labels, as in the paper,
 and warped along with them (nearest neighbour, so each (y, w) pair comes from one
 source pixel). Warping stretches distances by a few percent, so a warped map is close
 to, not equal to, the map of the warped labels; ``recompute_weights=True`` computes
-the map of every warped label tile instead (exact, slower).
+the map of every warped label tile instead (exact, slower; its instances are the
+tile's 4-connected cell components, so cells that touch without a membrane merge).
 
 Every random draw goes through one `numpy.random.Generator`. `state` / `set_state`
 save and restore it (a plain dict of ints and strings: JSON or pickle), so a resumed
@@ -49,8 +52,9 @@ class TrainingSampler:
     """Draws (input tile, label tile, weight tile) triples for training.
 
     ``images`` float [N, H, W] or a list of 2-D arrays (sizes may differ); ``labels``
-    class indices of the same shapes; ``weights`` the same or None (then computed by
-    `weight_map` with ``weight_kwargs``, using ``instances`` when given); ``in_size`` /
+    class indices of the same shapes; ``weights`` the same or None (then precomputed by
+    `weight_map` with ``weight_kwargs``, using ``instances`` when given, or per sample
+    with ``recompute_weights=True``); ``in_size`` /
     ``out_size`` the network's tile sizes; ``augment`` on/off; ``seed`` for the
     generator; ``config`` the augmentation settings.
     """
@@ -122,9 +126,7 @@ class TrainingSampler:
         x = mirror_window(self.images[index], top - m, left - m, n_in, n_in)
         y = self.labels[index][top:top + n_out, left:left + n_out]
         if self.recompute_weights:
-            w = self._tile_weights(mirror_window(self.labels[index], top - m, left - m, n_in, n_in),
-                                   None if self.instances is None else
-                                   mirror_window(self.instances[index], top - m, left - m, n_in, n_in))
+            w = self._tile_weights(mirror_window(self.labels[index], top - m, left - m, n_in, n_in))
         else:
             w = self.weights[index][top:top + n_out, left:left + n_out]
         return x, y.copy(), w.copy()
@@ -140,20 +142,21 @@ class TrainingSampler:
         crop = coords[:, m:m + n_out, m:m + n_out]
         y = resample(self.labels[index], crop, 0)
         if self.recompute_weights:
-            ids = None if self.instances is None else resample(self.instances[index], coords, 0)
-            w = self._tile_weights(resample(self.labels[index], coords, 0), ids)
+            w = self._tile_weights(resample(self.labels[index], coords, 0))
         else:
             w = resample(self.weights[index], crop, 0)
         return x, y, w
 
-    def _tile_weights(self, label_tile: np.ndarray, instance_tile: np.ndarray | None) -> np.ndarray:
+    def _tile_weights(self, label_tile: np.ndarray) -> np.ndarray:
         """Weight map of a whole input-size label tile, cropped to the output window.
 
         Computed on the input tile, not the output tile, so that cells just outside the
-        output window still count as neighbours.
+        output window still count as neighbours. Instances are the tile's own connected
+        components: warped instance ids would not do, because a mirrored copy of a cell
+        keeps its id and one "instance" would then span the original and its copy.
         """
         m, n_out = self.margin, self.out_size
-        return weight_map(label_tile, instance_tile, **self.weight_kwargs)[m:m + n_out, m:m + n_out]
+        return weight_map(label_tile, None, **self.weight_kwargs)[m:m + n_out, m:m + n_out]
 
     def _coefficients_of(self, index: int) -> np.ndarray:
         """Spline coefficients of image ``index``, computed once (the prefilter is global)."""

@@ -230,12 +230,13 @@ def _membrane_darkness(rng, cell, neighbour, boundary_dist, thickness) -> np.nda
     """
     size = cell.shape[0]
     n_cells = int(max(cell.max(), neighbour.max())) + 1
-    pair = np.minimum(cell, neighbour) * n_cells + np.maximum(cell, neighbour)
-    faint = rng.random(n_cells * n_cells) < 0.15
-    strength_table = np.where(faint, rng.uniform(0.2, 0.45, n_cells * n_cells), rng.uniform(0.7, 1.0, n_cells * n_cells))
+    pair = np.minimum(cell, neighbour).astype(np.int64) * n_cells + np.maximum(cell, neighbour)
+    pairs, which = np.unique(pair, return_inverse=True)  # one strength per pair of neighbours
+    faint = rng.random(len(pairs)) < 0.15
+    strength = np.where(faint, rng.uniform(0.2, 0.45, len(pairs)), rng.uniform(0.7, 1.0, len(pairs)))
     gaps = np.clip((_smooth_noise(rng, size, 12) + 1.5) / 0.6, 0.0, 1.0)  # 0 in ~7% of the area
     profile = np.exp(-0.5 * (boundary_dist / (0.4 * thickness + 0.2)) ** 2)
-    return 0.85 * strength_table[pair] * gaps * profile
+    return 0.85 * strength[which].reshape(size, size) * gaps * profile
 
 
 def _ellipse_window(centre, semi_axes, angle, shape):

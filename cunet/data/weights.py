@@ -91,6 +91,11 @@ def nearest_two_distances(instances: np.ndarray, reach: int) -> tuple[np.ndarray
     Exact wherever the true distance is below ``reach``; +inf where no (second)
     instance lies within the window. Memory: two H x W arrays plus one window.
     """
+    if instances.size and instances.max() > instances.size:
+        # find_objects lists every id up to the largest: renumber sparse ids 0..K first.
+        # (A leading 0 keeps "no instance" at 0 even in an image without any.)
+        ranks = np.unique(np.concatenate([[0], instances.ravel()]), return_inverse=True)[1]
+        instances = ranks[1:].reshape(instances.shape)
     d1 = np.full(instances.shape, np.inf)
     d2 = np.full(instances.shape, np.inf)
     height, width = instances.shape
