@@ -130,7 +130,14 @@ def coarse_to_dense(coarse: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bicubically interpolate coarse displacements [2, g, g] to a dense field [2, H, W]."""
     rows = cubic_weights(shape[0], coarse.shape[1])
     cols = cubic_weights(shape[1], coarse.shape[2])
-    return np.stack([rows @ coarse[axis] @ cols.T for axis in range(2)])
+    dense = np.zeros((2, *shape))
+    for axis in range(2):
+        partial = rows @ coarse[axis]  # [H, g]: interpolated down the columns of the grid
+        # ... then along the rows: a sum of g outer products. Written out rather than as
+        # one [H, g] @ [g, W] product, which hands a tiny job to a multithreaded BLAS.
+        for k in range(coarse.shape[2]):
+            dense[axis] += partial[:, k, None] * cols[None, :, k]
+    return dense
 
 
 def elastic_displacement(rng: np.random.Generator, shape: tuple[int, int], sigma: float = 10.0, grid: int = 3) -> np.ndarray:
@@ -141,18 +148,16 @@ def elastic_displacement(rng: np.random.Generator, shape: tuple[int, int], sigma
 def source_coordinates(transform: GeometricTransform, out_shape: tuple[int, int], source_centre) -> np.ndarray:
     """s(p) for every output pixel p: float64 [2, H, W] (rows, cols) into the source."""
     h, w = out_shape
-    q = np.mgrid[0:h, 0:w].astype(np.float64)
-    q[0] -= (h - 1) / 2.0
-    q[1] -= (w - 1) / 2.0
-    if transform.flip[0]:
-        q[0] = -q[0]
-    if transform.flip[1]:
-        q[1] = -q[1]
+    # p - c_out, flipped, as a column of row offsets and a row of column offsets: the
+    # rotation below broadcasts them, so no [2, H, W] grid of pixel indices is built.
+    dy = (np.arange(h) - (h - 1) / 2.0) * (-1.0 if transform.flip[0] else 1.0)
+    dx = (np.arange(w) - (w - 1) / 2.0) * (-1.0 if transform.flip[1] else 1.0)
     # Sampling the source at R(-angle) q turns the content by +angle: counter-clockwise
     # as displayed (row axis down), the convention of np.rot90 and ndimage.rotate.
     cos, sin = np.cos(transform.angle), np.sin(transform.angle)
-    coords = np.stack([cos * q[0] + sin * q[1], -sin * q[0] + cos * q[1]])
-    coords += coarse_to_dense(transform.coarse, out_shape)
+    coords = coarse_to_dense(transform.coarse, out_shape)  # D(p), a fresh array we add onto
+    coords[0] += cos * dy[:, None] + sin * dx[None, :]
+    coords[1] += -sin * dy[:, None] + cos * dx[None, :]
     coords[0] += source_centre[0] + transform.shift[0]
     coords[1] += source_centre[1] + transform.shift[1]
     return coords
