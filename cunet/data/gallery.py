@@ -59,7 +59,7 @@ def render_gallery(out, isbi=None, n: int = 3, seed: int = 0, size: int = 512, i
             ax.axis("off")
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
 
