@@ -11,11 +11,13 @@ from .random import philox_bits
 from .relu import relu_backward, relu_forward
 from .sgd import sgd_momentum_update
 from .softmax_ce import softmax_ce_backward, softmax_ce_forward
+from .upconv import upconv2x2_backward_input, upconv2x2_backward_params, upconv2x2_forward
 
 __all__ = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params",
     "philox_bits", "relu_forward", "relu_backward", "sgd_momentum_update",
     "maxpool2x2_forward", "maxpool2x2_backward",
+    "upconv2x2_forward", "upconv2x2_backward_input", "upconv2x2_backward_params",
     "crop_concat_forward", "crop_concat_backward",
     "dropout_forward", "dropout_backward", "dropout_mask", "softmax_ce_forward", "softmax_ce_backward",
 ]

@@ -1,0 +1,219 @@
+"""2x2 up-convolution with stride 2 (transposed convolution), forward and backward, on every device.
+
+    y[n, k, 2i+a, 2j+e] = b[k] + sum_c x[n, c, i, j] * w[c, k, a, e]
+
+x [N, C, H, W], w [C, K, 2, 2] (PyTorch's ConvTranspose2d layout), b [K], y [N, K, 2H, 2W].
+In the U-Net it halves the channels (K = C/2) and doubles the size at each step up.
+
+Kernel = stride, so the windows do not overlap and the op is exactly one matrix product
+per image: with w read as a [C, 4K] matrix W (column m = 4k + 2a + e) and x[n] as a
+[C, H*W] matrix X,
+
+    Y = W^T X       [4K, H*W], then y[n, k, 2i+a, 2j+e] = Y[4k+2a+e, i*W+j] + b[k]
+    dX = W dY       dY[4k+2a+e, i*W+j] = dy[n, k, 2i+a, 2j+e]
+    dW = sum_n X dY^T,   db[k] = sum of dy[:, k]
+
+cpu: those products with np.matmul (BLAS, float32 or float64), plus one pass each way
+between the [4K, H*W] matrix order and the interleaved image order (a Numba loop for the
+forward's scatter, a NumPy copy for the backward's gather).
+cuda/opencl: kernels/upconv.cu, a shared-memory tiled GEMM with register blocking that
+does the scatter/gather in its loaders and epilogue; the weight gradient is split over
+pixels and summed in a fixed order (deterministic, no atomics). There is no Numba
+alternate: this op is compute-bound GEMM, not one of the memory-bound ops, so the CUDA C
+kernels run on cuda whatever ``use_numba_kernels`` says.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from cunet.kernels import kernel_module
+
+from .common import ceil_div, check_float_array, check_same_device, check_same_dtype, grid_1d
+
+# 64 x 64 output tile per block, reduction steps of 8, a 4 x 4 register tile per thread:
+# (64/4) * (64/4) = 256 threads. TILE_PAD pads the shared tiles' rows against bank conflicts.
+UPCONV_CU = kernel_module("upconv.cu", threads=256, TILE_M=64, TILE_N=64, TILE_K=8, THREAD_M=4, THREAD_N=4, TILE_PAD=4)
+TILE_M, TILE_N, TILE_K = UPCONV_CU.define("TILE_M"), UPCONV_CU.define("TILE_N"), UPCONV_CU.define("TILE_K")
+assert (TILE_M // UPCONV_CU.define("THREAD_M")) * (TILE_N // UPCONV_CU.define("THREAD_N")) == UPCONV_CU.threads
+
+# The weight gradient splits its pixel reduction until the grid has about this many blocks:
+# two per SM of a 132-SM H100. A function of the shapes only, so results do not depend on
+# the device.
+TARGET_BLOCKS = 264
+
+
+# --- cpu ------------------------------------------------------------------------------
+def _forward_cpu(x, w, b):
+    N, C, H, W = x.shape
+    K = w.shape[1]
+    Y = np.matmul(w.reshape(C, 4 * K).T, x.reshape(N, C, H * W))  # [N, 4K, H*W], one GEMM per image
+    y = np.empty((N, K, 2 * H, 2 * W), x.dtype)
+    _scatter_rows_cpu(Y, b, y)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def _scatter_rows_cpu(Y, b, y):
+    """y[n, k, 2i+a, 2j+e] = Y[n, 4k+2a+e, i*W+j] + b[k], one output row per parallel task.
+
+    Each output row interleaves two rows of Y (e = 0, 1). NumPy can do this as one strided
+    np.add into a [N, K, H, 2, W, 2] view, but its innermost loop then runs over length-2
+    axes: 4-20x slower than this loop on 2 cores.
+    """
+    N, K, H2, W2 = y.shape
+    W = W2 // 2
+    for row in prange(N * K * H2):
+        n, k, r = row // (K * H2), (row // H2) % K, row % H2
+        i, a = r // 2, r % 2
+        top = 4 * k + 2 * a
+        for j in range(W):
+            y[n, k, r, 2 * j] = Y[n, top, i * W + j] + b[k]
+            y[n, k, r, 2 * j + 1] = Y[n, top + 1, i * W + j] + b[k]
+
+
+def _dy_matrix(dy):
+    """dy [N, K, 2H, 2W] as the contiguous [N, 4K, H*W] matrix dY (row 4k+2a+e, column i*W+j).
+
+    The gather, as one NumPy copy of a transposed view: about as fast as a Numba loop here.
+    """
+    N, K, H2, W2 = dy.shape
+    H, W = H2 // 2, W2 // 2
+    return np.ascontiguousarray(dy.reshape(N, K, H, 2, W, 2).transpose(0, 1, 3, 5, 2, 4)).reshape(N, 4 * K, H * W)
+
+
+def _backward_input_cpu(dy, w):
+    N, K, H2, W2 = dy.shape
+    C = w.shape[0]
+    return np.matmul(w.reshape(C, 4 * K), _dy_matrix(dy)).reshape(N, C, H2 // 2, W2 // 2)
+
+
+def _backward_params_cpu(x, dy):
+    N, C, H, W = x.shape
+    K = dy.shape[1]
+    # dW^T = dY X^T, one [4K, H*W] @ [H*W, C] product per image (BLAS reads the transposed
+    # view as is). Computing dW = X dY^T instead gives the same numbers, but OpenBLAS's
+    # threading handled that orientation badly here (C = 32: 12 ms vs over 1 s when the two
+    # cores were busy), so the small transpose of the result is the cheaper path.
+    dw_t = np.matmul(_dy_matrix(dy), x.reshape(N, C, H * W).transpose(0, 2, 1)).sum(axis=0)  # [4K, C]
+    return dw_t.T.reshape(C, K, 2, 2), dy.sum(axis=(0, 2, 3))
+
+
+# --- checks ---------------------------------------------------------------------------
+def _check_nonempty(op: str, **arrays) -> None:
+    for name, a in arrays.items():
+        if a.size == 0:
+            raise ValueError(f"{op}: {name} is empty (shape {tuple(a.shape)}); every dimension must be >= 1")
+
+
+def _check_weight(op: str, w, C: int | None, K: int | None) -> None:
+    """w is [C, K, 2, 2] with the given C and K (None: any)."""
+    wC, wK, kh, kw = w.shape
+    if (kh, kw) != (2, 2) or (C is not None and wC != C) or (K is not None and wK != K):
+        expected = f"[{C if C is not None else 'C'}, {K if K is not None else 'K'}, 2, 2]"
+        raise ValueError(f"{op}: w must be {expected} (in, out, kh, kw), got shape {tuple(w.shape)}")
+
+
+def _check_dy_even(op: str, dy) -> None:
+    if dy.shape[2] % 2 or dy.shape[3] % 2:
+        raise ValueError(f"{op}: dy must be [N, K, 2H, 2W] (even height and width), got shape {tuple(dy.shape)}")
+
+
+# --- public ops -----------------------------------------------------------------------
+def upconv2x2_forward(x, w, b):
+    """x [N, C, H, W], w [C, K, 2, 2], b [K] -> y [N, K, 2H, 2W]."""
+    op = "upconv2x2_forward"
+    runtime = check_float_array(op, "x", x, 4, "N, C, H, W")
+    check_float_array(op, "w", w, 4, "C, K, 2, 2")
+    check_float_array(op, "b", b, 1, "K")
+    check_same_dtype(op, x=x, w=w, b=b)
+    check_same_device(op, x=x, w=w, b=b)
+    _check_nonempty(op, x=x, w=w)
+    N, C, H, W = x.shape
+    _check_weight(op, w, C, None)
+    K = w.shape[1]
+    if tuple(b.shape) != (K,):
+        raise ValueError(f"{op}: b must be [K] = [{K}] (w has {K} output channels), got shape {tuple(b.shape)}")
+    if runtime is None:
+        return _forward_cpu(x, w, b)
+    y = runtime.empty((N, K, 2 * H, 2 * W), np.float32)
+    grid, block = _gemm_grid(rows=4 * K, columns=N * H * W)
+    runtime.launch(UPCONV_CU, "upconv2x2_forward", grid, block, (x, w, b, y) + _ints(N, C, H, W, K))
+    return y
+
+
+def upconv2x2_backward_input(dy, w):
+    """dy [N, K, 2H, 2W], w [C, K, 2, 2] -> dx [N, C, H, W]."""
+    op = "upconv2x2_backward_input"
+    runtime = check_float_array(op, "dy", dy, 4, "N, K, 2H, 2W")
+    check_float_array(op, "w", w, 4, "C, K, 2, 2")
+    check_same_dtype(op, dy=dy, w=w)
+    check_same_device(op, dy=dy, w=w)
+    _check_nonempty(op, dy=dy, w=w)
+    _check_dy_even(op, dy)
+    N, K, H2, W2 = dy.shape
+    _check_weight(op, w, None, K)
+    C, H, W = w.shape[0], H2 // 2, W2 // 2
+    if runtime is None:
+        return _backward_input_cpu(dy, w)
+    dx = runtime.empty((N, C, H, W), np.float32)
+    grid, block = _gemm_grid(rows=C, columns=N * H * W)
+    runtime.launch(UPCONV_CU, "upconv2x2_backward_input", grid, block, (dy, w, dx) + _ints(N, C, H, W, K))
+    return dx
+
+
+def upconv2x2_backward_params(x, dy):
+    """x [N, C, H, W], dy [N, K, 2H, 2W] -> (dw [C, K, 2, 2], db [K]); deterministic."""
+    op = "upconv2x2_backward_params"
+    runtime = check_float_array(op, "x", x, 4, "N, C, H, W")
+    check_float_array(op, "dy", dy, 4, "N, K, 2H, 2W")
+    check_same_dtype(op, x=x, dy=dy)
+    check_same_device(op, x=x, dy=dy)
+    _check_nonempty(op, x=x, dy=dy)
+    N, C, H, W = x.shape
+    K = dy.shape[1]
+    if tuple(dy.shape) != (N, K, 2 * H, 2 * W):
+        raise ValueError(f"{op}: dy must be [N, K, 2H, 2W] = [{N}, K, {2 * H}, {2 * W}] for x {tuple(x.shape)}, got {tuple(dy.shape)}")
+    if runtime is None:
+        return _backward_params_cpu(x, dy)
+    return _backward_params_device(runtime, x, dy)
+
+
+# --- launch glue, shared by the cuda and opencl runtimes -------------------------------
+def _ints(*values):
+    return tuple(np.int32(v) for v in values)
+
+
+def _gemm_grid(rows: int, columns: int, splits: int = 1):
+    """One block per TILE_M x TILE_N tile of the [rows, columns] output (x: columns, y: rows), z: splits."""
+    return (ceil_div(columns, TILE_N), ceil_div(rows, TILE_M), splits), (UPCONV_CU.threads, 1, 1)
+
+
+def split_pixels(C: int, K: int, pixels: int) -> tuple[int, int]:
+    """(splits, chunk) for the weight gradient's reduction over ``pixels`` = N*H*W.
+
+    Enough splits that the grid has about TARGET_BLOCKS blocks, each split a whole number
+    of TILE_K steps; a function of the shapes alone, so every device sums in the same order.
+    """
+    tiles = ceil_div(C, TILE_M) * ceil_div(4 * K, TILE_N)
+    splits = max(1, min(ceil_div(TARGET_BLOCKS, tiles), ceil_div(pixels, TILE_K)))
+    chunk = ceil_div(ceil_div(pixels, splits), TILE_K) * TILE_K
+    return ceil_div(pixels, chunk), chunk
+
+
+def _backward_params_device(runtime, x, dy):
+    N, C, H, W = x.shape
+    K = dy.shape[1]
+    splits, chunk = split_pixels(C, K, N * H * W)
+    dw = runtime.empty((C, K, 2, 2), np.float32)
+    # With one split the GEMM writes dw directly; otherwise partials, then an ordered sum.
+    partial = dw if splits == 1 else runtime.empty((splits, C, K, 2, 2), np.float32)
+    grid, block = _gemm_grid(rows=C, columns=4 * K, splits=splits)
+    runtime.launch(UPCONV_CU, "upconv2x2_backward_params", grid, block, (x, dy, partial) + _ints(N, C, H, W, K, chunk))
+    if splits > 1:
+        grid, block = grid_1d(dw.size, UPCONV_CU.threads)
+        runtime.launch(UPCONV_CU, "upconv2x2_sum_splits", grid, block, (partial, dw) + _ints(splits, dw.size))
+    db = runtime.empty((K,), np.float32)
+    runtime.launch(UPCONV_CU, "upconv2x2_bias_grad", (K, 1, 1), (UPCONV_CU.threads, 1, 1),
+                   (dy, db) + _ints(N, K, 4 * H * W))
+    return dw, db
