@@ -6,7 +6,7 @@ float64 finite-difference check ties the backward to the forward on the cpu path
 """
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cunet.ops import softmax_ce_backward, softmax_ce_forward
@@ -57,6 +57,7 @@ def make_inputs(rng, shape, scale=1.0, label_dtype=np.int32):
 
 @given(n=st.integers(1, 3), classes=st.integers(2, 5), h=st.integers(1, 4), w=widths,
        scale=st.sampled_from([1.0, 10.0, 80.0]), label_dtype=label_dtypes, seed=st.integers(0, 2**32 - 1))
+@example(n=3, classes=2, h=1, w=1, scale=80.0, label_dtype=np.uint8, seed=0)  # 1x1 images, a batch of 3
 def test_forward_matches_reference(device, n, classes, h, w, scale, label_dtype, seed):
     logits, labels, weights = make_inputs(np.random.default_rng(seed), (n, classes, h, w), scale, label_dtype)
     loss, probs = softmax_ce_forward(device.to_device(logits), labels, device.to_device(weights))
@@ -73,6 +74,7 @@ def test_forward_matches_reference(device, n, classes, h, w, scale, label_dtype,
 
 @given(n=st.integers(1, 3), classes=st.integers(2, 5), h=st.integers(1, 4), w=widths,
        grad_loss=st.sampled_from([1.0, 0.5, -2.0]), seed=st.integers(0, 2**32 - 1))
+@example(n=2, classes=5, h=1, w=1, grad_loss=1.0, seed=0)
 def test_backward_matches_reference(device, n, classes, h, w, grad_loss, seed):
     logits, labels, weights = make_inputs(np.random.default_rng(seed), (n, classes, h, w), 3.0)
     probs = softmax_ce_reference(logits, labels, weights)[1].astype(np.float32)
@@ -96,6 +98,18 @@ def test_extreme_logits_stay_finite(device, rng, scale):
     assert np.all(np.isfinite(dlogits))
 
 
+def test_many_classes(device, rng):
+    """K is looped over, not built into the kernels: 64 classes work like 2."""
+    logits, labels, weights = make_inputs(rng, (2, 64, 3, 7), scale=5.0)
+    loss, probs = softmax_ce_forward(device.to_device(logits), labels, device.to_device(weights))
+    ref_loss, ref_probs = softmax_ce_reference(logits, labels, weights)
+    np.testing.assert_allclose(device.to_host(probs), ref_probs, rtol=2e-5, atol=1e-6)  # as above
+    np.testing.assert_allclose(device.to_host(loss)[0], ref_loss, rtol=1e-5)
+    dlogits = softmax_ce_backward(probs, labels, device.to_device(weights))
+    np.testing.assert_allclose(device.to_host(dlogits), grad_reference(device.to_host(probs), labels, weights, 1.0),
+                               rtol=1e-5, atol=1e-30)
+
+
 def test_many_blocks_sum_in_two_passes(opencl_device, rng):
     """More than BLOCK partials, so each thread of the second pass adds several (its stride loop)."""
     shape = (1, 2, 257, 257)  # 66049 pixels: 259 blocks of 256
@@ -116,7 +130,7 @@ def test_loss_is_deterministic(device, rng):
 
 def test_gradient_matches_finite_differences_float64(rng):
     """Central differences of the float64 cpu loss against softmax_ce_backward, every logit."""
-    logits, labels, weights = make_inputs(rng, (2, 3, 3, 4), scale=2.0)
+    logits, labels, weights = make_inputs(rng, (2, 3, 2, 3), scale=2.0)
     logits, weights = logits.astype(np.float64), weights.astype(np.float64)
     grad_loss, eps = 1.7, 1e-6
     loss, probs = softmax_ce_forward(logits, labels, weights)
