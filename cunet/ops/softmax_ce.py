@@ -18,9 +18,10 @@ probabilities, which is all the backward needs (dlogits = scaled p - onehot).
 
 Checks, all before any launch: labels may be NumPy integer arrays (uint8, int32, int64,
 ...) or int32 device arrays; they are validated on the host (a device array is copied
-back for it) and must lie in [0, K); weights must be finite and non-negative (device
-weights are copied back for the check, too: a few hundred kilobytes per step). Labels go
-to the kernels as int32.
+back for it) and must lie in [0, K); host labels are then uploaded as int32. Weights live
+where the logits live, with their dtype, and must be finite and non-negative (device
+weights are copied back for the check, too: for a 388x388 tile that is 600 KB, tens of
+microseconds per step, the price of an error message instead of a silently wrong loss).
 
 Determinism: the loss is summed in a fixed order everywhere. cpu: a float64 partial per
 image row, then np.sum over the rows. cuda/opencl: per-block tree sums, then one block
