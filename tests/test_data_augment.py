@@ -3,12 +3,12 @@ flips/rotations/shifts against NumPy/SciPy references, and labels moving with im
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from cunet.data.augment import (AugmentConfig, GeometricTransform, augment, coarse_to_dense, elastic_displacement,
-                                resample, source_coordinates)
+from cunet.data.augment import (AugmentConfig, GeometricTransform, augment, coarse_to_dense, draw_transform,
+                                elastic_displacement, resample, source_coordinates)
 from cunet.data.mirror import mirror_index
 
 OFF = AugmentConfig(elastic_sigma=0.0, rotate=False, flip=False, gamma_log_std=0.0, contrast_log_std=0.0,
@@ -29,7 +29,6 @@ def _blobs(shape, seed, n_classes=2):
 # ----------------------------------------------------------------- mirror convention
 
 
-@settings(max_examples=60, deadline=None)
 @given(st.integers(1, 9), st.integers(-40, 0), st.integers(1, 80))
 def test_mirror_index_matches_numpy_reflect(n, start, length):
     row = np.arange(n)
@@ -145,7 +144,6 @@ def test_rotated_borders_are_mirrored_not_zero_filled():
 # ----------------------------------------------------------------- labels move with images
 
 
-@settings(max_examples=15, deadline=None)
 @given(st.integers(0, 10_000))
 def test_labels_stay_in_their_set(seed):
     rng = np.random.default_rng(seed)
@@ -157,7 +155,6 @@ def test_labels_stay_in_their_set(seed):
     assert set(np.unique(out_ids)) <= set(np.unique(ids))
 
 
-@settings(max_examples=15, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from([0, 1, 3]))
 def test_image_and_label_move_together(seed, order):
     label = _blobs((48, 48), seed)
@@ -168,10 +165,19 @@ def test_image_and_label_move_together(seed, order):
     if order == 0:
         assert not disagree.any()  # same coordinates, same rounding: identical
         return
-    # Interpolation may only move the 0.5 level set by less than a pixel: every
-    # disagreement touches a label edge (a pixel whose 3x3 neighbourhood holds both).
-    edge = ndimage.maximum_filter(out_label, 3) != ndimage.minimum_filter(out_label, 3)
-    assert not (disagree & ~edge).any()
+    # Where did each output pixel come from? augment() draws the geometric transform
+    # first (documented), so replaying the seed gives the same coordinates.
+    transform = draw_transform(np.random.default_rng(seed), config)
+    coords = source_coordinates(transform, label.shape, ((48 - 1) / 2, (48 - 1) / 2))
+    # Interpolating a 0/1 image can only cross 0.5 differently from the nearest source
+    # pixel where the interpolation support holds both labels: the 2 x 2 source pixels
+    # around the point (linear) or 4 x 4 (cubic; its ringing decays within a pixel or two).
+    lo, hi = (0, 1) if order == 1 else (-1, 2)
+    rows, cols = np.floor(coords[0]).astype(int), np.floor(coords[1]).astype(int)
+    window = [label[np.ix_(*[mirror_index(np.arange(r + lo, r + hi + 1), 48) for r in (y, x)])]
+              for y, x in zip(rows[disagree], cols[disagree])]
+    assert all(w.min() != w.max() for w in window)
+    assert disagree.mean() < 0.05
 
 
 def test_same_generator_state_same_result():

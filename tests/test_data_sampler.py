@@ -10,7 +10,7 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cunet.data.augment import AugmentConfig
@@ -51,7 +51,6 @@ def test_batch_shapes_and_dtypes():
     assert w.shape == (3, 28, 28) and w.dtype == np.float32
 
 
-@settings(max_examples=25, deadline=None)
 @given(st.integers(12, 40), st.integers(12, 40), st.integers(1, 12), st.integers(0, 40), st.integers(0, 99))
 def test_plain_tiles_are_mirrored_windows(h, w, out_size, margin, seed):
     """No augmentation: an integer window, context mirrored (repeatedly when wider than the image)."""
@@ -70,7 +69,6 @@ def test_plain_tiles_are_mirrored_windows(h, w, out_size, margin, seed):
         np.testing.assert_array_equal(wt[k], weights[i, top:top + out_size, left:left + out_size])
 
 
-@settings(max_examples=20, deadline=None)
 @given(st.integers(0, 10_000))
 def test_augmented_label_and_weight_are_the_centre_crop_of_the_source_map(seed):
     images, labels, weights = fixture(2, 40, 46, seed)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cunet.data.tiling import extract_tile, plan_tiles, stitch
@@ -28,10 +28,6 @@ def identity_network(tile, margin):
     return tile[..., margin:tile.shape[-2] - margin, margin:tile.shape[-1] - margin]
 
 
-SETTINGS = settings(max_examples=80, deadline=None)
-
-
-@SETTINGS
 @given(cases())
 def test_every_pixel_owned_exactly_once_on_the_align_grid(case):
     shape, in_size, out_size, align = case
@@ -48,7 +44,6 @@ def test_every_pixel_owned_exactly_once_on_the_align_grid(case):
     np.testing.assert_array_equal(count, 1)
 
 
-@SETTINGS
 @given(cases())
 def test_tiles_hold_the_mirrored_image(case):
     shape, in_size, out_size, align = case
@@ -60,7 +55,6 @@ def test_tiles_hold_the_mirrored_image(case):
         np.testing.assert_array_equal(extract_tile(image, tile), reference[:, r0 + pad:r1 + pad, c0 + pad:c1 + pad])
 
 
-@SETTINGS
 @given(cases())
 def test_identity_network_stitches_back_the_image(case):
     shape, in_size, out_size, align = case
@@ -71,7 +65,6 @@ def test_identity_network_stitches_back_the_image(case):
     np.testing.assert_array_equal(stitch(outputs, plan, shape), image)
 
 
-@settings(max_examples=30, deadline=None)
 @given(cases())
 def test_stitching_a_translation_equivariant_network_is_seamless(case):
     """A valid-mode filter run tile by tile equals the same filter run once on the mirrored image."""

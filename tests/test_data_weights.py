@@ -5,7 +5,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy import ndimage
 
@@ -49,10 +49,6 @@ def layouts(draw):
     return owner.astype(np.int32)
 
 
-SETTINGS = settings(max_examples=40, deadline=None)
-
-
-@SETTINGS
 @given(layouts(), st.floats(0.5, 20.0), st.floats(1.0, 8.0), st.sampled_from([1e-6, 1e-3, 0.5]))
 def test_weight_map_matches_full_reference(instances, w0, sigma, tol):
     labels = (instances > 0).astype(np.uint8)
@@ -67,7 +63,6 @@ def test_weight_map_matches_full_reference(instances, w0, sigma, tol):
     np.testing.assert_allclose(result, reference, rtol=2e-6, atol=tol)
 
 
-@SETTINGS
 @given(layouts(), st.floats(1.0, 6.0))
 def test_background_only_border_and_derived_instances(instances, sigma):
     labels = (instances > 0).astype(np.uint8)
@@ -77,7 +72,6 @@ def test_background_only_border_and_derived_instances(instances, sigma):
     np.testing.assert_allclose(weight_map(labels, sigma=sigma), reference, rtol=2e-6, atol=1e-6)
 
 
-@SETTINGS
 @given(st.lists(st.integers(0, 3), min_size=1, max_size=60), st.integers(1, 6))
 def test_class_balance_averages_one_and_balances_classes(values, width):
     labels = np.resize(np.array(values, np.uint8), (len(values), width))
