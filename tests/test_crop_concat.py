@@ -102,6 +102,8 @@ def test_crop_concat_bad_input(device):
         crop_concat_backward(dev((1, 5, 4, 4)), (1, 6, 6, 6))
     with pytest.raises(ValueError, match="crop_concat_backward: cannot centre-crop .* height difference 7 - 4 = 3"):
         crop_concat_backward(dev((1, 5, 4, 4)), (1, 2, 7, 6))
+    with pytest.raises(ValueError, match=r"crop_concat_backward: dskip would have shape \(1, 1, 65536, 32770\) = 2147614720 elements"):
+        crop_concat_backward(dev((1, 2, 2, 2)), (1, 1, 2**16, 2**15 + 2))  # refused before allocating 8 GB
     if device.name == "cpu":
         with pytest.raises(ValueError, match="crop_concat_forward: dtypes must match"):
             crop_concat_forward(np.zeros((1, 2, 6, 6)), np.zeros((1, 3, 4, 4), np.float32))

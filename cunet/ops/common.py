@@ -73,3 +73,19 @@ def ceil_div(a: int, b: int) -> int:
 def grid_1d(n: int, threads: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(grid, block) for one thread per element over ``n`` elements, the grid rounded up."""
     return (ceil_div(n, threads), 1, 1), (threads, 1, 1)
+
+
+def check_output_size(op: str, name: str, shape) -> None:
+    """An output an op is about to allocate fits 32-bit kernel indexing (prelude rule 8).
+
+    check_float_array covers the inputs; this covers outputs larger than any input (an
+    up-convolution's y is 4K/C times its x, a max-pool's dx four times its dy).
+    """
+    size = 1
+    for s in shape:
+        size *= int(s)
+    if size >= INT32_LIMIT:
+        raise ValueError(
+            f"{op}: {name} would have shape {tuple(int(s) for s in shape)} = {size} elements; kernels index "
+            f"with 32-bit ints, so a tensor must have fewer than 2**31 (split the batch or use smaller tiles)"
+        )

@@ -21,7 +21,7 @@ import numpy as np
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, check_same_dtype, grid_1d
+from .common import check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d
 
 CROP_CONCAT_CU = kernel_module("crop_concat.cu", threads=256)
 
@@ -57,6 +57,7 @@ def crop_concat_forward(skip, up):
     _check_margins(op, skip.shape, up.shape, "up")
     N, Cs, Hs, Ws = skip.shape
     _, Cu, H, W = up.shape
+    check_output_size(op, "y", (N, Cs + Cu, H, W))
     if runtime is None:
         oy, ox = _margins(skip.shape, up.shape)
         y = np.empty((N, Cs + Cu, H, W), up.dtype)
@@ -80,6 +81,7 @@ def crop_concat_backward(dy, skip_shape):
     N, Cs, Hs, Ws = skip_shape
     _, C, H, W = dy.shape
     Cu = C - Cs
+    check_output_size(op, "dskip", skip_shape)
     if runtime is None:
         oy, ox = _margins(skip_shape, dy.shape)
         dskip = np.zeros(skip_shape, dy.dtype)

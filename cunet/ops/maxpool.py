@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, grid_1d
+from .common import check_float_array, check_output_size, check_same_device, grid_1d
 
 MAXPOOL_CU = kernel_module("maxpool.cu", threads=256)
 
@@ -126,6 +126,7 @@ def maxpool2x2_backward(dy, argmax, input_shape):
     _check_argmax(op, argmax, dy)
     check_same_device(op, dy=dy, argmax=argmax)
     input_shape = _check_input_shape(op, input_shape, dy.shape)
+    check_output_size(op, "dx", input_shape)
     if runtime is None:
         dx = np.empty(input_shape, dy.dtype)
         _backward_cpu(dy.reshape(_planes(dy.shape)), argmax.reshape(_planes(dy.shape)), dx.reshape(_planes(input_shape)))

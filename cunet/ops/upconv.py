@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import ceil_div, check_float_array, check_same_device, check_same_dtype, grid_1d
+from .common import ceil_div, check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d
 
 # 64 x 64 output tile per block, reduction steps of 8, a 4 x 4 register tile per thread:
 # (64/4) * (64/4) = 256 threads. TILE_PAD pads the shared tiles' rows against bank conflicts.
@@ -134,6 +134,7 @@ def upconv2x2_forward(x, w, b):
     K = w.shape[1]
     if tuple(b.shape) != (K,):
         raise ValueError(f"{op}: b must be [K] = [{K}] (w has {K} output channels), got shape {tuple(b.shape)}")
+    check_output_size(op, "y", (N, K, 2 * H, 2 * W))
     if runtime is None:
         return _forward_cpu(x, w, b)
     y = runtime.empty((N, K, 2 * H, 2 * W), np.float32)
