@@ -30,7 +30,8 @@
  * writes 4 B + 1 B (the uint8 argmax: a quarter of a float index's traffic); backward
  * reads 4 B + 1 B and writes 16 B. A warp's 32 windows cover 256 contiguous bytes on
  * each of two input rows, so the loads coalesce. Pure bandwidth: the U-Net's largest
- * pool ([1,64,568,568] at base 64, 83 MB in) is ~0.1 ms at H100 bandwidth.
+ * pool ([1,64,568,568] at base 64: 83 MB in, 26 MB out) is about 35 us at an H100's
+ * 3.35 TB/s.
  */
 
 #ifdef CUNET_CUDA
