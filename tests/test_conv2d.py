@@ -206,6 +206,21 @@ def test_cpu_float64_matches_reference(R):
     np.testing.assert_allclose(db, eb, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("R", [1, 3])
+def test_cpu_chunks_of_rows_match_reference(monkeypatch, rows, R):
+    """The cpu path works a few output rows at a time: 1 row, and 2 with a short last chunk."""
+    monkeypatch.setattr(conv2d_module, "CPU_CHUNK_ELEMENTS", rows * (3 * R * R + 4) * 8)
+    assert conv2d_module._chunk_rows(3, 4, R, 8) == rows
+    x, w, b, dy = random_case(13, (2, 3, 7, 8, 4, R), np.float64)
+    np.testing.assert_allclose(conv2d_forward(x, w, b, relu=True), np.maximum(forward_reference(x, w, b), 0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv2d_backward_input(dy, w), backward_input_reference(dy, w), rtol=1e-12, atol=1e-12)
+    dw, db = conv2d_backward_params(x, dy)
+    ew, eb = backward_params_reference(x, dy)
+    np.testing.assert_allclose(dw, ew, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, eb, rtol=1e-12, atol=1e-12)
+
+
 def numerical_gradient(f, a, h=1e-6):
     """Central differences of the scalar f() with respect to every element of a (in place)."""
     grad = np.empty_like(a)

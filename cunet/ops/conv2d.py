@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from cunet.kernels import kernel_module
 
@@ -145,54 +146,86 @@ def _check_operands(op: str, **arrays):
 
 
 # --- cpu --------------------------------------------------------------------------------------
-# About 1 MB of im2col chunk (in float32): big enough that each chunk is a GEMM BLAS runs
-# near its peak, small enough to stay in the L2 cache between being written and read.
-CPU_CHUNK_ELEMENTS = 1 << 18
+# Elements of one chunk's im2col matrix plus its GEMM output (8 MB in float32). Every BLAS
+# call has a fixed cost (waking its threads, packing panels), so fewer, bigger chunks won
+# in measurements here (2^18 to 2^22 tried; 2^21 was fastest for 16 to 256 channels); the
+# chunk still sits in the last-level cache when the GEMM and the epilogue read it.
+CPU_CHUNK_ELEMENTS = 1 << 21
+# The two Numba helpers below are deliberately serial: BLAS already runs each chunk's GEMM
+# on every core, and alternating between Numba's thread pool and OpenBLAS's made each pool
+# wait for the other's spinning threads to yield (measured: up to 10x slower overall).
 
 
-def _im2col_chunks(x_img: np.ndarray, R: int, W: int, length: int):
-    """Yield (q0, cols) with cols[(c, r, s), q] = x_img[c, q0 + q + r*W + s] for a run of q.
+def _chunk_rows(C: int, K: int, R: int, W: int) -> int:
+    """Output rows per chunk: (C*R*R + K) * rows * W elements fit in CPU_CHUNK_ELEMENTS."""
+    return max(1, CPU_CHUNK_ELEMENTS // ((C * R * R + K) * W))
 
-    ``x_img`` is one image flattened to [C, H*W]; q runs over [0, length) in chunks of
-    whole input rows. For a 1x1 filter the chunk is a slice of x_img itself (no copy).
-    The yielded array is reused for the next chunk: use it before asking for the next.
+
+@njit(cache=True)
+def _gather_im2col(x_img, R, W, q0, n, cols):
+    """cols[(c, r, s), q] = x_img[c, q0 + q + r*W + s] for q < n: C*R*R contiguous copies."""
+    RR = R * R
+    for i in range(cols.shape[0]):
+        c = i // RR
+        r = (i - c * RR) // R
+        start = q0 + r * W + (i - c * RR - r * R)
+        for q in range(n):
+            cols[i, q] = x_img[c, start + q]
+
+
+@njit(cache=True)
+def _bias_relu_epilogue(wide, b, relu, out):
+    """out[k, i, j] = wide[k, i, j] + b[k], then max(., 0) if relu, over out's shape."""
+    K, count, OW = out.shape
+    for k in range(K):
+        for i in range(count):
+            for j in range(OW):
+                v = wide[k, i, j] + b[k]
+                out[k, i, j] = (v if v > 0.0 else 0.0) if relu else v   # NaN -> 0, as fmaxf
+
+
+def _im2col_chunks(x_img: np.ndarray, R: int, W: int, OH: int, rows: int):
+    """Yield (oh0, cols) with cols[(c, r, s), q] = x_img[c, oh0*W + q + r*W + s].
+
+    ``x_img`` is one image flattened to [C, H*W]; each chunk covers output rows
+    [oh0, oh0 + rows) computed at the input's width W, and the last chunk stops R-1
+    short of its last row (those columns lie past the output's edge anyway). For a 1x1
+    filter the chunk is a slice of x_img itself; otherwise a buffer that is reused for
+    the next chunk: use it before asking for the next.
     """
     C = x_img.shape[0]
-    if R == 1:   # the im2col matrix of a 1x1 filter is the image
-        yield 0, x_img[:, :length]
-        return
-    step = max(1, CPU_CHUNK_ELEMENTS // (C * R * R * W)) * W
-    buffer = np.empty((C, R * R, step), x_img.dtype)
-    for q0 in range(0, length, step):
-        n = min(step, length - q0)
-        for r in range(R):
-            for s in range(R):
-                start = q0 + r * W + s
-                buffer[:, r * R + s, :n] = x_img[:, start:start + n]
-        yield q0, buffer.reshape(C * R * R, step)[:, :n]
+    length = OH * W - (R - 1)
+    buffer = np.empty((C * R * R, rows * W), x_img.dtype) if R > 1 else None
+    for oh0 in range(0, OH, rows):
+        q0 = oh0 * W
+        n = min(rows * W, length - q0)
+        if R == 1:
+            yield oh0, x_img[:, q0:q0 + n]
+        else:
+            _gather_im2col(x_img, R, W, q0, n, buffer)
+            yield oh0, buffer[:, :n]
 
 
-def _correlate_cpu(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Valid cross-correlation without bias: [N, C, H, W] * [K, C, R, R] -> [N, K, OH, OW]."""
+def _correlate_cpu(x: np.ndarray, w: np.ndarray, b=None, relu: bool = False) -> np.ndarray:
+    """Valid cross-correlation [N, C, H, W] * [K, C, R, R] -> [N, K, OH, OW], plus b, then ReLU.
+
+    Per chunk of output rows: one GEMM into ``wide`` ([K, rows, W]: each row W long, its
+    last R-1 values past the output's edge), then, while that is still in cache, the
+    epilogue copies the OW valid columns into y, adding the bias and applying the ReLU.
+    """
     N, C, H, W = x.shape
     K, R = w.shape[0], w.shape[2]
     OH, OW = H - R + 1, W - R + 1
-    length = OH * W - (R - 1)            # output positions q = oh*W + ow with ow < W; last row cut short
-    wide = np.empty((K, OH * W), x.dtype)   # rows of W values: the last R-1 of each are discarded
+    rows = min(OH, _chunk_rows(C, K, R, W))
     wmat = w.reshape(K, C * R * R)
+    bias = np.zeros(K, x.dtype) if b is None else b
+    wide = np.empty((K, rows, W), x.dtype)
     y = np.empty((N, K, OH, OW), x.dtype)
     for n in range(N):
-        for q0, cols in _im2col_chunks(x[n].reshape(C, H * W), R, W, length):
-            np.matmul(wmat, cols, out=wide[:, q0:q0 + cols.shape[1]])
-        y[n] = wide.reshape(K, OH, W)[:, :, :OW]
-    return y
-
-
-def _forward_cpu(x, w, b, relu):
-    y = _correlate_cpu(x, w)
-    y += b[None, :, None, None]
-    if relu:
-        np.maximum(y, 0, out=y)
+        for oh0, cols in _im2col_chunks(x[n].reshape(C, H * W), R, W, OH, rows):
+            np.matmul(wmat, cols, out=wide.reshape(K, rows * W)[:, :cols.shape[1]])
+            count = min(rows, OH - oh0)
+            _bias_relu_epilogue(wide, bias, relu, y[n, :, oh0:oh0 + count])
     return y
 
 
@@ -209,18 +242,22 @@ def _backward_input_cpu(dy, w):
 
 
 def _backward_params_cpu(x, dy):
-    """dw[k, (c,r,s)] = sum_q dy[k, q] * cols[(c,r,s), q], one GEMM per im2col chunk; db = sum dy."""
+    """dw[k, (c,r,s)] = sum_q dy[k, q] * cols[(c,r,s), q], one GEMM per im2col chunk; db = sum dy.
+
+    dy is copied a chunk at a time onto rows of the input's width W (the R-1 columns past
+    the output's edge stay 0, so the garbage columns of the im2col chunk add nothing).
+    """
     N, C, H, W = x.shape
     K, OH, OW = dy.shape[1:]
     R = H - OH + 1
-    length = OH * W - (R - 1)
+    rows = min(OH, _chunk_rows(C, K, R, W))
     dwmat = np.zeros((K, C * R * R), x.dtype)
-    wide = np.zeros((K, OH, W), x.dtype)   # dy on rows of width W; the extra R-1 columns stay 0
+    wide = np.zeros((K, rows, W), x.dtype)
     for n in range(N):
-        wide[:, :, :OW] = dy[n]
-        flat = wide.reshape(K, OH * W)
-        for q0, cols in _im2col_chunks(x[n].reshape(C, H * W), R, W, length):
-            dwmat += flat[:, q0:q0 + cols.shape[1]] @ cols.T
+        for oh0, cols in _im2col_chunks(x[n].reshape(C, H * W), R, W, OH, rows):
+            count = min(rows, OH - oh0)
+            wide[:, :count, :OW] = dy[n, :, oh0:oh0 + count]
+            dwmat += wide.reshape(K, rows * W)[:, :cols.shape[1]] @ cols.T
     db = dy.reshape(N, K, OH * OW).sum(axis=2).sum(axis=0)
     return dwmat.reshape(K, C, R, R), db
 
@@ -292,7 +329,7 @@ def conv2d_forward(x, w, b, relu: bool = False):
                          f"(need H, W >= {R})")
     _check_fits_int32(op, "output", (N, K, H - R + 1, W - R + 1))
     if runtime is None:
-        return _forward_cpu(x, w, b, bool(relu))
+        return _correlate_cpu(x, w, b, bool(relu))
     return _forward_device(runtime, x, w, b, bool(relu))
 
 
