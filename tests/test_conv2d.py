@@ -252,6 +252,23 @@ def test_backward_ops_match_finite_differences(R):
     np.testing.assert_allclose(db, numerical_gradient(loss, b), rtol=1e-7, atol=1e-7)
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 70, 75, 32, 3), (2, 64, 20, 18, 2, 1), (1, 1, 92, 92, 16, 3)])
+def test_cpu_matches_pytorch_on_unet_sized_layers(shape):
+    """Shapes too big for the naive loops, several chunks each: against PyTorch's autograd, in float64."""
+    torch = pytest.importorskip("torch")
+    x, w, b, dy = random_case(17, shape, np.float64)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb)
+    ty.backward(torch.from_numpy(dy))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv2d_module, "CPU_CHUNK_ELEMENTS", 1 << 16)
+        y = conv2d_forward(x, w, b)
+        dx = conv2d_backward_input(dy, w)
+        dw, db = conv2d_backward_params(x, dy)
+    for ours, theirs in ((y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-10)
+
+
 # --- host-side choices ----------------------------------------------------------------------------
 def test_tile_config_picks_the_narrowest_fitting_tile():
     assert [tile_config(n).BN for n in (1, 2, 4, 5, 16, 17, 64, 1024)] == [4, 4, 4, 16, 16, 64, 64, 64]

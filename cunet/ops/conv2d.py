@@ -63,7 +63,7 @@ class TileConfig:
 
 
 # Widest first. 128x64 with 8x8 per thread is the classic register-blocked SGEMM shape:
-# 64 accumulators + 16 operands per thread (~120 registers, no spills), 128 threads, 6.6 KB
+# 64 accumulators + 16 operands per thread (~120 registers, no spills), 128 threads, 6.4 KB
 # of shared tiles, 16 shared loads per 64 FMAs. It suits the U-Net's 64..1024 channels.
 # With K = 16 (first levels at base 16) it would leave 3/4 of each tile idle, and with
 # K = 2 (the last 1x1 layer) or C = 1 (backward input of the first layer) 97%; the
