@@ -33,7 +33,7 @@ from cunet.loss import weighted_cross_entropy
 from cunet.metrics import basic_metrics
 from cunet.optim import SGD
 from cunet.predict import predict_probabilities
-from cunet.unet import InvalidSizeError, UNet, check_input_size, output_size
+from cunet.unet import InvalidSizeError, UNet, check_input_size, input_size_for_output, output_size
 
 # The paper's network and optimiser: what a GPU runs by default.
 PAPER = dict(tile=572, base=64, depth=5, steps=2000, lr=0.01)
@@ -64,6 +64,8 @@ class TrainConfig:
     augment: bool = True
     val_every: int = 0
     checkpoint_every: int = 50
+    input_mean: float | None = None  # measured on the training images when the run starts
+    input_std: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -82,6 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=DEVICE_NAMES, default="auto", help="where to train (default auto: cuda if CuPy finds a GPU, else cpu)")
     p.add_argument("--kernels", choices=("cuda", "numba"), default="cuda", help="on cuda: CUDA C kernels or the Numba alternates for memory-bound ops")
     p.add_argument("--data", help="ISBI folder (train-volume.tif + train-labels.tif) or images/ + labels/ folder; default: synthetic EM data")
+    p.add_argument("--synthetic-images", type=int, help="how many synthetic 512x512 images to generate without --data (default 10)")
     p.add_argument("--steps", type=int, help="total training steps (GPU default 2000; CPU default 300)")
     p.add_argument("--tile", type=int, help="input tile size (GPU default 572; CPU default 252)")
     p.add_argument("--base", type=int, help="channels of the first level (GPU default 64; CPU default 16)")
@@ -110,7 +113,8 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     notes = [f"defaults for {why}"] if any(getattr(args, k) is None for k in defaults) else []
     extra = {k: getattr(args, k) for k in ("momentum", "weight_decay", "batch", "seed", "dropout", "w0", "sigma",
-                                           "val_every", "checkpoint_every", "data") if getattr(args, k) is not None}
+                                           "val_every", "checkpoint_every", "data", "synthetic_images")
+             if getattr(args, k) is not None}
     config = TrainConfig(**chosen, **extra, notes=notes)
     validate_config(config)
     return config
@@ -147,6 +151,8 @@ def load_data(c: TrainConfig) -> Data:
         dataset = load_dataset(c.data)
         images, labels, instances, source = dataset.images, dataset.labels, None, f"{dataset.source} ({len(dataset)} slices)"
     split = make_split(len(images), val_fraction=c.val_fraction, seed=c.seed)
+    if c.input_mean is None:  # the normalisation is part of the model: measured once, then kept
+        c.input_mean, c.input_std = float(images[split.train].mean()), float(images[split.train].std())
     out = output_size(c.tile, c.depth)
     sampler = TrainingSampler(images[split.train], labels[split.train], in_size=c.tile, out_size=out,
                               augment=c.augment, seed=c.seed,
@@ -156,8 +162,18 @@ def load_data(c: TrainConfig) -> Data:
     return Data(sampler, images[split.val], labels[split.val], description, json.loads(split.to_json()))
 
 
-def validate(model: UNet, data: Data, tile: int) -> dict[str, float]:
+def validation_tile(model: UNet, data: Data) -> int:
+    """The inference tile for validation: the smallest whose output covers a whole held-out image.
+
+    The network is fully convolutional, so it may predict with a larger tile than it trains
+    on; one tile per image keeps validation quick whatever the training tile.
+    """
+    return input_size_for_output(max(data.val_images.shape[1:]), model.depth)
+
+
+def validate(model: UNet, data: Data) -> dict[str, float]:
     """Mean metrics over the held-out images (overlap-tile prediction of each whole image)."""
+    tile = validation_tile(model, data)
     per_image = [basic_metrics(predict_probabilities(model, image, tile), label)
                  for image, label in zip(data.val_images, data.val_labels)]
     return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
@@ -186,9 +202,10 @@ class Run:
 
     def __init__(self, config: TrainConfig, device: Device, out: Path, quiet: bool = False):
         self.config, self.device, self.out, self.quiet = config, device, out, quiet
-        self.model = UNet(1, 2, config.base, config.depth, config.dropout, seed=config.seed).to(device)
-        self.optimizer = SGD(self.model.parameters(), config.lr, config.momentum, config.weight_decay)
         self.data = load_data(config)
+        self.model = UNet(1, 2, config.base, config.depth, config.dropout, seed=config.seed,
+                          input_mean=config.input_mean, input_std=config.input_std).to(device)
+        self.optimizer = SGD(self.model.parameters(), config.lr, config.momentum, config.weight_decay)
         self.step = 0
         self.last_loss = None
         out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +235,7 @@ class Run:
     def train_step(self) -> float:
         """One SGD step on a fresh batch; returns the loss (before the update)."""
         x, labels, weights = self.data.sampler.batch(self.config.batch)
-        logits = self.model(Tensor(self.device.to_device(x)))
+        logits = self.model(Tensor(self.device.to_device(self.model.normalise(x))))
         loss = weighted_cross_entropy(logits, labels, self.device.to_device(weights))
         value = loss.item()
         if not math.isfinite(value):
@@ -236,7 +253,7 @@ class Run:
     def run(self) -> dict:
         """Train until ``config.steps``; returns a summary dict. Raises NonFiniteLoss after saving nothing new."""
         c = self.config
-        before = validate(self.model, self.data, c.tile)
+        before = validate(self.model, self.data)
         self.log(dict(step=self.step, validation=before))
         stop = StopRequest()
         bar = None if self.quiet else _progress(self.step, c.steps)
@@ -252,7 +269,7 @@ class Run:
                     bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{c.batch / seconds:.2f}")
                     bar.update(1)
                 if c.val_every and self.step % c.val_every == 0 and self.step < c.steps:
-                    self.log(dict(step=self.step, validation=validate(self.model, self.data, c.tile)))
+                    self.log(dict(step=self.step, validation=validate(self.model, self.data)))
                 if self.step % c.checkpoint_every == 0:
                     self.save()
         finally:
@@ -260,7 +277,7 @@ class Run:
             if bar is not None:
                 bar.close()
         self.save()
-        after = validate(self.model, self.data, c.tile)
+        after = validate(self.model, self.data)
         self.log(dict(step=self.step, validation=after))
         plot_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
         return dict(step=self.step, interrupted=stop.requested, before=before, after=after)

@@ -71,6 +71,14 @@ def nearest_valid_sizes(input_size: int, depth: int = 5) -> tuple[int | None, in
     return below, above
 
 
+def input_size_for_output(min_output: int, depth: int = 5) -> int:
+    """The smallest valid input size whose output is at least ``min_output`` pixels."""
+    size = 1
+    while not (is_valid_input_size(size, depth) and _trace_sizes(size, depth)[-1] >= min_output):
+        size += 1
+    return size
+
+
 def check_input_size(input_size: int, depth: int = 5) -> None:
     """Raise InvalidSizeError naming the nearest valid sizes if ``input_size`` does not fit."""
     if is_valid_input_size(input_size, depth):
@@ -113,14 +121,21 @@ class UNet(Module):
 
     ``forward`` takes [N, in_channels, S, S] with S a valid size and returns the logits
     [N, n_classes, output_size(S), output_size(S)].
+
+    ``input_mean`` and ``input_std`` record the affine map the training data was given
+    (``normalise``): inputs of zero mean and unit spread keep the first layers' activations
+    and gradients well scaled. They travel with the model so prediction uses the same map.
     """
 
     def __init__(self, in_channels: int = 1, n_classes: int = 2, base: int = 64, depth: int = 5,
-                 dropout: float = 0.5, seed: int = 0):
+                 dropout: float = 0.5, seed: int = 0, input_mean: float = 0.0, input_std: float = 1.0):
         if depth < 2 or base < 1 or n_classes < 2 or in_channels < 1:
             raise ValueError(f"UNet needs depth >= 2, base >= 1, n_classes >= 2, in_channels >= 1; "
                              f"got depth={depth}, base={base}, n_classes={n_classes}, in_channels={in_channels}")
-        self.config = dict(in_channels=in_channels, n_classes=n_classes, base=base, depth=depth, dropout=dropout, seed=seed)
+        if not input_std > 0:
+            raise ValueError(f"UNet: input_std must be positive, got {input_std}")
+        self.config = dict(in_channels=in_channels, n_classes=n_classes, base=base, depth=depth, dropout=dropout,
+                           seed=seed, input_mean=float(input_mean), input_std=float(input_std))
         rng = np.random.default_rng(seed)
         channels = [base * 2**i for i in range(depth)]
         self.down = [DownLevel(c_in, c_out, rng) for c_in, c_out in zip([in_channels] + channels[:-1], channels)]
@@ -137,6 +152,10 @@ class UNet(Module):
     def output_size(self, input_size: int) -> int:
         """Output tile size for an input tile size (an error naming valid sizes if it does not fit)."""
         return output_size(input_size, self.depth)
+
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        """Host images (floats in [0, 1], as the loaders give) mapped to the network's input scale."""
+        return ((images - self.config["input_mean"]) / self.config["input_std"]).astype(np.float32)
 
     def valid_input_sizes(self, up_to: int = 1024) -> list[int]:
         """All valid input tile sizes up to ``up_to``."""

@@ -96,7 +96,7 @@ def _backward_params_cpu(x, dy):
     # threading handled that orientation badly here (C = 32: 12 ms vs over 1 s when the two
     # cores were busy), so the small transpose of the result is the cheaper path.
     dw_t = np.matmul(_dy_matrix(dy), x.reshape(N, C, H * W).transpose(0, 2, 1)).sum(axis=0)  # [4K, C]
-    return dw_t.T.reshape(C, K, 2, 2), dy.sum(axis=(0, 2, 3))
+    return np.ascontiguousarray(dw_t.T).reshape(C, K, 2, 2), dy.sum(axis=(0, 2, 3))
 
 
 # --- checks ---------------------------------------------------------------------------

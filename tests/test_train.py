@@ -1,0 +1,127 @@
+"""python -m cunet.train end to end, on tiny settings: logs, checkpoints, exact resume, failures."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cunet import train
+from cunet.checkpoint import load_checkpoint
+
+TINY = ["--tile", "44", "--base", "2", "--depth", "2", "--synthetic-images", "3", "--quiet", "--lr", "0.01"]
+
+
+def run_main(tmp_path, *args, name="run"):
+    out = tmp_path / name
+    return train.main([*TINY, "--out", str(out), *args]), out
+
+
+def steps_logged(out):
+    return [json.loads(line) for line in open(out / "log.jsonl") if '"loss"' in line]
+
+
+def test_a_few_steps_write_log_checkpoint_and_plot(tmp_path, capsys):
+    code, out = run_main(tmp_path, "--steps", "3", "--device", "cpu", "--checkpoint-every", "2")
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "validation before:" in text and "validation after:" in text
+    records = steps_logged(out)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) and r["seconds"] > 0 and r["images_per_s"] > 0 for r in records)
+    assert load_checkpoint(out / "checkpoint.npz").step == 3
+    assert (out / "loss.png").stat().st_size > 1000
+
+
+def test_resume_is_bit_identical_to_one_run(tmp_path):
+    code, straight = run_main(tmp_path, "--steps", "4", "--device", "cpu", name="straight")
+    assert code == 0
+    code, split = run_main(tmp_path, "--steps", "2", "--device", "cpu", name="split")
+    assert code == 0
+    assert train.main(["--resume", str(split / "checkpoint.npz"), "--steps", "4", "--quiet"]) == 0
+    a, b = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
+    assert a.step == b.step == 4
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
+    for va, vb in zip(a.velocities, b.velocities):
+        np.testing.assert_array_equal(va, vb)
+    assert [r["loss"] for r in steps_logged(straight)] == [r["loss"] for r in steps_logged(split)]
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, capsys):
+    code, out = run_main(tmp_path, "--steps", "1", "--device", "cpu")
+    assert code == 0
+    assert train.main(["--resume", str(out / "checkpoint.npz"), "--base", "4", "--quiet"]) == 2
+    assert "--base 4 differs from the checkpoint's 2" in capsys.readouterr().err
+
+
+def test_resume_from_a_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
+    code, out = run_main(tmp_path, "--steps", "1", "--device", "cpu")
+    path = out / "checkpoint.npz"
+    path.write_bytes(path.read_bytes()[:300])
+    assert train.main(["--resume", str(path), "--quiet"]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_checkpoint_with_wrong_shapes_is_a_clear_error(tmp_path, capsys):
+    code, out = run_main(tmp_path, "--steps", "1", "--device", "cpu")
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    from cunet.checkpoint import save_checkpoint
+
+    ckpt.params["head.weight"] = ckpt.params["head.weight"][:, :1]
+    save_checkpoint(out / "bad.npz", ckpt.params, ckpt.velocities, ckpt.meta)
+    assert train.main(["--resume", str(out / "bad.npz"), "--quiet"]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    real = train.weighted_cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, labels, weights):
+        calls["n"] += 1
+        loss = real(logits, labels, weights)
+        if calls["n"] == 3:
+            loss.data[...] = np.nan
+        return loss
+
+    monkeypatch.setattr(train, "weighted_cross_entropy", poisoned)
+    code, out = run_main(tmp_path, "--steps", "5", "--device", "cpu", "--checkpoint-every", "1")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "the loss became nan at step 3" in err and "step 2" in err
+    assert load_checkpoint(out / "checkpoint.npz").step == 2
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "cunet.train", *TINY, "--steps", "100000", "--device", "cpu",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "log.jsonl").exists() and len(steps_logged(out)) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted at step" in stdout
+    assert load_checkpoint(out / "checkpoint.npz").step == len(steps_logged(out))
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    proc = subprocess.run([sys.executable, "-m", "cunet.train", "--device", "cuda", "--steps", "1"],
+                          capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert proc.returncode == 2
+    assert "--device cpu" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_invalid_tile_names_valid_sizes(capsys):
+    assert train.main(["--tile", "570", "--depth", "5", "--device", "cpu", "--quiet"]) == 2
+    assert "use 556 or 572" in capsys.readouterr().err
+
+
+def test_trains_on_opencl(tmp_path):
+    code, out = run_main(tmp_path, "--steps", "2", "--device", "opencl")
+    assert code == 0 and load_checkpoint(out / "checkpoint.npz").step == 2
