@@ -3,6 +3,7 @@
 Importing this package declares every kernel module, which is how the compile check
 (``python -m cunet.kernels check``) finds them all.
 """
+from .add import add_inplace
 from .conv2d import conv2d_backward_input, conv2d_backward_params, conv2d_forward
 from .crop_concat import crop_concat_backward, crop_concat_forward
 from .dropout import dropout_backward, dropout_forward, dropout_mask
@@ -15,9 +16,11 @@ from .upconv import upconv2x2_backward_input, upconv2x2_backward_params, upconv2
 
 __all__ = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params",
-    "philox_bits", "relu_forward", "relu_backward", "sgd_momentum_update",
     "maxpool2x2_forward", "maxpool2x2_backward",
     "upconv2x2_forward", "upconv2x2_backward_input", "upconv2x2_backward_params",
     "crop_concat_forward", "crop_concat_backward",
-    "dropout_forward", "dropout_backward", "dropout_mask", "softmax_ce_forward", "softmax_ce_backward",
+    "relu_forward", "relu_backward",
+    "dropout_forward", "dropout_backward", "dropout_mask", "philox_bits",
+    "softmax_ce_forward", "softmax_ce_backward",
+    "sgd_momentum_update", "add_inplace",
 ]
