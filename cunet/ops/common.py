@@ -89,3 +89,73 @@ def check_output_size(op: str, name: str, shape) -> None:
             f"{op}: {name} would have shape {tuple(int(s) for s in shape)} = {size} elements; kernels index "
             f"with 32-bit ints, so a tensor must have fewer than 2**31 (split the batch or use smaller tiles)"
         )
+
+
+# --- cpu loops: serial for small arrays, parallel for large ones ---------------------------
+# A Numba ``parallel=True`` loop hands its iterations to a thread pool (the OpenMP layer
+# here). That hand-off has a fixed cost: about 10-50 us on an idle 2-core machine, and
+# milliseconds when the cores are busy, because the pool's threads then wait to be
+# scheduled (measured: _sgd_cpu on 100 elements took 15 ms with 2 threads, 3 us with 1).
+# Worse, after the loop the pool's threads keep spinning for a while, and so do
+# OpenBLAS's after a GEMM: a step that alternates the two has each pool steal cores from
+# the other. A U-Net step runs ~100 such loops, half of them on tiny arrays (biases,
+# 1x1 layers, the bottom level), where one core finishes before the pool has woken up.
+#
+# So every CPU loop is compiled twice from one Python function, serially and in
+# parallel, and the call picks the parallel one only when the loop has enough work to
+# win. The unit of ``work`` is "elements streamed by the loop" (the size of its largest
+# array); loops whose per-element cost is far from a copy's (Philox draws, exp/log) say
+# so with their own threshold.
+#
+# PARALLEL_MIN_WORK: where the parallel loop starts to beat the serial one. Measured with
+# `python -m benchmarks.threshold` (relu, sgd, maxpool, add loops, float32, 2 cores, load
+# < 1): below ~64k elements the serial loop is faster or equal (the hand-off costs about
+# as much as streaming 64k floats on one core); from ~256k elements up the parallel loop
+# is 1.5-1.9x faster. 2**17 sits between the two; being off by 2x either way costs a few
+# microseconds per call. See benchmarks/README.md for the table.
+PARALLEL_MIN_WORK = 1 << 17
+
+
+class SerialOrParallel:
+    """One Numba loop compiled serially and in parallel; ``f(*args, work=n)`` picks by ``n``.
+
+    ``prange`` is ``range`` in the serial compile, so both variants run the same code;
+    the tests check they agree bit for bit. ``.serial`` and ``.parallel`` are the two
+    Numba dispatchers, for benchmarks and tests.
+    """
+
+    def __init__(self, py_func, min_work: int = PARALLEL_MIN_WORK, cache: bool = True):
+        import functools
+        import types
+
+        from numba import njit
+
+        # Numba's on-disk cache keys an entry by the function's name, line and bytecode,
+        # not by the compile flags: two dispatchers of one function would load each
+        # other's machine code. A copy of the function under another name gets its own
+        # cache file.
+        serial_func = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + "__serial",
+                                         py_func.__defaults__, py_func.__closure__)
+        serial_func.__qualname__ = py_func.__qualname__ + "__serial"
+        self.serial = njit(cache=cache)(serial_func)
+        self.parallel = njit(parallel=True, cache=cache)(py_func)
+        self.min_work = int(min_work)
+        self.py_func = py_func
+        functools.update_wrapper(self, py_func)
+
+    def choose(self, work: int):
+        """The dispatcher a loop of ``work`` elements runs on."""
+        return self.parallel if work >= self.min_work else self.serial
+
+    def __call__(self, *args, work: int):
+        return self.choose(work)(*args)
+
+    def __repr__(self) -> str:
+        return f"SerialOrParallel({self.py_func.__qualname__}, min_work={self.min_work})"
+
+
+def njit_serial_or_parallel(min_work: int = PARALLEL_MIN_WORK, cache: bool = True):
+    """Decorator: compile a loop with ``prange`` both ways (see :class:`SerialOrParallel`)."""
+    def decorate(py_func):
+        return SerialOrParallel(py_func, min_work, cache)
+    return decorate

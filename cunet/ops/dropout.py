@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import ceil_div, check_float_array, grid_1d
+from .common import ceil_div, check_float_array, grid_1d, njit_serial_or_parallel
 from .random import philox4x32_10, split_seed, unit_float
 
 DROPOUT_CU = kernel_module("dropout.cu", threads=256)
@@ -69,14 +69,19 @@ def mask_group(mask, group, n, p, key0, key1, stream):
 
 
 # --- cpu ----------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+# Ten Philox rounds per four elements cost far more than a copy: the parallel loop pays
+# off from fewer elements than common.PARALLEL_MIN_WORK (measured: benchmarks/threshold.py).
+PHILOX_MIN_WORK = 1 << 14
+
+
+@njit_serial_or_parallel(PHILOX_MIN_WORK)
 def _dropout_cpu(x, y, p, scale, key0, key1, stream):
     n = x.size
     for group in prange((n + WORDS_PER_CALL - 1) // WORDS_PER_CALL):
         dropout_group(x, y, group, n, p, scale, key0, key1, stream)
 
 
-@njit(parallel=True, cache=True)
+@njit_serial_or_parallel(PHILOX_MIN_WORK)
 def _mask_cpu(mask, p, key0, key1, stream):
     n = mask.size
     for group in prange((n + WORDS_PER_CALL - 1) // WORDS_PER_CALL):
@@ -115,7 +120,7 @@ def _apply(op: str, name: str, x, p, seed: int, stream: int):
     scale = 1.0 / (1.0 - float(p))
     if runtime is None:
         out = np.empty_like(x)
-        _dropout_cpu(x.reshape(-1), out.reshape(-1), p32, x.dtype.type(scale), key0, key1, stream)
+        _dropout_cpu(x.reshape(-1), out.reshape(-1), p32, x.dtype.type(scale), key0, key1, stream, work=x.size)
         return out
     out = runtime.empty(x.shape)
     grid, block = dropout_grid(x.size)
@@ -159,7 +164,7 @@ def dropout_mask(shape, p: float, seed: int, stream: int = 0, runtime=None):
     n = math.prod(shape)
     if runtime is None:
         mask = np.empty(shape, np.uint8)
-        _mask_cpu(mask.reshape(-1), p32, key0, key1, stream)
+        _mask_cpu(mask.reshape(-1), p32, key0, key1, stream, work=n)
         return mask
     mask = runtime.empty(shape, np.uint8)
     grid, block = dropout_grid(n)

@@ -14,7 +14,7 @@ H and W must be even. The U-Net's size arithmetic guarantees it (a valid input s
 makes every pooled map even), so an odd size here is a bug upstream, and refused rather
 than silently cropped.
 
-cpu: Numba, parallel over rows of windows. cuda/opencl: kernels/maxpool.cu; on cuda the
+cpu: Numba, over rows of windows (in parallel when the map is large enough to pay for it). cuda/opencl: kernels/maxpool.cu; on cuda the
 Numba alternates (ops/numba_cuda/maxpool.py) run instead when the runtime asks for them.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_output_size, check_same_device, grid_1d
+from .common import check_float_array, check_output_size, check_same_device, grid_1d, njit_serial_or_parallel
 
 MAXPOOL_CU = kernel_module("maxpool.cu", threads=256)
 
@@ -58,7 +58,7 @@ def routed(g, where, q):
 
 
 # --- cpu ------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+@njit_serial_or_parallel()
 def _forward_cpu(x, y, argmax):
     """x [planes, H, W] -> y, argmax [planes, H/2, W/2]; one parallel task per output row."""
     planes, Ho, Wo = y.shape
@@ -71,7 +71,7 @@ def _forward_cpu(x, y, argmax):
             argmax[p, i, j] = where
 
 
-@njit(parallel=True, cache=True)
+@njit_serial_or_parallel()
 def _backward_cpu(dy, argmax, dx):
     """dy, argmax [planes, H/2, W/2] -> dx [planes, H, W], every element written."""
     planes, Ho, Wo = dy.shape
@@ -112,7 +112,8 @@ def maxpool2x2_forward(x):
     out_shape = (N, C, H // 2, W // 2)
     if runtime is None:
         y, argmax = np.empty(out_shape, x.dtype), np.empty(out_shape, np.uint8)
-        _forward_cpu(x.reshape(_planes(x.shape)), y.reshape(_planes(out_shape)), argmax.reshape(_planes(out_shape)))
+        _forward_cpu(x.reshape(_planes(x.shape)), y.reshape(_planes(out_shape)), argmax.reshape(_planes(out_shape)),
+                     work=x.size)
         return y, argmax
     y, argmax = runtime.empty(out_shape, np.float32), runtime.empty(out_shape, np.uint8)
     _launch(runtime, "maxpool2x2_forward", (x, y, argmax), x.shape)
@@ -129,7 +130,8 @@ def maxpool2x2_backward(dy, argmax, input_shape):
     check_output_size(op, "dx", input_shape)
     if runtime is None:
         dx = np.empty(input_shape, dy.dtype)
-        _backward_cpu(dy.reshape(_planes(dy.shape)), argmax.reshape(_planes(dy.shape)), dx.reshape(_planes(input_shape)))
+        _backward_cpu(dy.reshape(_planes(dy.shape)), argmax.reshape(_planes(dy.shape)), dx.reshape(_planes(input_shape)),
+                      work=dx.size)
         return dx
     dx = runtime.empty(input_shape, np.float32)
     _launch(runtime, "maxpool2x2_backward", (dy, argmax, dx), input_shape)

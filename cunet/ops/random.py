@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import grid_1d
+from .common import grid_1d, njit_serial_or_parallel
 
 RANDOM_CU = kernel_module("random.cu", threads=256)
 
@@ -50,7 +50,7 @@ def split_seed(seed: int) -> tuple[int, int]:
     return seed & MASK32, seed >> 32
 
 
-@njit(parallel=True, cache=True)
+@njit_serial_or_parallel(1 << 12)  # counters; four words each, so the same point as dropout.PHILOX_MIN_WORK
 def _philox_bits_cpu(out, key0, key1, stream):
     for i in prange(out.shape[0]):
         r = philox4x32_10(i, stream, 0, 0, key0, key1)
@@ -69,7 +69,7 @@ def philox_bits(n_counters: int, seed: int, stream: int = 0, runtime=None):
     key0, key1 = split_seed(seed)
     if runtime is None:
         out = np.empty((n_counters, 4), np.int64)
-        _philox_bits_cpu(out, key0, key1, stream)
+        _philox_bits_cpu(out, key0, key1, stream, work=n_counters)
         return out.astype(np.uint32)
     out = runtime.empty((n_counters, 4), np.uint32)
     grid, block = grid_1d(n_counters, RANDOM_CU.threads)

@@ -6,7 +6,7 @@
 The backward reads the forward's output y rather than its input (y > 0 exactly where
 x > 0), so autograd keeps one tensor alive instead of two.
 
-cpu: Numba, parallel over elements. cuda/opencl: kernels/relu.cu; on cuda the Numba
+cpu: Numba, parallel over elements when the array is large enough to pay for it. cuda/opencl: kernels/relu.cu; on cuda the Numba
 alternate (ops/numba_cuda/relu.py) runs instead when the runtime asks for Numba kernels.
 Both Numba paths call the same per-element functions below.
 """
@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, grid_1d
+from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, grid_1d, njit_serial_or_parallel
 
 RELU_CU = kernel_module("relu.cu", threads=256)
 
@@ -36,13 +36,14 @@ def relu_grad_value(y, dy):
 
 
 # --- cpu ----------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+# Compiled serially and in parallel; the call picks by size (common.SerialOrParallel).
+@njit_serial_or_parallel()
 def _relu_forward_cpu(x, y):
     for i in prange(x.size):
         y[i] = relu_value(x[i])
 
 
-@njit(parallel=True, cache=True)
+@njit_serial_or_parallel()
 def _relu_backward_cpu(y, dy, dx):
     for i in prange(y.size):
         dx[i] = relu_grad_value(y[i], dy[i])
@@ -54,7 +55,7 @@ def relu_forward(x):
     runtime = check_float_array("relu_forward", "x", x)
     if runtime is None:
         y = np.empty_like(x)
-        _relu_forward_cpu(x.reshape(-1), y.reshape(-1))
+        _relu_forward_cpu(x.reshape(-1), y.reshape(-1), work=x.size)
         return y
     y = runtime.empty(x.shape)
     grid, block = grid_1d(x.size, RELU_CU.threads)
@@ -76,7 +77,7 @@ def relu_backward(y, dy):
     runtime = check_same_device("relu_backward", y=y, dy=dy)
     if runtime is None:
         dx = np.empty_like(dy)
-        _relu_backward_cpu(y.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+        _relu_backward_cpu(y.reshape(-1), dy.reshape(-1), dx.reshape(-1), work=y.size)
         return dx
     dx = runtime.empty(dy.shape)
     grid, block = grid_1d(y.size, RELU_CU.threads)

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, grid_1d
+from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, grid_1d, njit_serial_or_parallel
 
 SGD_CU = kernel_module("sgd.cu", threads=256)
 
@@ -26,7 +26,8 @@ def momentum_step(p, v, g, lr, momentum, weight_decay):
     return p + v, v
 
 
-@njit(parallel=True, cache=True)
+# Serial for small tensors (biases, 1x1 and bottom-level weights), parallel for large ones.
+@njit_serial_or_parallel()
 def _sgd_cpu(param, velocity, grad, lr, momentum, weight_decay):
     for i in prange(param.size):
         param[i], velocity[i] = momentum_step(param[i], velocity[i], grad[i], lr, momentum, weight_decay)
@@ -44,7 +45,8 @@ def sgd_momentum_update(param, velocity, grad, lr: float, momentum: float, weigh
         raise ValueError(f"{op}: need lr >= 0, 0 <= momentum < 1, weight_decay >= 0; got {lr}, {momentum}, {weight_decay}")
     if runtime is None:
         scalar = param.dtype.type  # do the arithmetic in the parameters' precision
-        _sgd_cpu(param.reshape(-1), velocity.reshape(-1), grad.reshape(-1), scalar(lr), scalar(momentum), scalar(weight_decay))
+        _sgd_cpu(param.reshape(-1), velocity.reshape(-1), grad.reshape(-1), scalar(lr), scalar(momentum), scalar(weight_decay),
+                 work=param.size)
         return
     grid, block = grid_1d(param.size, SGD_CU.threads)
     scalars = (np.float32(lr), np.float32(momentum), np.float32(weight_decay), np.int32(param.size))

@@ -42,7 +42,7 @@ from numba import njit, prange
 from cunet.device import runtime_of
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, check_same_dtype, grid_1d
+from .common import check_float_array, check_same_device, check_same_dtype, grid_1d, njit_serial_or_parallel
 
 BLOCK = 256  # threads per block; a power of two (the tree reduction halves it)
 SOFTMAX_CE_CU = kernel_module("softmax_ce.cu", threads=BLOCK, SOFTMAX_CE_BLOCK=BLOCK)
@@ -100,7 +100,12 @@ def pixel_backward(probs, labels, weights, dlogits, q, classes, plane, scale):
 
 
 # --- cpu ----------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
+# An exp per logit and a log per pixel: dearer per element than a copy, so the parallel
+# loop pays off earlier than common.PARALLEL_MIN_WORK (measured: benchmarks/threshold.py).
+SOFTMAX_MIN_WORK = 1 << 15
+
+
+@njit_serial_or_parallel(SOFTMAX_MIN_WORK)
 def _forward_cpu(logits, labels, weights, probs, row_loss, classes, plane, width):
     """Probabilities, and per image row (n, h) the float64 sum of its pixels' losses."""
     for row in prange(row_loss.size):
@@ -110,7 +115,7 @@ def _forward_cpu(logits, labels, weights, probs, row_loss, classes, plane, width
         row_loss[row] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit_serial_or_parallel(SOFTMAX_MIN_WORK)
 def _backward_cpu(probs, labels, weights, dlogits, classes, plane, scale):
     for q in prange(labels.size):
         pixel_backward(probs, labels, weights, dlogits, q, classes, plane, scale)
@@ -234,7 +239,7 @@ def softmax_ce_forward(logits, labels, weights):
     probs = np.empty_like(logits)
     row_loss = np.empty(n * h, np.float64)  # one partial per image row: a fixed summation order
     _forward_cpu(logits.reshape(-1), labels.reshape(-1), weights.reshape(-1), probs.reshape(-1),
-                 row_loss, classes, h * w, w)
+                 row_loss, classes, h * w, w, work=logits.size)
     return np.array([np.sum(row_loss) / (n * h * w)], logits.dtype), probs
 
 
@@ -256,5 +261,5 @@ def softmax_ce_backward(probs, labels, weights, grad_loss: float = 1.0):
         return _backward_device(runtime, probs, labels, weights, scale)
     dlogits = np.empty_like(probs)
     _backward_cpu(probs.reshape(-1), labels.reshape(-1), weights.reshape(-1), dlogits.reshape(-1),
-                  classes, h * w, probs.dtype.type(scale))
+                  classes, h * w, probs.dtype.type(scale), work=probs.size)
     return dlogits

@@ -25,11 +25,12 @@ kernels run on cuda whatever ``use_numba_kernels`` says.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from cunet.kernels import kernel_module
 
-from .common import ceil_div, check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d
+from .common import (ceil_div, check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d,
+                     njit_serial_or_parallel)
 
 # 64 x 64 output tile per block, reduction steps of 8, a 4 x 4 register tile per thread:
 # (64/4) * (64/4) = 256 threads. TILE_PAD pads the shared tiles' rows against bank conflicts.
@@ -49,11 +50,11 @@ def _forward_cpu(x, w, b):
     K = w.shape[1]
     Y = np.matmul(w.reshape(C, 4 * K).T, x.reshape(N, C, H * W))  # [N, 4K, H*W], one GEMM per image
     y = np.empty((N, K, 2 * H, 2 * W), x.dtype)
-    _scatter_rows_cpu(Y, b, y)
+    _scatter_rows_cpu(Y, b, y, work=y.size)
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit_serial_or_parallel()
 def _scatter_rows_cpu(Y, b, y):
     """y[n, k, 2i+a, 2j+e] = Y[n, 4k+2a+e, i*W+j] + b[k], one output row per parallel task.
 

@@ -1,0 +1,9 @@
+"""cunet's benchmarks: measured kernel times, the train step against PyTorch, a GPU cost model.
+
+    python -m benchmarks.kernels      --device cpu|opencl|cuda   op by op, forward and backward
+    python -m benchmarks.train_step   --base 16|64               one SGD step, cunet vs PyTorch
+    python -m benchmarks.gpu_model                               modelled (not measured) GPU step
+    python -m benchmarks.threshold                               serial vs parallel CPU loops
+
+benchmarks/README.md says what each one measures, how, and what it printed here.
+"""

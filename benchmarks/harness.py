@@ -1,0 +1,337 @@
+"""What every benchmark here shares: the machine, the load, timers, peaks, tables, JSON.
+
+Rules the benchmarks follow (llm.c's dev/cuda harness is the model):
+
+- validate, then benchmark: an op's output is checked against a reference once, and
+  only an op that passed is timed;
+- warm-up calls first (Numba compiles on the first call, BLAS and the OpenMP pools start
+  their threads, CuPy compiles its RawModules), then the median of several repeats;
+- every report starts with the exact command, the machine and the load average, because
+  on a shared 2-core machine another job can double a time: a figure taken at a load
+  above 1 is not one to quote.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (runnable threads, averaged; 2 = both cores busy here)."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cores() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def blas_name() -> str:
+    """The BLAS NumPy was built with (OpenBLAS for the PyPI wheels)."""
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]
+        return f"{blas['name']} {blas.get('version', '')}".strip()
+    except Exception:
+        return "unknown"
+
+
+def machine() -> dict:
+    """A description of where the numbers were taken; goes into every report."""
+    import numba
+
+    info = dict(cpu=cpu_model(), cores=cores(), memory_gib=round(_memory_bytes() / 2**30, 1),
+                python=platform.python_version(), numpy=np.__version__, blas=blas_name(),
+                numba=numba.__version__, numba_threads=numba.get_num_threads())
+    torch = optional_torch()
+    if torch is not None:
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return info
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def optional_torch():
+    """PyTorch if it is installed, else None (it is a peer here, never a dependency)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def command_line() -> str:
+    """The command that produced this output, as one could type it again."""
+    module = sys.modules["__main__"].__spec__
+    program = f"python -m {module.name}" if module is not None else f"python {sys.argv[0]}"
+    return " ".join([program] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def header(title: str, device: str, extra: list[str] | None = None) -> str:
+    """The lines every human-readable report starts with."""
+    m = machine()
+    lines = [f"# {title}", f"# command: {command_line()}", f"# device: {device}",
+             f"# machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; python {m['python']}, "
+             f"numpy {m['numpy']} ({m['blas']}), numba {m['numba']} ({m['numba_threads']} threads)"
+             + (f", torch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else ""),
+             f"# load average (1/5/15 min) at start: {' '.join(map(str, load_average()))}"
+             + ("   <- above 1: another job shares the cores, treat times as upper bounds"
+                if load_average()[0] > 1 else "")]
+    return "\n".join(lines + [f"# {line}" for line in extra or []])
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def median(values) -> float:
+    """The median (robust to the odd slow repeat a busy machine produces)."""
+    return float(statistics.median(values))
+
+
+class CpuTimer:
+    """Wall-clock time of one call with ``perf_counter``; ``synchronize`` waits for the device.
+
+    Between repeats :meth:`flush` writes a buffer larger than the last-level cache, so every
+    repeat starts cold, as the same op does inside a train step whose other layers have
+    long evicted its operands (a U-Net layer's activations are tens to hundreds of MB).
+    """
+
+    name = "wall clock (time.perf_counter)"
+
+    def __init__(self, synchronize=lambda: None, flush_bytes: int = 256 << 20):
+        self.synchronize = synchronize
+        self._flush = np.zeros(flush_bytes // 4, np.float32) if flush_bytes else None
+
+    def flush(self) -> None:
+        """Evict the caches: write every line of a buffer bigger than the L3 (105 MB here)."""
+        if self._flush is not None:
+            self._flush += 1.0
+
+    def time(self, fn) -> float:
+        """Seconds for one call of ``fn``."""
+        self.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        self.synchronize()
+        return time.perf_counter() - t0
+
+
+class CudaTimer:
+    """GPU time of one call between two CUDA events on the current stream.
+
+    Events measure the kernels themselves, not Python's launch overhead or the host
+    waiting; the L2 is flushed before every repeat by writing a buffer twice its size, so
+    no repeat finds its operands left in L2 by the one before (an H100's L2 is 50 MB, a
+    U-Net layer's operands at the small levels fit in it).
+    """
+
+    name = "CUDA events on the current stream"
+
+    def __init__(self, cupy):
+        self.cupy = cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        l2 = int(props.get("l2CacheSize", 0)) or (50 << 20)
+        self._flush = cupy.zeros(2 * l2 // 4, cupy.float32)
+
+    def flush(self) -> None:
+        """Write a buffer of twice the L2's size."""
+        self._flush += 1.0
+
+    def time(self, fn) -> float:
+        cupy = self.cupy
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+
+def repeat(timer, fn, warmup: int, repeats: int) -> list[float]:
+    """``warmup`` untimed calls, then ``repeats`` timed ones, each after a cache flush."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        timer.flush()
+        times.append(timer.time(fn))
+    return times
+
+
+# --- peaks ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Peaks:
+    """The device's ceilings: FP32 GFLOP/s and memory GB/s, and how each was obtained."""
+
+    gflops: float
+    gbps: float
+    gflops_source: str
+    gbps_source: str
+    measured: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def measure_cpu_peaks(gemm_n: int = 2048, copy_bytes: int = 512 << 20, repeats: int = 5) -> Peaks:
+    """Measure this CPU's practical peaks.
+
+    Compute: NumPy's float32 matmul (BLAS sgemm on all cores) of two n x n matrices,
+    2 n^3 FLOPs, median of ``repeats`` after a warm-up. That is the best this machine's
+    BLAS does, and so the ceiling for every GEMM-shaped op here; the hardware's own
+    peak is higher (2 cores x 2 AVX-512 FMA units x 16 lanes x 2 FLOPs x clock).
+    Memory: a streaming copy of ``copy_bytes`` (far beyond the L3) with a Numba parallel
+    loop on every core, and with NumPy's single-threaded copy; the faster one counts.
+    Bytes counted: read + write (STREAM's convention; the hardware also reads each
+    destination line before writing it, which this does not count).
+    """
+    a = np.random.default_rng(0).standard_normal((gemm_n, gemm_n)).astype(np.float32)
+    b = a.T.copy()
+    c = np.empty_like(a)
+    timer = CpuTimer(flush_bytes=0)
+    t_gemm = median(repeat(timer, lambda: np.matmul(a, b, out=c), 1, repeats))
+    gflops = 2 * gemm_n**3 / t_gemm / 1e9
+
+    src = np.ones(copy_bytes // 4, np.float32)
+    dst = np.empty_like(src)
+    t_numpy = median(repeat(timer, lambda: np.copyto(dst, src), 1, repeats))
+    t_numba = median(repeat(timer, lambda: _parallel_copy(src, dst), 1, repeats))
+    moved = 2 * src.nbytes
+    gbps = moved / min(t_numpy, t_numba) / 1e9
+    return Peaks(
+        gflops=gflops, gbps=gbps,
+        gflops_source=f"measured: NumPy float32 matmul {gemm_n}x{gemm_n}x{gemm_n} ({blas_name()}), median of {repeats}",
+        gbps_source=(f"measured: streaming copy of {copy_bytes >> 20} MiB, read+write bytes; Numba parallel "
+                     f"{moved / t_numba / 1e9:.1f} GB/s, NumPy copyto {moved / t_numpy / 1e9:.1f} GB/s; the faster counts"),
+        extra=dict(sgemm_n=gemm_n, copy_mib=copy_bytes >> 20, copy_numba_gbps=moved / t_numba / 1e9,
+                   copy_numpy_gbps=moved / t_numpy / 1e9),
+    )
+
+
+_copy_kernel = None
+
+
+def _parallel_copy(src, dst):
+    global _copy_kernel
+    if _copy_kernel is None:
+        from numba import njit, prange
+
+        @njit(parallel=True, cache=False)
+        def copy(src, dst):
+            for i in prange(src.size):
+                dst[i] = src[i]
+
+        _copy_kernel = copy
+    _copy_kernel(src, dst)
+
+
+# Published FP32 (non-tensor-core) peaks and memory bandwidths, for the cuda device and the
+# GPU model. Sources: NVIDIA A100 Tensor Core GPU datasheet (2021): FP32 19.5 TFLOP/s,
+# HBM2e 1,555 GB/s (40 GB) / 2,039 GB/s (80 GB SXM); NVIDIA H100 Tensor Core GPU datasheet
+# (2023): SXM FP32 67 TFLOP/s, HBM3 3.35 TB/s; PCIe 51 TFLOP/s, 2.0 TB/s; H200 datasheet
+# (2024): FP32 67 TFLOP/s (SXM), HBM3e 4.8 TB/s.
+GPU_SPECS = {
+    "A100 40GB": dict(gflops=19_500, gbps=1_555, sms=108, source="NVIDIA A100 datasheet: FP32 19.5 TFLOP/s, HBM2e 1,555 GB/s"),
+    "A100 80GB": dict(gflops=19_500, gbps=2_039, sms=108, source="NVIDIA A100 datasheet: FP32 19.5 TFLOP/s, HBM2e 2,039 GB/s (SXM)"),
+    "H100 SXM": dict(gflops=67_000, gbps=3_350, sms=132, source="NVIDIA H100 datasheet: SXM FP32 67 TFLOP/s, HBM3 3.35 TB/s"),
+    "H100 PCIe": dict(gflops=51_000, gbps=2_000, sms=114, source="NVIDIA H100 datasheet: PCIe FP32 51 TFLOP/s, HBM2e 2.0 TB/s"),
+    "H200": dict(gflops=67_000, gbps=4_800, sms=132, source="NVIDIA H200 datasheet: FP32 67 TFLOP/s, HBM3e 4.8 TB/s"),
+}
+# FP32 lanes per SM by compute capability (CUDA C Programming Guide, "Arithmetic Instructions").
+FP32_LANES_PER_SM = {7: 64, 8: 64, 9: 128}
+FP32_LANES_PER_SM_86_89 = 128
+
+
+def gpu_spec_for(name: str) -> dict | None:
+    """The GPU_SPECS entry for a CUDA device name ("NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3", ...)."""
+    n = name.upper()
+    if "A100" in n:
+        return GPU_SPECS["A100 80GB" if "80GB" in n else "A100 40GB"]
+    if "H200" in n:
+        return GPU_SPECS["H200"]
+    if "H100" in n:
+        return GPU_SPECS["H100 PCIe" if "PCIE" in n else "H100 SXM"]
+    return None
+
+
+def cuda_peaks(cupy) -> Peaks:
+    """The current GPU's peaks: the datasheet figure where the name is known, else computed
+    from the device properties (SMs x FP32 lanes x 2 x clock; bus width x 2 x memory clock)."""
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    spec = gpu_spec_for(name)
+    if spec is not None:
+        return Peaks(spec["gflops"], spec["gbps"], spec["source"], spec["source"], measured=False, extra=dict(gpu=name))
+    major, minor = props["major"], props["minor"]
+    lanes = FP32_LANES_PER_SM_86_89 if (major, minor) in ((8, 6), (8, 9)) else FP32_LANES_PER_SM.get(major, 64)
+    gflops = props["multiProcessorCount"] * lanes * 2 * props["clockRate"] * 1e3 / 1e9
+    gbps = 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8 / 1e9
+    source = f"computed from device properties of {name} (SMs x {lanes} FP32 lanes x 2 x boost clock; bus x 2 x memory clock)"
+    return Peaks(gflops, gbps, source, source, measured=False, extra=dict(gpu=name))
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def format_table(columns: list[tuple[str, str]], rows: list[dict], left: int = 1) -> str:
+    """A fixed-width table: ``columns`` are (key, heading), values pre-formatted; the first
+    ``left`` columns are left-aligned (names), the rest right-aligned (numbers)."""
+    cells = [[str(row.get(key, "")) for key, _ in columns] for row in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
+    def line(values):
+        return "  ".join(v.ljust(w) if i < left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+    out = [line([h for _, h in columns]), "  ".join("-" * w for w in widths)]
+    out += [line(c) for c in cells]
+    return "\n".join(out)
+
+
+def dump_json(report: dict) -> str:
+    """The report as JSON (NumPy numbers converted)."""
+    def default(o):
+        if isinstance(o, (np.integer,)):
+            return int(o)
+        if isinstance(o, (np.floating,)):
+            return float(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return json.dumps(report, indent=1, default=default)
+
+
+def fmt_time(seconds: float | None) -> str:
+    """Seconds as ms or us, three significant figures."""
+    if seconds is None:
+        return "-"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds * 1e3:,.0f} ms"
+    return f"{seconds * 1e6:.3g} us"
