@@ -61,17 +61,42 @@ def blas_name() -> str:
         return "unknown"
 
 
+def blas_threads() -> int | None:
+    """Threads NumPy's OpenBLAS uses (asked through ctypes; None where it cannot be asked)."""
+    import ctypes
+    import glob
+
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "libscipy_openblas*.so"))
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads"):
+            if hasattr(lib, name):
+                return int(getattr(lib, name)())
+    return None
+
+
 def machine() -> dict:
     """A description of where the numbers were taken; goes into every report."""
     import numba
 
     info = dict(cpu=cpu_model(), cores=cores(), memory_gib=round(_memory_bytes() / 2**30, 1),
                 python=platform.python_version(), numpy=np.__version__, blas=blas_name(),
-                numba=numba.__version__, numba_threads=numba.get_num_threads())
+                blas_threads=blas_threads(), numba=numba.__version__, numba_threads=numba.get_num_threads(),
+                numba_threading_layer=_numba_layer())
     torch = optional_torch()
     if torch is not None:
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
     return info
+
+
+def _numba_layer() -> str:
+    """Numba's threading layer ("omp", "tbb", "workqueue"); known once a parallel loop has run."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return f"not chosen yet (config: {numba.config.THREADING_LAYER})"
 
 
 def _memory_bytes() -> int:
@@ -102,7 +127,8 @@ def header(title: str, device: str, extra: list[str] | None = None) -> str:
     m = machine()
     lines = [f"# {title}", f"# command: {command_line()}", f"# device: {device}",
              f"# machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; python {m['python']}, "
-             f"numpy {m['numpy']} ({m['blas']}), numba {m['numba']} ({m['numba_threads']} threads)"
+             f"numpy {m['numpy']} ({m['blas']}, {m['blas_threads']} threads), numba {m['numba']} "
+             f"({m['numba_threads']} threads)"
              + (f", torch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else ""),
              f"# load average (1/5/15 min) at start: {' '.join(map(str, load_average()))}"
              + ("   <- above 1: another job shares the cores, treat times as upper bounds"
