@@ -18,12 +18,9 @@ import time
 
 import numpy as np
 
-from cunet.checkpoint import CheckpointError
 from cunet.data import load_dataset
-from cunet.device import DEVICE_NAMES, DeviceUnavailableError, get_device
 from cunet.metrics import all_metrics
-from cunet.predict import model_from_checkpoint, predict_probabilities, predict_with_tta
-from cunet.unet import InvalidSizeError
+from cunet.predict import USER_ERRORS, add_inference_arguments, load_for_inference, predict_probabilities, predict_with_tta
 
 
 def parse_slices(text: str | None, n: int) -> list[int]:
@@ -71,24 +68,16 @@ def main(argv=None) -> int:
     """Entry point; returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m cunet.evaluate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    add_inference_arguments(p)
     p.add_argument("--data", required=True, help="ISBI folder (train-volume.tif + train-labels.tif) or images/ + labels/")
     p.add_argument("--slices", help="which slices, e.g. '20-24' or '0,3,5' (default: all)")
-    p.add_argument("--device", choices=DEVICE_NAMES, default="auto")
-    p.add_argument("--kernels", choices=("cuda", "numba"), default="cuda")
-    p.add_argument("--tile", type=int, help="input tile size (default: the checkpoint's training tile)")
-    p.add_argument("--batch", type=int, default=1, help="tiles per forward pass")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     try:
-        device = get_device(args.device, kernels=args.kernels)
-        model, config = model_from_checkpoint(args.checkpoint, device)
-        tile = args.tile or config["tile"]
-        model.output_size(tile)
+        device, model, tile = load_for_inference(args)
         dataset = load_dataset(args.data)
         slices = parse_slices(args.slices, len(dataset))
-    except (DeviceUnavailableError, CheckpointError, InvalidSizeError, FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()

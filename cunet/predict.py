@@ -143,32 +143,46 @@ def overlay_image(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
+# The errors a command line turns into "error: ..." and exit code 2 (bad input, not a bug).
+USER_ERRORS = (DeviceUnavailableError, CheckpointError, InvalidSizeError, FileNotFoundError, ValueError)
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options predict and evaluate share: checkpoint, device, kernels, tile, batch, tta."""
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by python -m cunet.train")
+    parser.add_argument("--device", choices=DEVICE_NAMES, default="auto")
+    parser.add_argument("--kernels", choices=("cuda", "numba"), default="cuda", help="on cuda: CUDA C or Numba alternates")
+    parser.add_argument("--tile", type=int, help="input tile size (default: the checkpoint's training tile)")
+    parser.add_argument("--batch", type=int, default=1, help="tiles per forward pass (memory grows with it)")
+    parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x the time)")
+
+
+def load_for_inference(args: argparse.Namespace) -> tuple[Device, UNet, int]:
+    """Device, model and tile from parsed options; raises one of USER_ERRORS on bad input."""
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
+    device = get_device(args.device, kernels=args.kernels)
+    model, config = model_from_checkpoint(args.checkpoint, device)
+    tile = args.tile or config["tile"]
+    model.output_size(tile)  # a clear error naming valid sizes, before any work
+    return device, model, tile
+
+
 def main(argv=None) -> int:
     """Entry point; returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m cunet.predict", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by python -m cunet.train")
+    add_inference_arguments(p)
     p.add_argument("--input", required=True, help="an image (PNG/TIFF), a TIFF stack, or a folder of images")
     p.add_argument("--output", required=True, help="folder for NAME.prob.tif, NAME.mask.png, NAME.overlay.png")
-    p.add_argument("--device", choices=DEVICE_NAMES, default="auto")
-    p.add_argument("--kernels", choices=("cuda", "numba"), default="cuda")
-    p.add_argument("--tile", type=int, help="input tile size (default: the checkpoint's training tile)")
-    p.add_argument("--batch", type=int, default=1, help="tiles per forward pass (memory grows with it)")
     p.add_argument("--overlay", action="store_true", help="also write PNG overlays of the mask on the image")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x the time)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
-        device = get_device(args.device, kernels=args.kernels)
-        model, config = model_from_checkpoint(args.checkpoint, device)
-        tile = args.tile or config["tile"]
-        model.output_size(tile)  # a clear error naming valid sizes, before any work
+        device, model, tile = load_for_inference(args)
         inputs = read_inputs(args.input)
-    except (DeviceUnavailableError, CheckpointError, InvalidSizeError, FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.batch < 1:
-        print("error: --batch must be at least 1", file=sys.stderr)
         return 2
     predict = predict_with_tta if args.tta else predict_probabilities
     from tqdm import tqdm

@@ -28,12 +28,12 @@ import numpy as np
 from cunet.autograd import Tensor
 from cunet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cunet.data import TrainingSampler, load_dataset, make_split, make_synthetic
-from cunet.device import DEVICE_NAMES, Device, DeviceUnavailableError, get_device
+from cunet.device import DEVICE_NAMES, Device, get_device
 from cunet.loss import weighted_cross_entropy
 from cunet.metrics import basic_metrics
 from cunet.optim import SGD
-from cunet.predict import predict_probabilities
-from cunet.unet import InvalidSizeError, UNet, check_input_size, input_size_for_output, output_size
+from cunet.predict import USER_ERRORS, predict_probabilities
+from cunet.unet import UNet, check_input_size, input_size_for_output, output_size
 
 # The paper's network and optimiser: what a GPU runs by default.
 PAPER = dict(tile=572, base=64, depth=5, steps=2000, lr=0.01)
@@ -349,7 +349,7 @@ def main(argv=None) -> int:
         run = Run(config, device, out, quiet=args.quiet)
         if args.resume:
             run.restore(args.resume)
-    except (DeviceUnavailableError, CheckpointError, InvalidSizeError, ValueError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     c = config
