@@ -1,0 +1,301 @@
+"""The benchmarks run, print what they promise, and fail clearly where they cannot run.
+
+No timed assertions: these tests check that each benchmark's command line works on tiny
+shapes, that its JSON has the documented keys, that the cuda path refuses cleanly on a
+machine without a GPU, and that the GPU cost model's arithmetic is right on a case worked
+by hand. Also the serial/parallel CPU loop helper (cunet.ops.common.SerialOrParallel):
+both compiled variants agree bit for bit, and the threshold picks as documented.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside cunet, not inside it
+
+
+def run_cli(*args, timeout=120):
+    """python -m <args> from the repository root; returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def has_gpu() -> bool:
+    from cunet.device import DeviceUnavailableError, get_device
+
+    try:
+        get_device("cuda")
+    except DeviceUnavailableError:
+        return False
+    return True
+
+
+def has_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- benchmarks.kernels ------------------------------------------------------------------------------
+
+
+def test_kernels_cli_prints_a_table():
+    done = run_cli("benchmarks.kernels", "--quick", "--no-torch", "--ops", "conv2d,maxpool,sgd")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "# command: python -m benchmarks.kernels --quick" in out
+    assert "# load average" in out and "peak compute" in out and "peak memory" in out
+    for op in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "maxpool2x2_forward",
+               "maxpool2x2_backward", "sgd_momentum_update"):
+        assert op in out
+    assert "BLAS GEMM" in out and "FAILED" not in out
+
+
+def test_kernels_json_has_the_documented_keys():
+    done = run_cli("benchmarks.kernels", "--quick", "--json", "--no-torch")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for key in ("benchmark", "command", "device", "timer", "machine", "config", "load_average_before",
+                "load_average_after", "peak", "results", "failed"):
+        assert key in report, key
+    assert report["benchmark"] == "kernels" and report["failed"] == 0
+    assert {"gflops", "gbps", "gflops_source", "gbps_source"} <= set(report["peak"])
+    ops = {r["op"] for r in report["results"]}
+    from cunet import ops as cunet_ops
+
+    assert ops == set(cunet_ops.__all__) - {"dropout_mask", "philox_bits"}  # every op a step runs, plus relu_forward
+    for r in report["results"]:
+        assert r["validated"] is True
+        for key in ("op", "layers", "count", "shapes", "flops", "bytes", "bound", "median_s", "times_s", "gbps",
+                    "gflops", "peak_fraction", "max_rel_err"):
+            assert key in r, (r["op"], key)
+        if r["op"].startswith(("conv2d", "upconv")):
+            assert r["bound"] == "compute" and r["ceiling_gemm_s"] > 0
+
+
+def test_kernels_pytorch_peer_where_installed():
+    if not has_torch():
+        pytest.skip("PyTorch is not installed: the peer column is left out")
+    done = run_cli("benchmarks.kernels", "--quick", "--json", "--ops", "upconv", "--no-ceiling")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert results and all(r["torch_median_s"] > 0 for r in results)
+
+
+def test_kernels_unknown_op_family_is_an_error():
+    done = run_cli("benchmarks.kernels", "--quick", "--ops", "convolution")
+    assert done.returncode != 0 and "unknown op families" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("module", ["benchmarks.kernels", "benchmarks.train_step"])
+def test_cuda_without_a_gpu_fails_clearly(module):
+    if has_gpu():
+        pytest.skip("this machine has a GPU")
+    done = run_cli(module, "--device", "cuda", "--quick")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --device cuda")
+    assert "--device cpu" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_kernel_references_agree_with_cunet_on_odd_shapes():
+    """The NumPy references the benchmark validates against are themselves right (vs the cpu ops)."""
+    from benchmarks import kernels
+    from cunet import ops
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    np.testing.assert_allclose(kernels.ref_conv_forward(x, w, b, True), ops.conv2d_forward(x, w, b, relu=True), atol=1e-5)
+    dy = rng.standard_normal((2, 5, 7, 5)).astype(np.float32)
+    np.testing.assert_allclose(kernels.ref_conv_backward_input(dy, w), ops.conv2d_backward_input(dy, w), atol=1e-5)
+    for got, want in zip(kernels.ref_conv_backward_params(x, dy), ops.conv2d_backward_params(x, dy)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    wu = rng.standard_normal((3, 4, 2, 2)).astype(np.float32)
+    bu = rng.standard_normal(4).astype(np.float32)
+    np.testing.assert_allclose(kernels.ref_upconv_forward(x, wu, bu), ops.upconv2x2_forward(x, wu, bu), atol=1e-5)
+    dyu = rng.standard_normal((2, 4, 18, 14)).astype(np.float32)
+    np.testing.assert_allclose(kernels.ref_upconv_backward_input(dyu, wu), ops.upconv2x2_backward_input(dyu, wu), atol=1e-5)
+    for got, want in zip(kernels.ref_upconv_backward_params(x, dyu), ops.upconv2x2_backward_params(x, dyu)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+# --- benchmarks.train_step ------------------------------------------------------------------------------
+
+
+def test_train_step_cli_prints_a_table():
+    done = run_cli("benchmarks.train_step", "--quick", "--no-memory", "--breakdown")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "# command: python -m benchmarks.train_step --quick" in out and "# load average" in out
+    assert "cunet" in out and "step time" in out and "conv2d_forward" in out
+    if has_torch():
+        assert "cunet / PyTorch" in out and "validated: losses" in out
+
+
+def test_train_step_json_has_the_documented_keys():
+    done = run_cli("benchmarks.train_step", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for key in ("benchmark", "command", "device", "machine", "config", "model", "load_average_before",
+                "load_average_after", "time", "memory", "memory_method"):
+        assert key in report, key
+    assert report["time"]["cunet"]["median_s"] > 0 and len(report["time"]["cunet"]["times_s"]) == 2
+    cunet_memory = report["memory"]["cunet"]
+    for key in ("baseline_rss", "peak_rss", "step_peak", "sampled_peak_rss", "tracemalloc_peak"):
+        assert key in cunet_memory, key
+    if has_torch():
+        assert report["loss_check_rel_diff"] < 1e-4
+        assert {"time", "step_peak_memory", "peak_rss"} <= set(report["ratio"])
+        assert report["memory"]["torch"]["peak_rss"] > 0
+
+
+# --- benchmarks.gpu_model ---------------------------------------------------------------------------------
+
+
+def test_gpu_model_conv3x3_cost_by_hand():
+    """x [1, 64, 10, 10] * w [128, 64, 3, 3] -> y [1, 128, 8, 8].
+
+    FLOPs: 128 * 8 * 8 outputs, each 64 * 3 * 3 = 576 multiply-adds: 2 * 8192 * 576 = 9,437,184.
+    Bytes: x 6,400 + w 73,728 + b 128 + y 8,192 floats = 88,448 floats = 353,792 bytes.
+    A100 (19.5 TFLOP/s, 1,555 GB/s): 0.484 us of arithmetic vs 0.228 us of traffic: compute-bound.
+    """
+    from benchmarks import gpu_model
+    from benchmarks.harness import GPU_SPECS
+    from cunet.ops.conv2d import CONV2D_CU
+
+    M = gpu_model.MetaArray
+    args = (M((1, 64, 10, 10)), M((128, 64, 3, 3)), M((128,)), M((1, 128, 8, 8))) + tuple(
+        np.int32(v) for v in (1, 64, 10, 10, 128, 1))
+    launch = gpu_model.Launch(CONV2D_CU[("128x64", 3)], "conv2d_forward", (1, 2, 1), (128, 1, 1), args)
+    flops, nbytes = gpu_model.cost(launch)
+    assert flops == 9_437_184
+    assert nbytes == 353_792
+    a100 = GPU_SPECS["A100 40GB"]
+    t = gpu_model.roofline_seconds(flops, nbytes, a100["gflops"], a100["gbps"])
+    assert math.isclose(t, 9_437_184 / 19.5e12)
+    assert math.isclose(nbytes / 1.555e12, 2.275e-7, rel_tol=1e-3)
+
+
+def test_gpu_model_records_the_whole_step():
+    """The recorded step's convolution FLOPs are three times the forward MACs x 2 of the summary (fwd, dx, dw)."""
+    from benchmarks import gpu_model
+    from cunet.summary import layer_table
+
+    launches = gpu_model.record_train_step(44, 2, 3)
+    rows = layer_table(44, 2, 3)
+    conv_macs = sum(r.macs for r in rows if r.kind.startswith("conv"))
+    first = next(r for r in rows if r.name == "down0.conv1")
+    fwd = sum(launch.flops for launch in launches if launch.kernel == "conv2d_forward")
+    dx = sum(launch.flops for launch in launches if launch.kernel == "conv2d_backward_input")
+    assert fwd == 2 * conv_macs
+    assert dx == 2 * (conv_macs - first.macs)  # the image needs no gradient
+    from cunet.unet import UNet
+
+    n_params = len(UNet(base=2, depth=3).parameters())  # one SGD launch per parameter tensor
+    assert sum(launch.kernel == "sgd_momentum_update" for launch in launches) == n_params
+
+
+def test_gpu_model_cli_json_is_modelled():
+    done = run_cli("benchmarks.gpu_model", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["kind"] == "modelled" and report["launches"] == len(report["rows"]) > 0
+    a100 = report["totals"]["A100"]
+    for key in ("step_roofline_s", "images_per_s", "peak_gflops", "peak_gbps", "compute_bound_s", "memory_bound_s"):
+        assert key in a100
+    row = report["rows"][0]
+    for key in ("kernel", "grid", "flops", "bytes", "intensity", "A100_roofline_s", "sm_80_registers", "sm_80_occupancy"):
+        assert key in row, key
+    table = run_cli("benchmarks.gpu_model", "--quick", "--no-compile")
+    assert table.returncode == 0 and "MODELLED" in table.stdout and "measured" in table.stdout
+
+
+# --- the serial/parallel loop helper -----------------------------------------------------------------------
+
+
+def test_serial_and_parallel_variants_agree_bit_for_bit():
+    from cunet.ops import dropout, maxpool, relu, sgd, softmax_ce
+    from cunet.ops.random import split_seed
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(300_000).astype(np.float32)
+    dy = rng.standard_normal(300_000).astype(np.float32)
+    for loop, make in [
+        (relu._relu_forward_cpu, lambda: (x, np.empty_like(x))),
+        (relu._relu_backward_cpu, lambda: (x, dy, np.empty_like(x))),
+        (sgd._sgd_cpu, lambda: (x.copy(), dy.copy(), dy, np.float32(0.01), np.float32(0.99), np.float32(1e-4))),
+        (dropout._dropout_cpu, lambda: (x, np.empty_like(x), np.float32(0.5), np.float32(2.0), *split_seed(9), 3)),
+    ]:
+        a, b = make(), make()
+        loop.serial(*a)
+        loop.parallel(*b)
+        for u, v in zip(a, b):
+            if isinstance(u, np.ndarray):
+                np.testing.assert_array_equal(u, v, err_msg=loop.py_func.__name__)
+    img = rng.standard_normal((6, 40, 30)).astype(np.float32)
+    outs = [(np.empty((6, 20, 15), np.float32), np.empty((6, 20, 15), np.uint8)) for _ in range(2)]
+    maxpool._forward_cpu.serial(img, *outs[0])
+    maxpool._forward_cpu.parallel(img, *outs[1])
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    logits = rng.standard_normal(2 * 64 * 64).astype(np.float32)
+    labels = rng.integers(0, 2, 64 * 64).astype(np.int32)
+    weights = rng.random(64 * 64).astype(np.float32)
+    res = []
+    for variant in (softmax_ce._forward_cpu.serial, softmax_ce._forward_cpu.parallel):
+        probs, rows = np.empty_like(logits), np.empty(64)
+        variant(logits, labels, weights, probs, rows, 2, 64 * 64, 64)
+        res.append((probs, rows))
+    np.testing.assert_array_equal(res[0][0], res[1][0])
+    np.testing.assert_array_equal(res[0][1], res[1][1])
+
+
+def test_threshold_picks_as_documented():
+    from cunet.ops import common, dropout, maxpool, relu, sgd, softmax_ce, upconv
+
+    assert common.PARALLEL_MIN_WORK == 1 << 17
+    for loop in (relu._relu_forward_cpu, relu._relu_backward_cpu, sgd._sgd_cpu, maxpool._forward_cpu,
+                 maxpool._backward_cpu, upconv._scatter_rows_cpu):
+        assert loop.min_work == common.PARALLEL_MIN_WORK
+    assert dropout._dropout_cpu.min_work == dropout.PHILOX_MIN_WORK
+    assert softmax_ce._forward_cpu.min_work == softmax_ce.SOFTMAX_MIN_WORK
+    loop = relu._relu_forward_cpu
+    assert loop.choose(0) is loop.serial
+    assert loop.choose(loop.min_work - 1) is loop.serial
+    assert loop.choose(loop.min_work) is loop.parallel
+    assert loop.choose(10**9) is loop.parallel
+    # the two variants are two functions, so Numba's disk cache keeps their machine code apart
+    assert loop.serial.py_func.__qualname__ != loop.parallel.py_func.__qualname__
+
+
+def test_ops_route_by_size(monkeypatch):
+    """relu_forward on a small array runs the serial loop, on a large one the parallel loop."""
+    from cunet.ops import relu
+
+    calls = []
+    loop = relu._relu_forward_cpu
+    monkeypatch.setattr(loop, "choose", lambda work: calls.append(work) or type(loop).choose(loop, work))
+    relu.relu_forward(np.ones(100, np.float32))
+    relu.relu_forward(np.ones(loop.min_work, np.float32))
+    assert calls == [100, loop.min_work]
+
+
+def test_threshold_cli_json():
+    done = run_cli("benchmarks.threshold", "--min-log2", "8", "--max-log2", "9", "--repeats", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["benchmark"] == "threshold" and report["results"]
+    for key in ("loop", "work", "serial_s", "parallel_s", "speedup", "min_work", "picks"):
+        assert key in report["results"][0]
