@@ -126,6 +126,8 @@ def validate_config(c: TrainConfig) -> None:
     for name in ("steps", "batch", "base"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(c, name)}")
+    if c.data is None and c.synthetic_images < 2:
+        raise ValueError(f"--synthetic-images must be at least 2 (one to train on, one held out), got {c.synthetic_images}")
     if not (c.lr > 0 and 0 <= c.momentum < 1 and c.weight_decay >= 0 and 0 <= c.dropout < 1):
         raise ValueError(f"need lr > 0, 0 <= momentum < 1, weight decay >= 0, 0 <= dropout < 1; got "
                          f"{c.lr}, {c.momentum}, {c.weight_decay}, {c.dropout}")
@@ -146,11 +148,14 @@ def load_data(c: TrainConfig) -> Data:
     """The synthetic data set (default) or the one at ``c.data``, split into train and validation."""
     if c.data is None:
         images, labels, instances = make_synthetic(c.synthetic_images, size=512, seed=c.seed)
-        source = f"synthetic EM data ({c.synthetic_images} images of 512x512, seed {c.seed})"
+        source, names = f"synthetic EM data ({c.synthetic_images} images of 512x512, seed {c.seed})", None
     else:
         dataset = load_dataset(c.data)
-        images, labels, instances, source = dataset.images, dataset.labels, None, f"{dataset.source} ({len(dataset)} slices)"
-    split = make_split(len(images), val_fraction=c.val_fraction, seed=c.seed)
+        images, labels, instances, names = dataset.images, dataset.labels, None, dataset.names
+        source = f"{dataset.source} ({len(dataset)} slices)"
+    # The last slices are held out (for ISBI's 25: train on 0-19, validate on 20-24), so
+    # `python -m cunet.evaluate --slices 20-24` scores exactly the images training never saw.
+    split = make_split(len(images), val_fraction=c.val_fraction, names=names)
     if c.input_mean is None:  # the normalisation is part of the model: measured once, then kept
         c.input_mean, c.input_std = float(images[split.train].mean()), float(images[split.train].std())
     out = output_size(c.tile, c.depth)
@@ -158,7 +163,8 @@ def load_data(c: TrainConfig) -> Data:
                               augment=c.augment, seed=c.seed,
                               instances=None if instances is None else instances[split.train],
                               weight_kwargs=dict(w0=c.w0, sigma=c.sigma))
-    description = f"{source}: {len(split.train)} for training, {len(split.val)} held out"
+    description = (f"{source}: {len(split.train)} for training, {len(split.val)} held out "
+                   f"(slices {split.val[0]}-{split.val[-1]})")
     return Data(sampler, images[split.val], labels[split.val], description, json.loads(split.to_json()))
 
 
