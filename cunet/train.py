@@ -73,8 +73,8 @@ class TrainConfig:
 RESUMABLE_OVERRIDES = {"steps", "val_every", "checkpoint_every"}
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite."""
+class Diverged(RuntimeError):
+    """The loss or the weights became NaN or infinite."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -219,10 +219,12 @@ class Run:
 
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> Path:
-        """Write the checkpoint (atomically)."""
+        """Write the checkpoint (atomically); refuses weights that are not finite."""
+        params = self.model.state_dict()
+        _check_finite(params.items(), self.step)
         meta = dict(step=self.step, config=asdict(self.config), sampler=self.data.sampler.state(),
                     dropout_calls=self.model.dropout.calls, loss=self.last_loss, split=self.data.split)
-        return save_checkpoint(self.checkpoint_path, self.model.state_dict(), self.optimizer.state_dict()["velocities"], meta)
+        return save_checkpoint(self.checkpoint_path, params, self.optimizer.state_dict()["velocities"], meta)
 
     def restore(self, path) -> None:
         """Load weights, momentum, step and random state from a checkpoint of this configuration."""
@@ -245,10 +247,15 @@ class Run:
         loss = weighted_cross_entropy(logits, labels, self.device.to_device(weights))
         value = loss.item()
         if not math.isfinite(value):
-            raise NonFiniteLoss(f"the loss became {value} at step {self.step + 1}")
+            raise Diverged(f"the loss became {value} at step {self.step + 1}")
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
+        if self.device.runtime is None:
+            # Weights can overflow while the loss still looks fine: ReLU maps NaN to 0 (as
+            # fmaxf does), so a NaN layer reads as a dead one. On cpu checking every step
+            # is cheap; on a GPU the check runs before each checkpoint (see save).
+            _check_finite(self.model.named_parameters(), self.step + 1)
         return value
 
     def log(self, record: dict) -> None:
@@ -257,7 +264,7 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
     def run(self) -> dict:
-        """Train until ``config.steps``; returns a summary dict. Raises NonFiniteLoss after saving nothing new."""
+        """Train until ``config.steps``; returns a summary dict. Raises Diverged, saving nothing new."""
         c = self.config
         before = validate(self.model, self.data)
         self.log(dict(step=self.step, validation=before))
@@ -287,6 +294,14 @@ class Run:
         self.log(dict(step=self.step, validation=after))
         plot_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
         return dict(step=self.step, interrupted=stop.requested, before=before, after=after)
+
+
+def _check_finite(named_arrays, step: int) -> None:
+    """Raise Diverged naming the first parameter with a NaN or infinity."""
+    for name, value in named_arrays:
+        data = value.data if hasattr(value, "creator") else value
+        if not np.isfinite(data).all():
+            raise Diverged(f"the weights became NaN or infinite by step {step} (first: {name})")
 
 
 def _progress(start: int, total: int):
@@ -370,7 +385,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         result = run.run()
-    except NonFiniteLoss as exc:
+    except Diverged as exc:
         saved = f"{run.checkpoint_path} (step {load_checkpoint(run.checkpoint_path).step})" if run.checkpoint_path.exists() else "none yet"
         print(f"error: {exc}; stopped without saving it. Last good checkpoint: {saved}. "
               f"Try a lower --lr (now {c.lr}).", file=sys.stderr)

@@ -96,6 +96,25 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert load_checkpoint(out / "checkpoint.npz").step == 2
 
 
+def test_weights_that_diverge_silently_are_caught(tmp_path, monkeypatch, capsys):
+    """NaN weights can leave the loss finite (ReLU maps NaN to 0); the run must still stop."""
+    from cunet.optim import SGD
+
+    real_step, calls = SGD.step, {"n": 0}
+
+    def step_then_poison(self):
+        real_step(self)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.params[0].data[...] = np.inf
+
+    monkeypatch.setattr(SGD, "step", step_then_poison)
+    code, out = run_main(tmp_path, "--steps", "5", "--device", "cpu", "--checkpoint-every", "1")
+    assert code == 1
+    assert "the weights became NaN or infinite by step 3 (first: down.0.conv1.weight)" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.npz").step == 2
+
+
 def test_ctrl_c_saves_a_checkpoint(tmp_path):
     out = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, "-m", "cunet.train", *TINY, "--steps", "100000", "--device", "cpu",
