@@ -30,7 +30,7 @@ from cunet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cunet.data import TrainingSampler, load_dataset, make_split, make_synthetic
 from cunet.device import DEVICE_NAMES, Device, get_device
 from cunet.loss import weighted_cross_entropy
-from cunet.metrics import all_metrics
+from cunet.metrics import basic_metrics
 from cunet.optim import SGD
 from cunet.predict import USER_ERRORS, predict_probabilities
 from cunet.unet import UNet, check_input_size, input_size_for_output, output_size
@@ -180,7 +180,7 @@ def validation_tile(model: UNet, data: Data) -> int:
 def validate(model: UNet, data: Data) -> dict[str, float]:
     """Mean metrics over the held-out images (overlap-tile prediction of each whole image)."""
     tile = validation_tile(model, data)
-    per_image = [all_metrics(predict_probabilities(model, image, tile), label)
+    per_image = [basic_metrics(predict_probabilities(model, image, tile), label)
                  for image, label in zip(data.val_images, data.val_labels)]
     return {k: float(np.mean([m[k] for m in per_image])) for k in per_image[0]}
 
