@@ -279,7 +279,7 @@ def test_all_metrics_returns_plain_json_floats():
                             "iou_membrane", "dice_membrane", "seg"}
     assert all(type(v) is float and 0.0 <= v <= 1.0 for v in metrics.values())
     json.dumps(metrics, allow_nan=False)
-    assert set(m.basic_metrics(as_probs(TWO_CELLS), TWO_CELLS)) == {"pixel_error", "iou_cell", "dice_cell"}
+    assert set(m.basic_metrics(as_probs(TWO_CELLS), TWO_CELLS)) == {"pixel_error", "rand_error", "iou_cell", "dice_cell", "seg"}
 
 
 def test_shape_mismatch_is_refused():
