@@ -325,7 +325,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path:
     if len(losses) >= 10:
         k = max(5, len(losses) // 20)
         ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode="valid"), lw=2, label=f"mean of {k} steps")
-    ax.set(xlabel="step", ylabel="weighted cross-entropy", title="cunet training")
+    ax.set(xlabel="step", ylabel="weighted cross-entropy (log scale)", title="cunet training", yscale="log")
     val = [(r["step"], r["validation"]["pixel_error"]) for r in records if "validation" in r]
     if val:
         ax2 = ax.twinx()
