@@ -38,14 +38,16 @@ WORDS_PER_CALL = 4  # one Philox4x32 call gives four 32-bit words: four elements
 
 # --- per-element math, shared by the CPU loop and the Numba CUDA kernels --------------
 # dropout_group and mask_group are the only functions here that touch arrays; the Numba
-# CUDA module compiles their Python source as CUDA device functions (see there).
+# CUDA module compiles their Python source as CUDA device functions (see there). On the
+# cpu they are inlined into the loops: a Numba call that passes arrays pays atomic
+# reference counting per call (see softmax_ce.py, where it cost 13x the arithmetic).
 @njit(cache=True)
 def keep_element(word, p):
     """Whether the element drawn from this Philox word survives: u >= p, in float32."""
     return unit_float(word) >= p
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def dropout_group(x, y, group, n, p, scale, key0, key1, stream):
     """y[i] = x[i] * keep_i * scale for the (up to) four elements i of this Philox group."""
     words = philox4x32_10(group, stream, 0, 0, key0, key1)
@@ -58,7 +60,7 @@ def dropout_group(x, y, group, n, p, scale, key0, key1, stream):
                 y[i] = 0  # a dropped element is 0 even if x is inf or NaN, as in dropout.cu
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def mask_group(mask, group, n, p, key0, key1, stream):
     """mask[i] = keep_i (0 or 1) for the (up to) four elements of this Philox group."""
     words = philox4x32_10(group, stream, 0, 0, key0, key1)

@@ -55,6 +55,10 @@ LAYOUT = "N, K, H, W"
 # the GPU (a bare 1.0 is a float64 in Numba); with float64 inputs they widen exactly.
 # pixel_forward and pixel_backward are the only functions here that touch arrays; the
 # Numba CUDA module compiles their Python source as CUDA device functions (see there).
+# On the cpu they are inlined into the loops (inline='always'): a Numba call that passes
+# arrays increments and decrements each array's reference count, atomically, and that
+# cost 13x the arithmetic here (measured: the backward loop over a 388x388x2 map took 17 ms
+# with the call, 1.3 ms inlined).
 @njit(cache=True)
 def pixel_offset(q, classes, plane):
     """Flat index of [n, 0, h, w] for pixel q of the batch (plane = H*W)."""
@@ -70,7 +74,7 @@ def softmax_step(m, s, v):
     return m, s + math.exp(v - m)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def pixel_forward(logits, labels, weights, probs, q, classes, plane):
     """Write pixel q's K probabilities; return its weighted loss w * -log p_label = w * ((m - z_l) + log s)."""
     base = pixel_offset(q, classes, plane)
@@ -85,7 +89,7 @@ def pixel_forward(logits, labels, weights, probs, q, classes, plane):
     return weights[q] * ((m - z_label) + math.log(s))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def pixel_backward(probs, labels, weights, dlogits, q, classes, plane, scale):
     """dlogits of pixel q: scale * w * (p_k - [k == label]), scale = grad_loss / (N*H*W)."""
     base = pixel_offset(q, classes, plane)
