@@ -559,8 +559,8 @@ def run_cases(cases, device, timer, args, peaks, torch=None, cupy=None, log=None
             if log:
                 log(f"FAILED {case.op} {case.shapes}: {message}")
             continue
-        times = harness.repeat(timer, lambda: case.run(dev), args.warmup, args.repeats)
-        r.update(times_s=times, median_s=harness.median(times))
+        times, others = timed(timer, lambda: case.run(dev), args)
+        r.update(times_s=times, median_s=harness.median(times), others_share=others)
         r.update(_rates(case, r["median_s"], peaks))
         if runtime is not None and case.numba and getattr(runtime, "name", "") == "cuda":
             runtime.use_numba_kernels = True
@@ -574,7 +574,7 @@ def run_cases(cases, device, timer, args, peaks, torch=None, cupy=None, log=None
             a = np.full((M, K), 0.5, np.float32)
             b = np.full((K, N), 0.25, np.float32)
             c = np.empty((M, N), np.float32)
-            t = harness.repeat(timer, lambda: np.matmul(a, b, out=c), args.warmup, args.repeats)
+            t, _ = timed(timer, lambda: np.matmul(a, b, out=c), args)
             r["ceiling_gemm_s"] = harness.median(t)
             r["ceiling_gemm_gflops"] = 2 * M * N * K / r["ceiling_gemm_s"] / 1e9
             del a, b, c
@@ -583,7 +583,7 @@ def run_cases(cases, device, timer, args, peaks, torch=None, cupy=None, log=None
             with torch.no_grad():
                 fn = case.torch(torch, tt)
                 ttimer = TorchCudaTimer(torch, timer) if cupy is not None else timer
-                t = harness.repeat(ttimer, fn, args.warmup, args.repeats)
+                t, _ = timed(ttimer, fn, args)
             r["torch_median_s"] = harness.median(t)
             del tt
         results.append(r)
@@ -591,6 +591,18 @@ def run_cases(cases, device, timer, args, peaks, torch=None, cupy=None, log=None
             log(_progress_line(r))
         del host, dev
     return results
+
+
+def timed(timer, fn, args) -> tuple[list[float], float | None]:
+    """harness.repeat, retried (up to --retries times) while other processes used more than
+    --clean of the CPUs meanwhile; returns (times, others' share during the kept attempt)."""
+    for attempt in range(args.retries + 1):
+        meter = harness.OthersMeter()
+        times = harness.repeat(timer, fn, args.warmup, args.repeats)
+        others = meter.share()
+        if others is None or others < args.clean:
+            break
+    return times, others
 
 
 class TorchCudaTimer:
@@ -644,6 +656,9 @@ def parse_args(argv=None):
     p.add_argument("--no-flush", action="store_true", help="do not evict the caches between repeats")
     p.add_argument("--no-ceiling", action="store_true", help="cpu: skip the BLAS GEMM ceiling column")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    p.add_argument("--clean", type=float, default=0.05,
+                   help="retime an op when other processes used more than this share of the CPUs meanwhile (default 0.05)")
+    p.add_argument("--retries", type=int, default=2, help="how many times to retime a disturbed op (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = p.parse_args(argv)
@@ -710,7 +725,7 @@ def main(argv=None) -> int:
     log = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     results = run_cases(cases, device, timer, args, peaks, torch=torch, cupy=cupy, log=log)
     config = dict(tile=args.tile, base=args.base, depth=args.depth, batch=args.batch, repeats=args.repeats,
-                  warmup=args.warmup, flush=not args.no_flush)
+                  warmup=args.warmup, flush=not args.no_flush, clean=args.clean)
     report = dict(benchmark="kernels", command=harness.command_line(), device=device.describe(), timer=timer.name,
                   machine=harness.machine(), config=config, load_average_before=load_before,
                   load_average_after=harness.load_average(),
@@ -748,7 +763,9 @@ def format_report(report: dict, device: str) -> str:
     rows, total, total_torch, total_gemm = [], 0.0, 0.0, 0.0
     for r in report["results"]:
         t = r.get("median_s")
-        row = dict(op=r["op"], shapes=r["shapes"], count=r["count"], time="FAILED" if not r["validated"] else harness.fmt_time(t))
+        disturbed = (r.get("others_share") or 0.0) >= report["config"]["clean"]
+        row = dict(op=r["op"], shapes=r["shapes"], count=r["count"],
+                   time="FAILED" if not r["validated"] else harness.fmt_time(t) + ("*" if disturbed else ""))
         if t:
             total += t * r["count"]
             row.update(gflops=f"{r['gflops']:,.1f}" if r["flops"] else "-", gbps=f"{r['gbps']:,.1f}",
@@ -767,7 +784,8 @@ def format_report(report: dict, device: str) -> str:
     lines.append(harness.format_table(cols + extra, rows, left=2))
     lines.append("")
     lines.append("% peak: C = of the compute peak (GEMM-shaped ops), M = of the memory peak (everything else); "
-                 "n = times a step runs this shape")
+                 "n = times a step runs this shape; * = other processes used more than "
+                 f"{100 * report['config']['clean']:.0f}% of the CPUs while it was timed, even after retries")
     lines.append(f"sum over one step's ops (time x n), cold caches: cunet {harness.fmt_time(total)}"
                  + (f", BLAS GEMM ceiling of the conv/upconv ops {harness.fmt_time(total_gemm)}" if total_gemm else "")
                  + (f", PyTorch (ops it has) {harness.fmt_time(total_torch)}" if total_torch else ""))

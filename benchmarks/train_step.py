@@ -182,20 +182,37 @@ def check_same_loss(cunet_step, torch_step) -> float:
 # --- time: both in this process, alternating -----------------------------------------------------
 
 
-def time_steps(steps: dict, n: int, warmup: int) -> dict[str, list[float]]:
-    """``warmup`` untimed steps of each, then ``n`` timed rounds of one step of each, alternating."""
+def time_steps(steps: dict, n: int, warmup: int, max_rounds: int, clean: float) -> dict:
+    """``warmup`` untimed steps of each, then rounds of one step of each, alternating.
+
+    A round counts when, during each of its steps, other processes used less than
+    ``clean`` of the machine (harness.OthersMeter): another engineer's job starting halfway
+    makes both frameworks 2-6x slower here, and a median of such steps says nothing. Rounds
+    go on until ``n`` rounds counted or ``max_rounds`` ran; if fewer than ``n`` counted,
+    all rounds are used and the result says so ("disturbed").
+    """
     for _ in range(warmup):
         for step in steps.values():
             step()
-    times = {name: [] for name in steps}
-    for _ in range(n):
+    rounds = []
+    meter = harness.OthersMeter()
+    while len(rounds) < max_rounds and sum(r["clean"] for r in rounds) < n:
+        r = {}
         for name, step in steps.items():
+            meter.share()
             t0 = time.perf_counter()
             loss = step()
-            times[name].append(time.perf_counter() - t0)
+            r[name] = time.perf_counter() - t0
+            r[name + "_others"] = meter.share()
             if not math.isfinite(loss):
                 raise SystemExit(f"error: {name}'s loss became {loss}")
-    return times
+        r["clean"] = all((r[name + "_others"] or 0.0) < clean for name in steps)
+        rounds.append(r)
+    counted = [r for r in rounds if r["clean"]]
+    disturbed = len(counted) < n
+    use = rounds if disturbed else counted
+    return dict(rounds=rounds, disturbed=disturbed, counted=len(counted),
+                **{name: [r[name] for r in use] for name in steps})
 
 
 def op_breakdown(step) -> list[tuple[str, float, int]]:
@@ -381,6 +398,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, help="timed steps per framework (default 5; --quick 2)")
     p.add_argument("--memory-steps", type=int, default=1, help="steps each memory child measures (default 1)")
+    p.add_argument("--max-rounds", type=int, help="give up waiting for undisturbed rounds after this many (default 4 x steps)")
+    p.add_argument("--clean", type=float, default=0.05,
+                   help="a round counts if other processes used less than this share of the CPUs (default 0.05)")
     p.add_argument("--quick", action="store_true", help="tile 44, base 2, depth 3, 2 steps: seconds")
     p.add_argument("--no-torch", action="store_true", help="cunet only")
     p.add_argument("--no-memory", action="store_true", help="skip the memory children")
@@ -423,7 +443,8 @@ def main(argv=None) -> int:
     if torch is not None:
         steps["torch"] = TorchStep(torch, state, args.depth, x, labels, weights, cuda)
         loss_check = check_same_loss(steps["cunet"], steps["torch"])
-    times = time_steps(steps, args.steps, warmup=1)
+    timing = time_steps(steps, args.steps, warmup=1, max_rounds=args.max_rounds or 4 * args.steps, clean=args.clean)
+    times = {name: timing[name] for name in steps}
     breakdown = op_breakdown(steps["cunet"]) if args.breakdown else None
     load_after_time = harness.load_average()
     memory = {}
@@ -441,6 +462,8 @@ def main(argv=None) -> int:
                   load_average_before=load_before, load_average_after_timing=load_after_time,
                   load_average_after=harness.load_average(), loss_check_rel_diff=loss_check,
                   time={name: dict(median_s=harness.median(t), times_s=t) for name, t in times.items()},
+                  rounds=timing["rounds"], rounds_counted=timing["counted"], disturbed=timing["disturbed"],
+                  clean_threshold=args.clean,
                   memory=memory, memory_method="child process per framework; VmHWM after clear_refs minus VmRSS "
                                                "before the step; glibc mmap threshold 64 KiB, trim threshold 0")
     if "torch" in times:
@@ -460,7 +483,11 @@ def format_report(r: dict) -> str:
     lines = [harness.header(f"U-Net train step: tile {c['tile']}, base {c['base']}, depth {c['depth']}, batch {c['batch']} "
                             f"({r['model']['params'] / 1e6:.2f} M parameters, {r['model']['forward_gflop']:.1f} GFLOP forward)",
                             r["device"], [
-        f"time: one process, cunet and PyTorch steps alternating; median of {c['steps']} after {c['warmup']} warm-up",
+        f"time: one process, cunet and PyTorch steps alternating; median of {len(r['time']['cunet']['times_s'])} rounds "
+        f"after {c['warmup']} warm-up; " + (f"DISTURBED: only {r['rounds_counted']} of {len(r['rounds'])} rounds ran with "
+                                             f"the rest of the machine idle, all are used" if r["disturbed"] else
+                                             f"{r['rounds_counted']} of {len(r['rounds'])} rounds counted (other processes "
+                                             f"< {100 * r['clean_threshold']:.0f}% of the CPUs during each step)"),
         "memory: " + r["memory_method"],
     ] + ([f"validated: losses on the same weights (drop-out off) agree to {r['loss_check_rel_diff']:.1e}"]
          if r["loss_check_rel_diff"] is not None else []))]
