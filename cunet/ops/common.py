@@ -109,10 +109,9 @@ def check_output_size(op: str, name: str, shape) -> None:
 # here). That hand-off has a fixed cost: about 10-50 us on an idle 2-core machine, and
 # milliseconds when the cores are busy, because the pool's threads then wait to be
 # scheduled (measured: _sgd_cpu on 100 elements took 15 ms with 2 threads, 3 us with 1).
-# Worse, after the loop the pool's threads keep spinning for a while, and so do
-# OpenBLAS's after a GEMM: a step that alternates the two has each pool steal cores from
-# the other. A U-Net step runs ~100 such loops, half of them on tiny arrays (biases,
-# 1x1 layers, the bottom level), where one core finishes before the pool has woken up.
+# (The pool's threads spinning after the loop, which cost more still, is switched off at
+# the top of this file.) A U-Net step runs ~100 such loops, half of them on small arrays
+# (biases, 1x1 layers, the bottom level), where one core finishes before the pool wakes.
 #
 # So every CPU loop is compiled twice from one Python function, serially and in
 # parallel, and the call picks the parallel one only when the loop has enough work to
@@ -120,12 +119,13 @@ def check_output_size(op: str, name: str, shape) -> None:
 # array); loops whose per-element cost is far from a copy's (Philox draws, exp/log) say
 # so with their own threshold.
 #
-# PARALLEL_MIN_WORK: where the parallel loop starts to beat the serial one. Measured with
-# `python -m benchmarks.threshold` (relu, sgd, maxpool, add loops, float32, 2 cores, load
-# < 1): below ~64k elements the serial loop is faster or equal (the hand-off costs about
-# as much as streaming 64k floats on one core); from ~256k elements up the parallel loop
-# is 1.5-1.9x faster. 2**17 sits between the two; being off by 2x either way costs a few
-# microseconds per call. See benchmarks/README.md for the table.
+# PARALLEL_MIN_WORK: where the parallel loop starts to beat the serial one, measured with
+# `python -m benchmarks.threshold` (float32, 2 idle cores, warm caches; benchmarks/README.md
+# has the table). For the copy-like loops (relu, sgd, maxpool, the up-convolution's
+# scatter) the parallel loop is 0.1x the serial speed at 1k elements (waking the pool
+# costs ~20 us), 0.3-0.6x at 16k-64k, 0.8-1.35x at 128k (2**17) and 1.7-1.9x from 256k
+# on. So 2**17, the crossover: a 2x error either way costs microseconds per call. Loops
+# with much more arithmetic per element (Philox, exp/log) set their own, lower threshold.
 PARALLEL_MIN_WORK = 1 << 17
 
 

@@ -72,8 +72,9 @@ def mask_group(mask, group, n, p, key0, key1, stream):
 
 # --- cpu ----------------------------------------------------------------------------
 # Ten Philox rounds per four elements cost far more than a copy: the parallel loop pays
-# off from fewer elements than common.PARALLEL_MIN_WORK (measured: benchmarks/threshold.py).
-PHILOX_MIN_WORK = 1 << 14
+# off from far fewer elements than common.PARALLEL_MIN_WORK (`python -m benchmarks.threshold`
+# on 2 idle cores: parallel 1.7x faster from 2,048 elements, 2.7x at 4,096).
+PHILOX_MIN_WORK = 1 << 12
 
 
 @njit_serial_or_parallel(PHILOX_MIN_WORK)

@@ -50,7 +50,7 @@ def split_seed(seed: int) -> tuple[int, int]:
     return seed & MASK32, seed >> 32
 
 
-@njit_serial_or_parallel(1 << 12)  # counters; four words each, so the same point as dropout.PHILOX_MIN_WORK
+@njit_serial_or_parallel(1 << 10)  # counters; four words each, so the same point as dropout.PHILOX_MIN_WORK
 def _philox_bits_cpu(out, key0, key1, stream):
     for i in prange(out.shape[0]):
         r = philox4x32_10(i, stream, 0, 0, key0, key1)

@@ -105,8 +105,10 @@ def pixel_backward(probs, labels, weights, dlogits, q, classes, plane, scale):
 
 # --- cpu ----------------------------------------------------------------------------
 # An exp per logit and a log per pixel: dearer per element than a copy, so the parallel
-# loop pays off earlier than common.PARALLEL_MIN_WORK (measured: benchmarks/threshold.py).
-SOFTMAX_MIN_WORK = 1 << 15
+# loop pays off far earlier than common.PARALLEL_MIN_WORK (`python -m benchmarks.threshold`
+# on 2 idle cores: the forward is 1.5x faster in parallel from 512 logits, the backward
+# 0.9x at 4,096 and 1.7x at 8,192).
+SOFTMAX_MIN_WORK = 1 << 13
 
 
 @njit_serial_or_parallel(SOFTMAX_MIN_WORK)
