@@ -155,13 +155,15 @@ def check_module(module: KernelModule, arch: str) -> list[KernelResources]:
 
 
 def format_table(rows: list[KernelResources]) -> str:
-    """A fixed-width table for people."""
-    header = f"{'kernel':<34} {'module':<40} {'arch':<6} {'thr':>4} {'regs':>5} {'smem B':>7} {'spill B':>8} {'occ':>5}"
+    """A table for people, its name columns as wide as their longest entry."""
+    kw = max([len("kernel")] + [len(r.kernel) for r in rows])
+    mw = max([len("module")] + [len(r.module) for r in rows])
+    header = f"{'kernel':<{kw}} {'module':<{mw}} {'arch':<6} {'thr':>4} {'regs':>5} {'smem B':>7} {'spill B':>8} {'occ':>5}"
     lines = [header, "-" * len(header)]
     for r in rows:
         spill = r.spill_store_bytes + r.spill_load_bytes
         lines.append(
-            f"{r.kernel:<34} {r.module:<40} {r.arch:<6} {r.threads:>4} {r.registers:>5} "
+            f"{r.kernel:<{kw}} {r.module:<{mw}} {r.arch:<6} {r.threads:>4} {r.registers:>5} "
             f"{r.shared_bytes:>7} {spill:>8} {r.occupancy:>5.0%}"
         )
     return "\n".join(lines)
