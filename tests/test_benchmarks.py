@@ -299,3 +299,17 @@ def test_threshold_cli_json():
     assert report["benchmark"] == "threshold" and report["results"]
     for key in ("loop", "work", "serial_s", "parallel_s", "speedup", "min_work", "picks"):
         assert key in report["results"][0]
+
+
+def test_relu_backward_in_place_matches():
+    """relu_backward(y, dy, out=dy) (what Conv2dFn.backward can use to save an allocation) = the default."""
+    from cunet.ops import relu_backward
+
+    g = np.random.default_rng(5)
+    for n in (1000, 300_000):  # the serial and the parallel loop
+        y = np.maximum(g.standard_normal(n).astype(np.float32), 0)
+        dy = g.standard_normal(n).astype(np.float32)
+        want = relu_backward(y, dy)
+        got = relu_backward(y, dy, out=dy)
+        assert got is dy
+        np.testing.assert_array_equal(got, want)

@@ -68,18 +68,28 @@ def relu_forward(x):
     return y
 
 
-def relu_backward(y, dy):
-    """dx = dy where y > 0, else 0; ``y`` is relu_forward's output."""
+def relu_backward(y, dy, out=None):
+    """dx = dy where y > 0, else 0; ``y`` is relu_forward's output.
+
+    ``out``: where to write dx (like y and dy; it may be ``dy`` itself: each element is read
+    before it is written, on every device). Writing into a gradient the caller no longer
+    needs saves an activation-sized allocation per layer; by default dx is a new array.
+    """
     check_float_array("relu_backward", "y", y)
     check_float_array("relu_backward", "dy", dy)
     check_same_shape("relu_backward", y=y, dy=dy)
     check_same_dtype("relu_backward", y=y, dy=dy)
     runtime = check_same_device("relu_backward", y=y, dy=dy)
+    if out is not None:
+        check_float_array("relu_backward", "out", out)
+        check_same_shape("relu_backward", y=y, out=out)
+        check_same_dtype("relu_backward", y=y, out=out)
+        check_same_device("relu_backward", y=y, out=out)
     if runtime is None:
-        dx = np.empty_like(dy)
+        dx = np.empty_like(dy) if out is None else out
         _relu_backward_cpu(y.reshape(-1), dy.reshape(-1), dx.reshape(-1), work=y.size)
         return dx
-    dx = runtime.empty(dy.shape)
+    dx = runtime.empty(dy.shape) if out is None else out
     grid, block = grid_1d(y.size, RELU_CU.threads)
     args = (y, dy, dx, np.int32(y.size))
     if runtime.use_numba_kernels:
