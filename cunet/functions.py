@@ -19,8 +19,8 @@ class Conv2dFn(Function):
         return y
 
     def backward(self, dy):
-        if self.relu:  # the fused ReLU's backward first: dy * [y > 0]
-            dy = ops.relu_backward(self.y, dy)
+        if self.relu:  # the fused ReLU's backward first: dy * [y > 0], in place (dy is ours alone)
+            dy = ops.relu_backward(self.y, dy, out=dy)
         x_in = self.inputs[0]
         dx = ops.conv2d_backward_input(dy, self.w) if x_in.requires_grad else None
         dw, db = ops.conv2d_backward_params(self.x, dy)

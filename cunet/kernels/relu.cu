@@ -22,8 +22,9 @@ KERNEL void relu_forward(GLOBAL const float* RESTRICT x, GLOBAL float* RESTRICT 
     }
 }
 
-KERNEL void relu_backward(GLOBAL const float* RESTRICT y, GLOBAL const float* RESTRICT dy,
-                          GLOBAL float* RESTRICT dx, int n)
+/* dx may be dy itself (the autograd writes the gradient in place), so dy and dx carry no
+ * RESTRICT: promising the compiler that they never alias would make that undefined. */
+KERNEL void relu_backward(GLOBAL const float* RESTRICT y, GLOBAL const float* dy, GLOBAL float* dx, int n)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
