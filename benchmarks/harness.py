@@ -124,17 +124,20 @@ def command_line() -> str:
     return " ".join([program] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
-def header(title: str, device: str, extra: list[str] | None = None) -> str:
-    """The lines every human-readable report starts with."""
+def header(title: str, device: str, extra: list[str] | None = None, command: str | None = None,
+           load: list[float] | None = None) -> str:
+    """The lines every human-readable report starts with (``command`` and ``load``: the
+    report's own, when it is printed later from JSON; else this process's, now)."""
     m = machine()
-    lines = [f"# {title}", f"# command: {command_line()}", f"# device: {device}",
+    load = load or load_average()
+    lines = [f"# {title}", f"# command: {command or command_line()}", f"# device: {device}",
              f"# machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; python {m['python']}, "
              f"numpy {m['numpy']} ({m['blas']}, {m['blas_threads']} threads), numba {m['numba']} "
              f"({m['numba_threads']} threads)"
              + (f", torch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else ""),
-             f"# load average (1/5/15 min) at start: {' '.join(map(str, load_average()))}"
-             + ("   <- above 1: another job shares the cores, treat times as upper bounds"
-                if load_average()[0] > 1 else "")]
+             f"# load average (1/5/15 min) at start: {' '.join(map(str, load))}"
+             + ("   (above 1: see the others' share below for whether another job ran meanwhile)"
+                if load[0] > 1 else "")]
     return "\n".join(lines + [f"# {line}" for line in extra or []])
 
 

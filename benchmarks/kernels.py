@@ -750,7 +750,7 @@ def format_report(report: dict, device: str) -> str:
         f"peak memory  {p['gbps']:,.1f} GB/s ({p['gbps_source']})",
         "every op validated against a NumPy reference before timing; FLOPs count a multiply-add as 2; "
         "bytes = each input read once + each output written once",
-    ])]
+    ], command=report["command"], load=report["load_average_before"])]
     cols = [("op", "op"), ("shapes", "shapes"), ("count", "n"), ("time", "cunet"), ("gflops", "GFLOP/s"),
             ("gbps", "GB/s"), ("peak", "% peak")]
     extra = []

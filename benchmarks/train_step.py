@@ -19,7 +19,8 @@ oneDNN builds its primitives), the median of ``--steps`` steps each. Threads: bo
 every core: torch.set_num_threads(cores), Numba's pool and OpenBLAS default to the core
 count (the header prints all three).
 
-Memory: each framework runs in a child process of its own (only its own imports), with
+Memory: each framework runs in a child process of its own (only its own imports; the two
+children run side by side, each measuring only itself), with
 glibc told to serve every allocation over 64 KiB by mmap and to give freed memory back at
 once (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), so the resident set follows the live
 arrays rather than what the allocator keeps for later. After a warm-up step the child
@@ -371,19 +372,29 @@ def _gpu_peak_start(framework: str, cuda: bool):
     return lambda: (hook.__exit__(None, None, None), hook.peak)[1]
 
 
-def measure_memory(framework: str, args) -> dict:
-    """Run child_main in a fresh interpreter; returns its dict (or an 'error' entry)."""
-    command = [sys.executable, "-m", "benchmarks.train_step", "--child", framework, "--tile", str(args.tile),
-               "--base", str(args.base), "--depth", str(args.depth), "--batch", str(args.batch),
-               "--steps", str(args.memory_steps), "--device", args.device]
-    env = dict(os.environ, **CHILD_ENV)
+def measure_memory(frameworks, args) -> dict:
+    """Run child_main for each framework, each in a fresh interpreter, side by side (each
+    measures only its own resident set, so they do not disturb each other's figures);
+    returns {framework: its dict, or an 'error' entry}."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, **CHILD_ENV)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
-    if done.returncode != 0:
-        return dict(framework=framework, error=done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                    f"exit code {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    children = {}
+    for framework in frameworks:
+        command = [sys.executable, "-m", "benchmarks.train_step", "--child", framework, "--tile", str(args.tile),
+                   "--base", str(args.base), "--depth", str(args.depth), "--batch", str(args.batch),
+                   "--steps", str(args.memory_steps), "--device", args.device]
+        children[framework] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                               env=env, cwd=root)
+    results = {}
+    for framework, child in children.items():
+        out, err = child.communicate()
+        if child.returncode != 0:
+            results[framework] = dict(framework=framework, error=err.strip().splitlines()[-1] if err.strip() else
+                                      f"exit code {child.returncode}")
+        else:
+            results[framework] = json.loads(out.strip().splitlines()[-1])
+    return results
 
 
 # --- the command line ------------------------------------------------------------------------------------
@@ -443,14 +454,14 @@ def main(argv=None) -> int:
     if torch is not None:
         steps["torch"] = TorchStep(torch, state, args.depth, x, labels, weights, cuda)
         loss_check = check_same_loss(steps["cunet"], steps["torch"])
-    timing = time_steps(steps, args.steps, warmup=1, max_rounds=args.max_rounds or 4 * args.steps, clean=args.clean)
+    max_rounds = args.max_rounds or (args.steps if args.quick else 4 * args.steps)  # --quick: no waiting for quiet
+    timing = time_steps(steps, args.steps, warmup=1, max_rounds=max_rounds, clean=args.clean)
     times = {name: timing[name] for name in steps}
     breakdown = op_breakdown(steps["cunet"]) if args.breakdown else None
     load_after_time = harness.load_average()
     memory = {}
     if not args.no_memory and sys.platform.startswith("linux"):
-        for name in steps:
-            memory[name] = measure_memory(name, args)
+        memory = measure_memory(list(steps), args)
     from cunet.summary import layer_table
 
     rows = layer_table(args.tile, args.base, args.depth, batch=args.batch)
@@ -490,7 +501,7 @@ def format_report(r: dict) -> str:
                                              f"< {100 * r['clean_threshold']:.0f}% of the CPUs during each step)"),
         "memory: " + r["memory_method"],
     ] + ([f"validated: losses on the same weights (drop-out off) agree to {r['loss_check_rel_diff']:.1e}"]
-         if r["loss_check_rel_diff"] is not None else []))]
+         if r["loss_check_rel_diff"] is not None else []), command=r["command"], load=r["load_average_before"])]
     table = []
     for name, t in r["time"].items():
         m = r["memory"].get(name, {})
@@ -518,6 +529,12 @@ def format_report(r: dict) -> str:
     if any("gpu" in t for t in table):
         cols.append(("gpu", "GPU step peak"))
     lines.append(harness.format_table(cols, table))
+    used = [rd for rd in r["rounds"] if rd["clean"] or r["disturbed"]]
+    shares = [rd.get(name + "_others") or 0.0 for rd in used for name in r["time"]]
+    if shares and min(t["median_s"] for t in r["time"].values()) >= 0.2:
+        lines.append(f"other processes' share of the CPUs during the steps used: at most {100 * max(shares):.1f}%")
+    elif shares:
+        lines.append("(steps too short for /proc's 10 ms ticks to tell whether other processes ran meanwhile)")
     if r.get("breakdown"):
         lines.append("\ncunet step by op (one extra step, a timer around each op call):")
         lines.append(harness.format_table([("op", "op"), ("t", "time"), ("n", "calls")],
