@@ -267,7 +267,7 @@ def conv_backward_input_case(ys, ws, macs):
                     w=(rng.standard_normal(ws) * math.sqrt(2 / (C * R * R))).astype(np.float32))
     def torch_fn(torch, t):
         aten = torch.ops.aten
-        x = torch.empty(xs)
+        x = torch.empty(xs, device=t["dy"].device)  # only its shape is read
         return lambda: aten.convolution_backward(t["dy"], x, t["w"], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                  [True, False, False])
     return Case("conv2d_backward_input", "conv2d", [], f"dy {_shape(ys)} w {_shape(ws)}", 2 * macs,
@@ -288,7 +288,7 @@ def conv_backward_params_case(xs, ys, macs):
         return dict(x=rng.standard_normal(xs).astype(np.float32), dy=rng.standard_normal(ys).astype(np.float32))
     def torch_fn(torch, t):
         aten = torch.ops.aten
-        w = torch.empty(ws)
+        w = torch.empty(ws, device=t["x"].device)  # only its shape is read
         return lambda: aten.convolution_backward(t["dy"], t["x"], w, [K], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                  [False, True, True])
     return Case("conv2d_backward_params", "conv2d", [], f"x {_shape(xs)} dy {_shape(ys)}", 2 * macs,
@@ -316,7 +316,7 @@ def upconv_case(op, xs, K):
                     lambda h: ref_upconv_forward(h["x"], h["w"], h["b"]), gemm=(4 * K, N * H * W, C), torch=torch_fn)
     if op == "upconv2x2_backward_input":
         def torch_fn(torch, t):
-            x = torch.empty(xs)
+            x = torch.empty(xs, device=t["dy"].device)  # only its shape is read
             return lambda: torch.ops.aten.convolution_backward(t["dy"], x, t["w"], None, [2, 2], [0, 0], [1, 1], True,
                                                                [0, 0], 1, [True, False, False])
         return Case(op, "upconv", [], f"dy {_shape(ys)} w {_shape(ws)}", flops, F32 * (_n(ys) + _n(ws) + _n(xs)),
@@ -369,7 +369,7 @@ def maxpool_backward_case(xs):
     def make(rng):
         return dict(dy=rng.standard_normal(ys).astype(np.float32), argmax=rng.integers(0, 4, ys).astype(np.uint8))
     def torch_fn(torch, t):
-        x = torch.randn(xs)
+        x = torch.randn(xs, device=t["dy"].device)
         _, idx = torch.nn.functional.max_pool2d(x, 2, return_indices=True)
         return lambda: torch.ops.aten.max_pool2d_with_indices_backward(t["dy"], x, [2, 2], [2, 2], [0, 0], [1, 1],
                                                                        False, idx)

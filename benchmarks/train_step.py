@@ -216,8 +216,12 @@ def time_steps(steps: dict, n: int, warmup: int, max_rounds: int, clean: float) 
                 **{name: [r[name] for r in use] for name in steps})
 
 
-def op_breakdown(step) -> list[tuple[str, float, int]]:
+def op_breakdown(step, synchronize=lambda: None) -> list[tuple[str, float, int]]:
     """One extra cunet step with a timer around every cunet.ops call: (op, seconds, calls), slowest first.
+
+    On a GPU ``synchronize`` (the device's) runs after every op, so each timer sees its
+    kernels finish rather than just their launch (this serialises the step: compare ops,
+    not the total, with the timed steps).
 
     functions.py, autograd.py and optim.py call the ops through the ``cunet.ops`` module or
     their own imported names; both are wrapped for the step and restored after.
@@ -233,6 +237,7 @@ def op_breakdown(step) -> list[tuple[str, float, int]]:
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
             out = fn(*args, **kwargs)
+            synchronize()
             entry = totals.setdefault(name, [0.0, 0])
             entry[0] += time.perf_counter() - t0
             entry[1] += 1
@@ -457,7 +462,7 @@ def main(argv=None) -> int:
     max_rounds = args.max_rounds or (args.steps if args.quick else 4 * args.steps)  # --quick: no waiting for quiet
     timing = time_steps(steps, args.steps, warmup=1, max_rounds=max_rounds, clean=args.clean)
     times = {name: timing[name] for name in steps}
-    breakdown = op_breakdown(steps["cunet"]) if args.breakdown else None
+    breakdown = op_breakdown(steps["cunet"], device.synchronize) if args.breakdown else None
     load_after_time = harness.load_average()
     memory = {}
     if not args.no_memory and sys.platform.startswith("linux"):
