@@ -787,7 +787,8 @@ def format_report(report: dict, device: str) -> str:
                  "n = times a step runs this shape; * = other processes used more than "
                  f"{100 * report['config']['clean']:.0f}% of the CPUs while it was timed, even after retries")
     lines.append(f"sum over one step's ops (time x n), cold caches: cunet {harness.fmt_time(total)}"
-                 + (f", BLAS GEMM ceiling of the conv/upconv ops {harness.fmt_time(total_gemm)}" if total_gemm else "")
+                 + (f", BLAS GEMM at the conv/upconv ops' M, N, K {harness.fmt_time(total_gemm)} (one big GEMM: not "
+                    "always faster than cunet's chunked ones)" if total_gemm else "")
                  + (f", PyTorch (ops it has) {harness.fmt_time(total_torch)}" if total_torch else ""))
     if report["failed"]:
         lines.append(f"{report['failed']} op(s) FAILED validation and were not timed")
