@@ -27,6 +27,9 @@ import time
 import numpy as np
 
 
+IDLE_S = 0.3
+
+
 def conv_layers(base: int, size: int = 572, depth: int = 5):
     """[(name, (N, C, H, W), (K, C, R, R), relu)] for every convolution of the U-Net."""
     from cunet.summary import layer_table
@@ -39,7 +42,13 @@ def conv_layers(base: int, size: int = 572, depth: int = 5):
 
 
 def median_ms(f, reps: int) -> float:
-    """Median wall time of f() over reps runs, after one warm-up run, in ms."""
+    """Median wall time of f() over reps runs, after one warm-up run, in ms.
+
+    It first sleeps IDLE_S, so that the thread pools of whatever ran before (OpenBLAS's
+    workers spin for ~0.1 s after a GEMM, OpenMP's for a while after a loop) are asleep
+    and do not steal cores from f: each library is timed on an otherwise idle machine.
+    """
+    time.sleep(IDLE_S)
     f()
     times = []
     for _ in range(reps):
@@ -118,7 +127,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated layer names, e.g. down0.conv2,up3.conv1")
     parser.add_argument("--algorithm", choices=("auto", "direct", "im2col"), default="auto",
-                        help="cpu algorithm for the 3x3 layers (auto: by CPU_DIRECT_MAX_CK, as in training)")
+                        help="cpu algorithm for every layer (auto: by CPU_DIRECT_MAX_CK, as in training)")
     args = parser.parse_args(argv)
     import torch
 
@@ -126,7 +135,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     if args.algorithm != "auto":
         conv2d_module.CPU_DIRECT_MAX_CK = {"direct": 1 << 40, "im2col": 0}[args.algorithm]
-    print(f"cpu algorithm: {args.algorithm} (3x3 layers with C*K <= {conv2d_module.CPU_DIRECT_MAX_CK} run direct)")
+    threshold = getattr(conv2d_module, "CPU_DIRECT_MAX_CK", None)   # None: a version without the direct path
+    print(f"cpu algorithm: {args.algorithm} (layers with C*K <= {threshold} run direct)")
     only = set(args.only.split(",")) if args.only else None
     for base in args.base or [16, 64]:
         report(base, args.reps, only)

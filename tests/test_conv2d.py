@@ -209,8 +209,10 @@ def test_cpu_float64_matches_reference(R):
 @pytest.mark.parametrize("rows", [1, 2])
 @pytest.mark.parametrize("R", [1, 3])
 def test_cpu_chunks_of_rows_match_reference(monkeypatch, rows, R):
-    """The cpu path works a few output rows at a time: 1 row, and 2 with a short last chunk."""
+    """The im2col path works a few output rows at a time: 1 row, and 2 with a short last chunk."""
+    monkeypatch.setattr(conv2d_module, "CPU_DIRECT_MAX_CK", 0)  # the im2col path even for 3 -> 4 channels
     monkeypatch.setattr(conv2d_module, "CPU_CHUNK_ELEMENTS", rows * (3 * R * R + 4) * 8)
+    monkeypatch.setattr(conv2d_module, "CPU_CHUNK_MIN_COLUMNS", 1)
     assert conv2d_module._chunk_rows(3, 4, R, 8) == rows
     x, w, b, dy = random_case(13, (2, 3, 7, 8, 4, R), np.float64)
     np.testing.assert_allclose(conv2d_forward(x, w, b, relu=True), np.maximum(forward_reference(x, w, b), 0), rtol=1e-12, atol=1e-12)
@@ -219,6 +221,15 @@ def test_cpu_chunks_of_rows_match_reference(monkeypatch, rows, R):
     ew, eb = backward_params_reference(x, dy)
     np.testing.assert_allclose(dw, ew, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(db, eb, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_chunks_are_bounded_and_not_too_narrow():
+    """~CPU_CHUNK_ELEMENTS per im2col chunk, but at least CPU_CHUNK_MIN_COLUMNS columns per GEMM."""
+    budget, min_columns = conv2d_module.CPU_CHUNK_ELEMENTS, conv2d_module.CPU_CHUNK_MIN_COLUMNS
+    for C, K, W in [(16, 16, 570), (64, 64, 570), (128, 128, 66), (512, 512, 66), (1024, 1024, 32)]:
+        rows = conv2d_module._chunk_rows(C, K, 3, W)
+        assert rows * W >= min_columns
+        assert (C * 9 + K) * rows * W <= budget or rows == -(-min_columns // W)
 
 
 def numerical_gradient(f, a, h=1e-6):
@@ -252,8 +263,9 @@ def test_backward_ops_match_finite_differences(R):
     np.testing.assert_allclose(db, numerical_gradient(loss, b), rtol=1e-7, atol=1e-7)
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
 @pytest.mark.parametrize("shape", [(1, 16, 70, 75, 32, 3), (2, 64, 20, 18, 2, 1), (1, 1, 92, 92, 16, 3)])
-def test_cpu_matches_pytorch_on_unet_sized_layers(shape):
+def test_cpu_matches_pytorch_on_unet_sized_layers(shape, algorithm):
     """Shapes too big for the naive loops, several chunks each: against PyTorch's autograd, in float64."""
     torch = pytest.importorskip("torch")
     x, w, b, dy = random_case(17, shape, np.float64)
@@ -261,12 +273,119 @@ def test_cpu_matches_pytorch_on_unet_sized_layers(shape):
     ty = torch.nn.functional.conv2d(tx, tw, tb)
     ty.backward(torch.from_numpy(dy))
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv2d_module, "CPU_DIRECT_MAX_CK", CPU_ALGORITHMS[algorithm])
         patch.setattr(conv2d_module, "CPU_CHUNK_ELEMENTS", 1 << 16)
+        patch.setattr(conv2d_module, "CPU_CHUNK_MIN_COLUMNS", 1)
         y = conv2d_forward(x, w, b)
         dx = conv2d_backward_input(dy, w)
         dw, db = conv2d_backward_params(x, dy)
     for ours, theirs in ((y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-10)
+
+
+# --- cpu: both algorithms, the direct Numba loops and im2col + BLAS ----------------------------
+# CPU_DIRECT_MAX_CK values that send every layer (1x1 and 3x3) down one path.
+CPU_ALGORITHMS = {"direct": 1 << 40, "im2col": 0}
+
+
+def cpu_ops(algorithm, x, w, b, dy, relu=False):
+    """(y, dx, dw, db) from the cpu ops, with every 3x3 layer on ``algorithm``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv2d_module, "CPU_DIRECT_MAX_CK", CPU_ALGORITHMS[algorithm])
+        return (conv2d_forward(x, w, b, relu=relu), conv2d_backward_input(dy, w)) + conv2d_backward_params(x, dy)
+
+
+@pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
+@given(shape=conv_shapes(), relu=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@example(shape=(1, 2, 3, 3, 5, 3), relu=False, seed=1)   # 1x1 output: only the zero-padded edges in dx
+@example(shape=(2, 3, 4, 5, 9, 3), relu=True, seed=2)    # 2x3 output, 4 + 4 + 1 filters
+@example(shape=(1, 1, 12, 13, 16, 3), relu=True, seed=3)  # the U-Net's first layer
+def test_cpu_algorithms_match_reference(algorithm, shape, relu, seed):
+    """Each cpu algorithm on its own, on every shape (K % 4 leftovers, 1-pixel outputs, C = 1)."""
+    x, w, b, dy = random_case(seed, shape)
+    y, dx, dw, db = cpu_ops(algorithm, x, w, b, dy, relu)
+    N, C, H, W, K, R = shape
+    exact = forward_reference(x, w, b)
+    assert_within_sum_bound(y, np.maximum(exact, 0) if relu else exact, forward_reference(abs(x), abs(w), abs(b)),
+                            C * R * R + 1, f"{algorithm} forward{shape}")
+    assert_within_sum_bound(dx, backward_input_reference(dy, w), backward_input_reference(abs(dy), abs(w)),
+                            K * R * R, f"{algorithm} backward input{shape}")
+    (ew, eb), (aw, ab) = backward_params_reference(x, dy), backward_params_reference(abs(x), abs(dy))
+    pixels = N * (H - R + 1) * (W - R + 1)
+    assert_within_sum_bound(dw, ew, aw, pixels, f"{algorithm} dw{shape}")
+    assert_within_sum_bound(db, eb, ab, pixels, f"{algorithm} db{shape}")
+
+
+@pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
+def test_cpu_algorithms_float64(algorithm):
+    x, w, b, dy = random_case(19, (2, 5, 9, 8, 6, 3), np.float64)
+    y, dx, dw, db = cpu_ops(algorithm, x, w, b, dy)
+    assert {a.dtype for a in (y, dx, dw, db)} == {np.dtype(np.float64)}
+    np.testing.assert_allclose(y, forward_reference(x, w, b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, backward_input_reference(dy, w), rtol=1e-12, atol=1e-12)
+    ew, eb = backward_params_reference(x, dy)
+    np.testing.assert_allclose(dw, ew, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, eb, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_direct_is_the_same_for_any_thread_count():
+    """The direct loops split work over outputs only, so 1 thread and all of them agree bit for bit."""
+    import numba
+    x, w, b, dy = random_case(23, (2, 6, 31, 29, 9, 3))
+    threads = numba.get_num_threads()
+    try:
+        runs = []
+        for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(n)
+            runs.append(cpu_ops("direct", x, w, b, dy, relu=True))
+    finally:
+        numba.set_num_threads(threads)
+    runs.append(cpu_ops("direct", x, w, b, dy, relu=True))
+    for run in runs[1:]:
+        for first, other in zip(runs[0], run):
+            np.testing.assert_array_equal(first, other)
+
+
+@pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
+def test_cpu_nan_propagates(algorithm):
+    """The loops' fast-math flags (FMA contraction, reassociation) do not assume NaN away."""
+    x, w, b, dy = random_case(29, (1, 3, 8, 9, 5, 3))
+    x[0, 1, 4, 4] = np.nan
+    y, _, dw, _ = cpu_ops(algorithm, x, w, b, dy)
+    assert np.isnan(y[0, :, 2:5, 2:5]).all() and np.isfinite(y[0, :, :2]).all()
+    assert np.isnan(dw[:, 1]).all() and np.isfinite(dw[:, 0]).all()
+    y = cpu_ops(algorithm, x, w, b, dy, relu=True)[0]
+    assert (y[0, :, 2:5, 2:5] == 0).all()  # ReLU maps NaN to 0, as fmaxf does on the GPU
+
+
+@pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
+def test_cpu_memory_is_bounded(algorithm):
+    """No whole im2col matrix (9x the input): bounded scratch memory on both paths.
+
+    tracemalloc sees NumPy's allocations (the direct loops' small per-task buffers are
+    Numba's, not seen): the peak may hold the result, the direct backward input's
+    zero-padded copy of dy, and at most one im2col (or col2im) chunk buffer.
+    """
+    import tracemalloc
+    x, w, b, dy = random_case(31, (1, 16, 130, 130, 16, 3))
+    padded_dy = dy[:, :, 0, 0].size * (dy.shape[2] + 4) * (dy.shape[3] + 4) * dy.itemsize
+    chunk = 2 * conv2d_module.CPU_CHUNK_ELEMENTS * x.itemsize
+    allowance = {"direct": 1 << 18, "im2col": chunk}[algorithm]   # direct: Python objects only
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conv2d_module, "CPU_DIRECT_MAX_CK", CPU_ALGORITHMS[algorithm])
+        for call, result_bytes, extra in [
+            (lambda: conv2d_forward(x, w, b, relu=True), dy.nbytes, 0),
+            (lambda: conv2d_backward_input(dy, w), x.nbytes, padded_dy if algorithm == "direct" else 0),
+            (lambda: conv2d_backward_params(x, dy), w.nbytes + b.nbytes, 0),
+        ]:
+            call()  # warm (compiles, caches)
+            tracemalloc.start()
+            try:
+                call()
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak <= result_bytes + extra + allowance, (algorithm, peak, result_bytes)
 
 
 # --- host-side choices ----------------------------------------------------------------------------
