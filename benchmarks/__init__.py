@@ -7,3 +7,7 @@
 
 benchmarks/README.md says what each one measures, how, and what it printed here.
 """
+
+# Imported first, before any benchmark imports NumPy: cunet sets the cpu thread pools'
+# environment (OpenBLAS reads its own when NumPy loads it; see cunet/__init__.py).
+import cunet  # noqa: E402,F401

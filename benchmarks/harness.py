@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import cunet.ops.common  # noqa: F401  (sets Numba's OpenMP wait policy before any parallel loop runs here)
+import cunet
 
 # --- the machine ------------------------------------------------------------------------------
 
@@ -77,6 +77,14 @@ def blas_threads() -> int | None:
     return None
 
 
+def thread_settings() -> str:
+    """The thread-pool variables cunet sets (cunet/__init__.py), as in effect in this process."""
+    settings = " ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in cunet.CPU_THREAD_SETTINGS)
+    if cunet.NUMPY_LOADED_BEFORE_CUNET:
+        settings += " (NumPy was loaded before cunet: OpenBLAS kept the timeout it found then)"
+    return settings
+
+
 def machine() -> dict:
     """A description of where the numbers were taken; goes into every report."""
     import numba
@@ -84,7 +92,7 @@ def machine() -> dict:
     info = dict(cpu=cpu_model(), cores=cores(), memory_gib=round(_memory_bytes() / 2**30, 1),
                 python=platform.python_version(), numpy=np.__version__, blas=blas_name(),
                 blas_threads=blas_threads(), numba=numba.__version__, numba_threads=numba.get_num_threads(),
-                numba_threading_layer=_numba_layer())
+                numba_threading_layer=_numba_layer(), thread_settings=thread_settings())
     torch = optional_torch()
     if torch is not None:
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
@@ -135,6 +143,7 @@ def header(title: str, device: str, extra: list[str] | None = None, command: str
              f"numpy {m['numpy']} ({m['blas']}, {m['blas_threads']} threads), numba {m['numba']} "
              f"({m['numba_threads']} threads)"
              + (f", torch {m['torch']} ({m['torch_threads']} threads)" if "torch" in m else ""),
+             f"# thread pools: {m['thread_settings']}",
              f"# load average (1/5/15 min) at start: {' '.join(map(str, load))}"
              + ("   (above 1: see the others' share below for whether another job ran meanwhile)"
                 if load[0] > 1 else "")]

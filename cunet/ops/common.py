@@ -6,22 +6,9 @@ what it got and what it expected.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from cunet.device import Runtime, runtime_of
-
-# Numba's CPU thread pool (its OpenMP layer) must not spin once a parallel loop is done.
-# By default GNU OpenMP keeps its idle threads spinning for a while after each parallel
-# region, so they can start the next one sooner. In a U-Net step the next heavy work is
-# nearly always a BLAS call, whose own threads then share the 2 cores with Numba's
-# spinning ones: measured here, base 16 / 572 train step 1.16-1.21 s with the default,
-# 0.90-0.91 s with OMP_WAIT_POLICY=PASSIVE (idle threads sleep at once), conv2d's share
-# 947 -> 704 ms; PyTorch's own step did not change (0.46-0.54 s either way). libgomp reads
-# the variable when Numba first loads it, at the first parallel loop, so it is set here,
-# where every op module's import passes, and only if the user has not chosen a policy.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 INT32_LIMIT = 2**31  # kernels index with 32-bit int (prelude rule 8)
 
