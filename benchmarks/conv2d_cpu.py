@@ -4,7 +4,8 @@
     python -m benchmarks.conv2d_cpu --base 16 --reps 5   # one base
     python -m benchmarks.conv2d_cpu --base 16 --only down0.conv2,up3.conv1
     python -m benchmarks.conv2d_cpu --algorithm direct   # every 3x3 layer on one cpu algorithm
-    python -m benchmarks.conv2d_cpu --algorithm im2col   # (how CPU_DIRECT_MAX_CK was chosen)
+    python -m benchmarks.conv2d_cpu --algorithm winograd # (how CPU_DIRECT_MAX_CK was chosen)
+    python -m benchmarks.conv2d_cpu --algorithm im2col
 
 For every convolution of the U-Net (the shapes ``python -m cunet.summary`` lists) it times,
 in one process and on the same float32 arrays:
@@ -126,17 +127,16 @@ def main(argv=None) -> None:
     parser.add_argument("--base", type=int, action="append", help="U-Net base width (repeatable; default 16 and 64)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated layer names, e.g. down0.conv2,up3.conv1")
-    parser.add_argument("--algorithm", choices=("auto", "direct", "im2col"), default="auto",
-                        help="cpu algorithm for every layer (auto: by CPU_DIRECT_MAX_CK, as in training)")
+    parser.add_argument("--algorithm", choices=("auto", "direct", "winograd", "im2col"), default="auto",
+                        help="cpu algorithm for every layer (auto: by shape, as in training)")
     args = parser.parse_args(argv)
     import torch
 
     import cunet.ops.conv2d as conv2d_module
     torch.set_num_threads(2)
-    if args.algorithm != "auto":
-        conv2d_module.CPU_DIRECT_MAX_CK = {"direct": 1 << 40, "im2col": 0}[args.algorithm]
-    threshold = getattr(conv2d_module, "CPU_DIRECT_MAX_CK", None)   # None: a version without the direct path
-    print(f"cpu algorithm: {args.algorithm} (layers with C*K <= {threshold} run direct)")
+    conv2d_module.CPU_ALGORITHM = args.algorithm
+    print(f"cpu algorithm: {args.algorithm} (auto: direct where C*K <= {conv2d_module.CPU_DIRECT_MAX_CK}, "
+          "else Winograd for 3x3, im2col for 1x1)")
     only = set(args.only.split(",")) if args.only else None
     for base in args.base or [16, 64]:
         report(base, args.reps, only)

@@ -14,8 +14,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import cunet.ops.conv2d as conv2d_module
+import cunet.ops.winograd as winograd_module
 from cunet.ops import conv2d_backward_input, conv2d_backward_params, conv2d_forward
-from cunet.ops.conv2d import TILE_CONFIGS, backward_params_split, tile_config
+from cunet.ops.conv2d import CPU_ALGORITHMS, TILE_CONFIGS, backward_params_split, tile_config
 from helpers import assert_oclgrind_clean, run_under_oclgrind
 
 EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff u = 2^-24
@@ -68,6 +69,52 @@ def assert_within_sum_bound(got, exact, abs_sum, terms, what):
     worst = np.unravel_index(np.argmax(excess), excess.shape)
     assert excess.max() <= 0, (f"{what}: at {worst} got {got[worst]!r}, exact {exact[worst]!r}, "
                                f"allowed error {bound[worst]:.3g} ({terms} terms)")
+
+
+# --- the error bound of Winograd F(2x2, 3x3) -------------------------------------------------------
+# Winograd computes y = A^T [ sum_c (G g G^T) * (B^T d B) ] A per 2x2 output tile, so its
+# rounding error is not bounded by the direct sum's: the transforms add and subtract
+# before the products. The standard forward error analysis of a bilinear algorithm bounds
+# it by gamma_k times the same computation run on absolute values, |A^T| [sum_c (|G| |g|
+# |G^T|) * (|B^T| |d| |B|)] |A|, k being the most roundings on any path from an input to
+# an output: the filter transform 4 (two adds per stage; the 1/2s are exact), the input
+# transform 2, the product 1, the sum over C channels C, the output transform 4, the bias
+# 1: k = C + 12. Backward input is the same on zero-padded dy (K channels). The weight
+# gradient G^T [sum over tiles of (A dY A^T) * (B^T d B)] G: 2 + 2 + 1, the sum over every
+# tile of every image (plus one add per chunk: at most 2 per tile), 4. The matrices are
+# Lavin and Gray's (2016), written here independently of cunet/ops/winograd.py.
+ABS_B_T = np.abs(np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64))
+ABS_G = np.abs(np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]))
+ABS_A_T = np.abs(np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64))
+
+
+def _input_tiles_abs(ax, OH, OW):
+    """|B^T| d |B| for every 4x4 input block d (stride 2) of |x|: [N, C, TH, TW, 4, 4]."""
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    ax = np.pad(ax, ((0, 0), (0, 0), (0, 2 * TH + 2 - ax.shape[2]), (0, 2 * TW + 2 - ax.shape[3])))
+    d = np.lib.stride_tricks.sliding_window_view(ax, (4, 4), axis=(2, 3))[:, :, ::2, ::2]
+    return np.einsum("ai,ncxyij,bj->ncxyab", ABS_B_T, d, ABS_B_T)
+
+
+def winograd_forward_scale(ax, aw):
+    """|A^T| [sum_c (|G| |w| |G^T|) * (|B^T| |d| |B|)] |A| per output ([N, K, OH, OW]), ax, aw >= 0."""
+    OH, OW = ax.shape[2] - 2, ax.shape[3] - 2
+    U = np.einsum("ai,kcij,bj->kcab", ABS_G, aw.astype(np.float64), ABS_G)
+    M = np.einsum("kcab,ncxyab->nkxyab", U, _input_tiles_abs(ax.astype(np.float64), OH, OW))
+    Y = np.einsum("ua,nkxyab,vb->nkxuyv", ABS_A_T, M, ABS_A_T)
+    N, K, TH, _, TW, _ = Y.shape
+    return Y.reshape(N, K, 2 * TH, 2 * TW)[:, :, :OH, :OW]
+
+
+def winograd_weight_grad_scale(ax, ady):
+    """|G^T| [sum over tiles of (|A| |dY| |A^T|) * (|B^T| |d| |B|)] |G| per weight ([K, C, 3, 3])."""
+    N, K, OH, OW = ady.shape
+    TH, TW = -(-OH // 2), -(-OW // 2)
+    e = np.pad(ady.astype(np.float64), ((0, 0), (0, 0), (0, 2 * TH - OH), (0, 2 * TW - OW)))
+    e = e.reshape(N, K, TH, 2, TW, 2).transpose(0, 1, 2, 4, 3, 5)
+    D = np.einsum("ia,nkxyij,jb->nkxyab", ABS_A_T, e, ABS_A_T)
+    S = np.einsum("nkxyab,ncxyab->kcab", D, _input_tiles_abs(ax.astype(np.float64), OH, OW))
+    return np.einsum("ai,kcab,bj->kcij", ABS_G, S, ABS_G)
 
 
 # --- shapes -------------------------------------------------------------------------------------
@@ -210,7 +257,7 @@ def test_cpu_float64_matches_reference(R):
 @pytest.mark.parametrize("R", [1, 3])
 def test_cpu_chunks_of_rows_match_reference(monkeypatch, rows, R):
     """The im2col path works a few output rows at a time: 1 row, and 2 with a short last chunk."""
-    monkeypatch.setattr(conv2d_module, "CPU_DIRECT_MAX_CK", 0)  # the im2col path even for 3 -> 4 channels
+    monkeypatch.setattr(conv2d_module, "CPU_ALGORITHM", "im2col")  # even for 3 -> 4 channels
     monkeypatch.setattr(conv2d_module, "CPU_CHUNK_ELEMENTS", rows * (3 * R * R + 4) * 8)
     monkeypatch.setattr(conv2d_module, "CPU_CHUNK_MIN_COLUMNS", 1)
     assert conv2d_module._chunk_rows(3, 4, R, 8) == rows
@@ -263,7 +310,7 @@ def test_backward_ops_match_finite_differences(R):
     np.testing.assert_allclose(db, numerical_gradient(loss, b), rtol=1e-7, atol=1e-7)
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
 @pytest.mark.parametrize("shape", [(1, 16, 70, 75, 32, 3), (2, 64, 20, 18, 2, 1), (1, 1, 92, 92, 16, 3)])
 def test_cpu_matches_pytorch_on_unet_sized_layers(shape, algorithm):
     """Shapes too big for the naive loops, several chunks each: against PyTorch's autograd, in float64."""
@@ -273,9 +320,11 @@ def test_cpu_matches_pytorch_on_unet_sized_layers(shape, algorithm):
     ty = torch.nn.functional.conv2d(tx, tw, tb)
     ty.backward(torch.from_numpy(dy))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conv2d_module, "CPU_DIRECT_MAX_CK", CPU_ALGORITHMS[algorithm])
+        patch.setattr(conv2d_module, "CPU_ALGORITHM", algorithm)
         patch.setattr(conv2d_module, "CPU_CHUNK_ELEMENTS", 1 << 16)
         patch.setattr(conv2d_module, "CPU_CHUNK_MIN_COLUMNS", 1)
+        patch.setattr(winograd_module, "WINOGRAD_CHUNK_ELEMENTS", 1 << 16)
+        patch.setattr(winograd_module, "WINOGRAD_MIN_TILES", 1)
         y = conv2d_forward(x, w, b)
         dx = conv2d_backward_input(dy, w)
         dw, db = conv2d_backward_params(x, dy)
@@ -283,15 +332,11 @@ def test_cpu_matches_pytorch_on_unet_sized_layers(shape, algorithm):
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-10)
 
 
-# --- cpu: both algorithms, the direct Numba loops and im2col + BLAS ----------------------------
-# CPU_DIRECT_MAX_CK values that send every layer (1x1 and 3x3) down one path.
-CPU_ALGORITHMS = {"direct": 1 << 40, "im2col": 0}
-
-
+# --- cpu: the three algorithms, direct Numba loops, Winograd and im2col + BLAS ------------------
 def cpu_ops(algorithm, x, w, b, dy, relu=False):
-    """(y, dx, dw, db) from the cpu ops, with every 3x3 layer on ``algorithm``."""
+    """(y, dx, dw, db) from the cpu ops, with every layer on ``algorithm`` (Winograd: 3x3 only)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conv2d_module, "CPU_DIRECT_MAX_CK", CPU_ALGORITHMS[algorithm])
+        patch.setattr(conv2d_module, "CPU_ALGORITHM", algorithm)
         return (conv2d_forward(x, w, b, relu=relu), conv2d_backward_input(dy, w)) + conv2d_backward_params(x, dy)
 
 
@@ -305,15 +350,22 @@ def test_cpu_algorithms_match_reference(algorithm, shape, relu, seed):
     x, w, b, dy = random_case(seed, shape)
     y, dx, dw, db = cpu_ops(algorithm, x, w, b, dy, relu)
     N, C, H, W, K, R = shape
-    exact = forward_reference(x, w, b)
-    assert_within_sum_bound(y, np.maximum(exact, 0) if relu else exact, forward_reference(abs(x), abs(w), abs(b)),
-                            C * R * R + 1, f"{algorithm} forward{shape}")
-    assert_within_sum_bound(dx, backward_input_reference(dy, w), backward_input_reference(abs(dy), abs(w)),
-                            K * R * R, f"{algorithm} backward input{shape}")
+    OH, OW = H - R + 1, W - R + 1
     (ew, eb), (aw, ab) = backward_params_reference(x, dy), backward_params_reference(abs(x), abs(dy))
-    pixels = N * (H - R + 1) * (W - R + 1)
-    assert_within_sum_bound(dw, ew, aw, pixels, f"{algorithm} dw{shape}")
-    assert_within_sum_bound(db, eb, ab, pixels, f"{algorithm} db{shape}")
+    if algorithm == "winograd" and R == 3:   # the bound above; the exact values still come from the naive loops
+        flipped = np.abs(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        y_scale, y_terms = winograd_forward_scale(abs(x), abs(w)) + abs(b)[:, None, None], C + 12
+        dx_scale, dx_terms = winograd_forward_scale(np.pad(abs(dy), ((0, 0), (0, 0), (2, 2), (2, 2))), flipped), K + 11
+        dw_scale, dw_terms = winograd_weight_grad_scale(abs(x), abs(dy)), 2 * N * -(-OH // 2) * -(-OW // 2) + 9
+    else:
+        y_scale, y_terms = forward_reference(abs(x), abs(w), abs(b)), C * R * R + 1
+        dx_scale, dx_terms = backward_input_reference(abs(dy), abs(w)), K * R * R
+        dw_scale, dw_terms = aw, N * OH * OW
+    exact = forward_reference(x, w, b)
+    assert_within_sum_bound(y, np.maximum(exact, 0) if relu else exact, y_scale, y_terms, f"{algorithm} forward{shape}")
+    assert_within_sum_bound(dx, backward_input_reference(dy, w), dx_scale, dx_terms, f"{algorithm} backward input{shape}")
+    assert_within_sum_bound(dw, ew, dw_scale, dw_terms, f"{algorithm} dw{shape}")
+    assert_within_sum_bound(db, eb, ab, N * OH * OW, f"{algorithm} db{shape}")
 
 
 @pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
@@ -360,22 +412,30 @@ def test_cpu_nan_propagates(algorithm):
 
 @pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
 def test_cpu_memory_is_bounded(algorithm):
-    """No whole im2col matrix (9x the input): bounded scratch memory on both paths.
+    """No whole im2col matrix (9x the input) nor all of Winograd's tiles (4x): bounded scratch memory.
 
     tracemalloc sees NumPy's allocations (the direct loops' small per-task buffers are
-    Numba's, not seen): the peak may hold the result, the direct backward input's
-    zero-padded copy of dy, and at most one im2col (or col2im) chunk buffer.
+    Numba's, not seen): the peak may hold the result, the backward input's zero-padded
+    copy of dy (direct, Winograd), and at most one chunk's buffers (im2col or col2im,
+    Winograd's transformed tiles).
     """
     import tracemalloc
     x, w, b, dy = random_case(31, (1, 16, 130, 130, 16, 3))
     padded_dy = dy[:, :, 0, 0].size * (dy.shape[2] + 4) * (dy.shape[3] + 4) * dy.itemsize
     chunk = 2 * conv2d_module.CPU_CHUNK_ELEMENTS * x.itemsize
-    allowance = {"direct": 1 << 18, "im2col": chunk}[algorithm]   # direct: Python objects only
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conv2d_module, "CPU_DIRECT_MAX_CK", CPU_ALGORITHMS[algorithm])
+        patch.setattr(conv2d_module, "CPU_ALGORITHM", algorithm)
+        patch.setattr(winograd_module, "WINOGRAD_CHUNK_ELEMENTS", 1 << 18)   # 8 chunks of 8 tile rows
+        patch.setattr(winograd_module, "WINOGRAD_MIN_TILES", 1)
+        rows = winograd_module.tile_rows_per_chunk(16, 16, 64, 64)
+        assert rows == 8
+        # Winograd: transformed input and GEMM output of one chunk, plus U (or dw's 4x4 sums
+        # and one chunk's product) of 16 values per (k, c)
+        winograd_chunk = (16 * 32 * rows * 64 + 2 * 16 * 16 * 16) * x.itemsize
+        allowance = {"direct": 1 << 18, "im2col": chunk, "winograd": winograd_chunk + (1 << 18)}[algorithm]
         for call, result_bytes, extra in [
             (lambda: conv2d_forward(x, w, b, relu=True), dy.nbytes, 0),
-            (lambda: conv2d_backward_input(dy, w), x.nbytes, padded_dy if algorithm == "direct" else 0),
+            (lambda: conv2d_backward_input(dy, w), x.nbytes, padded_dy if algorithm != "im2col" else 0),
             (lambda: conv2d_backward_params(x, dy), w.nbytes + b.nbytes, 0),
         ]:
             call()  # warm (compiles, caches)

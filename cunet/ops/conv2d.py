@@ -14,20 +14,23 @@ register blocking (the file's top comment explains the mapping). The tile shape 
 chosen here, by the GEMM's column count (:func:`tile_config`), and so is the split of the
 weight gradient's long reduction (:func:`backward_params_split`).
 
-cpu: two algorithms, picked per layer by its shape (the "--- cpu" comment below says
+cpu: three algorithms, picked per layer by its shape (the "--- cpu" comment below says
 why). Layers with few channels (C*K <= CPU_DIRECT_MAX_CK: the U-Net's top levels, where
-most of the pixels are) run as direct Numba loops on Numba's threads; wider layers as
-BLAS GEMMs with the "im2col" matrix, whose rows are the C*9 shifted copies of the image.
-Built whole it would be huge (64 channels at 570x570: 750 MB), so it is built a few
-image rows at a time (:func:`_im2col_chunks`), each chunk feeding one GEMM while it is
-still in cache. Both use one trick: computed on output positions q = oh*W + ow (rows of
-the *input's* width W), tap (r, s) of every output is x_flat[c, q + r*W + s], so a
+most of the pixels are) run as direct Numba loops on Numba's threads; wider 3x3 layers as
+Winograd F(2x2, 3x3) (cunet/ops/winograd.py: 16 BLAS GEMMs on transformed 4x4 tiles,
+2.25x fewer multiplies); wider 1x1 layers (none in the U-Net) as BLAS GEMMs with the
+"im2col" matrix, whose rows are the C*9 shifted copies of the image. Built whole it would
+be huge (64 channels at 570x570: 750 MB), so it is built a few image rows at a time
+(:func:`_im2col_chunks`), each chunk feeding one GEMM while it is still in cache. The
+direct loops and im2col share one trick: computed on output positions q = oh*W + ow (rows
+of the *input's* width W), tap (r, s) of every output is x_flat[c, q + r*W + s], so a
 shifted copy of the image is one contiguous slice of it, and several output rows are one
 long run. The W - OW columns per row that this computes beyond the output's edge are
 thrown away: 2 in 572. The backward input is the correlation of dy, zero-padded by R-1,
-with the flipped and transposed filter (direct), or im2col run backwards (col2im: one
-GEMM W^T dy, then shifted adds into dx); the backward params sums dy times the shifted
-copies of x (direct: dot products; BLAS: dy times each im2col chunk transposed).
+with the flipped and transposed filter (direct, Winograd), or im2col run backwards
+(col2im: one GEMM W^T dy, then shifted adds into dx); the backward params sums dy times
+the shifted copies of x (direct: dot products; Winograd: GEMMs of transformed dy and x
+tiles; im2col: dy times each chunk transposed).
 float32 and float64 both work on cpu (float64 for gradient checks).
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ from numba import njit, prange
 from cunet.kernels import kernel_module
 
 from .common import INT32_LIMIT, ceil_div, check_float_array, check_same_device, check_same_dtype, grid_1d
+from .winograd import winograd_correlate, winograd_weight_grad
 
 FILTER_SIZES = (1, 3)
 
@@ -150,14 +154,17 @@ def _check_operands(op: str, **arrays):
 
 
 # --- cpu --------------------------------------------------------------------------------------
-# Two algorithms, picked per layer by its shape (:func:`_cpu_uses_direct`):
+# Three algorithms, picked per layer by its shape (:func:`cpu_algorithm`):
 #
 #   direct   layers with few channels (C*K <= CPU_DIRECT_MAX_CK: the U-Net's top levels,
 #            which hold most of its pixels). Numba loops that compute the convolution
 #            straight from x, no im2col matrix, on Numba's thread pool.
-#   im2col   everything else: each chunk of a few output rows becomes one BLAS GEMM.
+#   winograd wider 3x3 layers: F(2x2, 3x3) in cunet/ops/winograd.py, whose 16 GEMMs per
+#            chunk of tiles do 2.25x fewer multiplies than im2col's one.
+#   im2col   wider 1x1 layers (and, chosen by hand, anything): each chunk of a few output
+#            rows becomes one BLAS GEMM.
 #
-# Why two. A GEMM is fast when all three of its dimensions are large: it then loads each
+# Why not one. A GEMM is fast when all three of its dimensions are large: it then loads each
 # operand once per tile and does tens of multiply-adds per load. At the top of the U-Net
 # the filter dimensions are tiny (K = 16 outputs, C*9 = 144 reduction terms at base 16),
 # so BLAS spends its time packing panels and copying the im2col matrix, which is 9x the
@@ -171,14 +178,14 @@ def _check_operands(op: str, **arrays):
 # base 64's. Hence the threshold below.
 #
 # Threads. The direct loops use Numba's pool (``prange``), like every other cpu op here;
-# the im2col path uses OpenBLAS's pool for its GEMMs and keeps its own Numba helpers
-# serial. Never both in one op: a prange body that calls BLAS (two pools of 2 threads on
-# 2 cores), or a Numba-parallel pass right before a GEMM, each pool's threads then get
-# half a core, and a parallel region waits for its slowest thread. Between ops it still
-# happens, and costs: OpenBLAS's threads spin for ~0.1 s after every GEMM before they
-# sleep, so a direct loop that follows a GEMM (here, or the up-convolution's) runs up to
-# 2x slower (measured: 32 -> 32 channels at 282x282, 16 ms alone, 26 ms right after a
-# 512x512 GEMM). Every direct loop splits its work over outputs (rows, or blocks of
+# the GEMMs use OpenBLAS's pool; Winograd alternates the two within one op (Numba-parallel
+# transforms around each chunk's GEMMs); im2col keeps its own Numba helpers serial. Two
+# pools on 2 cores only work if each pool's threads sleep the moment its call ends: by
+# default OpenBLAS's threads spin for ~0.1 s after every GEMM, and a direct loop that
+# followed one ran up to 2x slower (32 -> 32 channels at 282x282: 16 ms alone, 26 ms right
+# after a 512x512 GEMM). cunet/__init__.py therefore sets OPENBLAS_THREAD_TIMEOUT=4 and
+# OMP_WAIT_POLICY=PASSIVE. Never a prange body that calls BLAS (two pools of 2 threads
+# busy at once). Every Numba loop splits its work over outputs (rows, channels, blocks of
 # filters), never over a sum, so each output is summed in the same order whatever the
 # number of threads: results are bit-for-bit reproducible.
 #
@@ -193,8 +200,12 @@ _FMA = {"contract"}
 _FMA_SUMS = {"contract", "reassoc"}
 
 # C*K at or below which a layer takes the direct path. Measured with
-# `python -m benchmarks.conv2d_cpu --algorithm direct` and `--algorithm im2col` (both
-# bases): direct wins up to 32 -> 64 channels, ties at 64 -> 64, BLAS wins from 64 -> 128.
+# `python -m benchmarks.conv2d_cpu --algorithm direct`, `--algorithm im2col` and
+# `--algorithm winograd` (both bases): direct wins up to 32 -> 64 channels, ties at
+# 64 -> 64; from 64 -> 128 on the GEMM algorithms win. Winograd then beats im2col on
+# most layers (its transforms cost memory traffic, 4x the input, so at 256 channels on
+# 30x30 the two are close): the base-64 train step took 5.6 s with it, 6.8 s with im2col
+# (`python -m benchmarks.train_step --base 64`, one run each, same machine, 2026-11-22).
 CPU_DIRECT_MAX_CK = 64 * 64
 
 # im2col path. Elements of one chunk's im2col matrix plus its GEMM output (8 MB in
@@ -210,9 +221,22 @@ CPU_CHUNK_ELEMENTS = 1 << 21
 CPU_CHUNK_MIN_COLUMNS = 1536
 
 
-def _cpu_uses_direct(C: int, K: int) -> bool:
-    """True: the direct Numba loops; False: im2col chunks and BLAS."""
-    return C * K <= CPU_DIRECT_MAX_CK
+# Which algorithm every layer takes: "auto" picks by shape (:func:`cpu_algorithm`); one of
+# CPU_ALGORITHMS sends every layer down that path (the tests and benchmarks/conv2d_cpu.py
+# use this to check and time each algorithm on its own). Winograd is 3x3 only: under
+# "winograd", 1x1 layers take im2col.
+CPU_ALGORITHMS = ("direct", "winograd", "im2col")
+CPU_ALGORITHM = "auto"
+
+
+def cpu_algorithm(C: int, K: int, R: int) -> str:
+    """The cpu algorithm for a layer of C -> K channels and an R x R filter."""
+    chosen = CPU_ALGORITHM
+    if chosen == "auto":
+        chosen = "direct" if C * K <= CPU_DIRECT_MAX_CK else "winograd"
+    if chosen not in CPU_ALGORITHMS:
+        raise ValueError(f"conv2d: CPU_ALGORITHM is {CPU_ALGORITHM!r}; expected 'auto' or one of {CPU_ALGORITHMS}")
+    return "im2col" if chosen == "winograd" and R != 3 else chosen
 
 
 # --- cpu, direct: 3x3 convolutions as Numba loops ---------------------------------------------
@@ -602,8 +626,11 @@ def _correlate_cpu(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = Fal
     """conv2d_forward on the cpu: y = b + valid cross-correlation of x with w, then ReLU."""
     N, C, H, W = x.shape
     K, R = w.shape[0], w.shape[2]
-    if not _cpu_uses_direct(C, K):
+    algorithm = cpu_algorithm(C, K, R)
+    if algorithm == "im2col":
         return _im2col_correlate(x, w, b, relu)
+    if algorithm == "winograd":
+        return winograd_correlate(x, w, b, relu)
     OH, OW = H - R + 1, W - R + 1
     y = np.empty((N, K, OH, OW), x.dtype)
     _direct_correlate(x.reshape(N, C, H * W), w, b, relu, _direct_rows(W, OH), y)
@@ -620,12 +647,13 @@ def _backward_input_cpu(dy, w):
 
     (Output pixel y[oh, ow] read x[oh + r, ow + s] with weight w[r, s], so x[h, w] receives
     dy[h - r, w - s] * w[r, s]: a correlation of dy, zero-padded by R-1, with the filter
-    turned by 180 degrees and its C and K swapped.) The direct loops run exactly that, on a
-    padded copy of dy; the BLAS path runs im2col backwards instead (:func:`_col2im_input_grad`).
+    turned by 180 degrees and its C and K swapped.) The direct loops and Winograd run exactly
+    that, on a padded copy of dy (the forward picks the same algorithm for K -> C channels);
+    im2col runs backwards instead (:func:`_col2im_input_grad`).
     """
     N, K, OH, OW = dy.shape
     C, R = w.shape[1], w.shape[2]
-    if not _cpu_uses_direct(K, C):
+    if cpu_algorithm(K, C, R) == "im2col":
         return _col2im_input_grad(dy, w)
     if R > 1:
         padded = np.empty((N, K, OH + 4, OW + 4), dy.dtype)
@@ -639,8 +667,11 @@ def _backward_params_cpu(x, dy):
     N, C, H, W = x.shape
     K, OH = dy.shape[1], dy.shape[2]
     R = H - OH + 1
-    if not _cpu_uses_direct(C, K):
+    algorithm = cpu_algorithm(C, K, R)
+    if algorithm == "im2col":
         return _im2col_weight_grad(x, dy)
+    if algorithm == "winograd":
+        return winograd_weight_grad(x, dy)
     dw, db = np.empty((K, C, R, R), x.dtype), np.empty(K, x.dtype)
     _direct_weight_grad(x.reshape(N, C, H * W), dy, _direct_rows(W, OH), dw, db)
     return dw, db
