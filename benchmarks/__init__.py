@@ -4,6 +4,7 @@
     python -m benchmarks.train_step   --base 16|64               one SGD step, cunet vs PyTorch
     python -m benchmarks.gpu_model                               modelled (not measured) GPU step
     python -m benchmarks.threshold                               serial vs parallel CPU loops
+    python -m benchmarks.conv2d_cpu   --base 16|64               every convolution, cunet vs PyTorch
 
 benchmarks/README.md says what each one measures, how, and what it printed here.
 """

@@ -82,6 +82,10 @@ def time_layer(x_shape, w_shape, relu: bool, first: bool, reps: int) -> dict[str
     def torch_bwd(mask):
         return aten_bwd(tdy, tx, tw, [w_shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
 
+    with torch.no_grad():
+        validate(x_shape, w_shape, relu, first, (conv2d_forward(x, w, b, relu=relu), torch_fwd()),
+                 (conv2d_backward_input(dy, w), None if first else torch_bwd([True, False, False])[0]),
+                 (conv2d_backward_params(x, dy)[0], torch_bwd([False, True, True])[1]))
     out = {}
     with torch.no_grad():
         out["fwd", "cunet"] = median_ms(lambda: conv2d_forward(x, w, b, relu=relu), reps)
@@ -94,17 +98,39 @@ def time_layer(x_shape, w_shape, relu: bool, first: bool, reps: int) -> dict[str
     return out
 
 
+# Validate before timing: cunet's result against PyTorch's, relative error in the
+# Frobenius norm. Rounding errors of sums of n products with random signs grow like
+# sqrt(n) u (u = 2^-24): for n up to 9 * 1024 (conv) or 324k (the weight gradient) that
+# is under 1e-4 for the direct sums; Winograd's transforms multiply it by a few (see
+# tests/test_conv2d.py, which bounds every algorithm elementwise). 1e-3 leaves room and
+# still fails on any wrong or missing term, whose error is of the order of the result.
+RELATIVE_TOLERANCE = 1e-3
+
+
+def validate(x_shape, w_shape, relu, first, *pairs) -> None:
+    """Raise if any (cunet, torch) result pair disagrees beyond RELATIVE_TOLERANCE."""
+    for name, (ours, theirs) in zip(("forward", "backward input", "backward params"), pairs):
+        if theirs is None:
+            continue
+        theirs = theirs.numpy()
+        error = np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-30)
+        if not error <= RELATIVE_TOLERANCE:
+            raise AssertionError(f"conv2d {name} x {x_shape} w {w_shape}: cunet and PyTorch differ by "
+                                 f"{error:.2e} (relative, Frobenius); expected <= {RELATIVE_TOLERANCE}")
+
+
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def report(base: int, reps: int, only: set[str] | None) -> None:
+def report(base: int, reps: int, only: set[str] | None, size: int = 572, depth: int = 5) -> None:
     """Print one table row per layer and the totals."""
     ops = ("fwd", "bwd_x", "bwd_w")
-    print(f"\nU-Net base {base}, 572x572, depth 5, float32, median of {reps} (ms); load average {load_average()}")
+    print(f"\nU-Net base {base}, {size}x{size}, depth {depth}, float32, median of {reps} (ms); "
+          f"load average {load_average()}")
     print(f"{'layer':<12} {'shape C->K @ HxW':<22}" + "".join(f"{op + ' cunet':>12}{'torch':>8}" for op in ops))
     totals = {}
-    for i, (name, x_shape, w_shape, relu) in enumerate(conv_layers(base)):
+    for i, (name, x_shape, w_shape, relu) in enumerate(conv_layers(base, size, depth)):
         if only and name not in only:
             continue
         t = time_layer(x_shape, w_shape, relu, first=(i == 0), reps=reps)
@@ -126,6 +152,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=int, action="append", help="U-Net base width (repeatable; default 16 and 64)")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--tile", type=int, default=572, help="input tile (default 572)")
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="tile 44, base 2, depth 3, 1 rep: seconds")
     parser.add_argument("--only", default="", help="comma-separated layer names, e.g. down0.conv2,up3.conv1")
     parser.add_argument("--algorithm", choices=("auto", "direct", "winograd", "im2col"), default="auto",
                         help="cpu algorithm for every layer (auto: by shape, as in training)")
@@ -138,8 +167,11 @@ def main(argv=None) -> None:
     print(f"cpu algorithm: {args.algorithm} (auto: direct where C*K <= {conv2d_module.CPU_DIRECT_MAX_CK}, "
           "else Winograd for 3x3, im2col for 1x1)")
     only = set(args.only.split(",")) if args.only else None
+    if args.quick:
+        global IDLE_S
+        args.base, args.tile, args.depth, args.reps, IDLE_S = [2], 44, 3, 1, 0.0
     for base in args.base or [16, 64]:
-        report(base, args.reps, only)
+        report(base, args.reps, only, args.tile, args.depth)
 
 
 if __name__ == "__main__":

@@ -315,3 +315,29 @@ def test_relu_backward_in_place_matches():
         got = relu_backward(y, dy, out=dy)
         assert got is dy
         np.testing.assert_array_equal(got, want)
+
+
+# --- benchmarks.conv2d_cpu ---------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ["auto", "winograd"])
+def test_conv2d_cpu_cli_validates_and_prints_a_table(algorithm):
+    """Every layer's three results are checked against PyTorch's before the table is printed."""
+    if not has_torch():
+        pytest.skip("benchmarks.conv2d_cpu compares with PyTorch, which is not installed")
+    result = run_cli("benchmarks.conv2d_cpu", "--quick", "--algorithm", algorithm)
+    assert result.returncode == 0, result.stderr
+    assert "U-Net base 2, 44x44, depth 3" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("down", "up", "head"))]
+    assert len(rows) == 11   # 2 convs per level (3 down, 2 up) + the head
+    assert "all three: cunet" in result.stdout
+
+
+def test_conv2d_cpu_validation_catches_a_wrong_result():
+    torch = pytest.importorskip("torch")
+    from benchmarks.conv2d_cpu import validate
+
+    theirs = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32))
+    ours = theirs.numpy().copy()
+    validate((1, 4, 8, 8), (4, 4, 3, 3), False, False, (ours, theirs))   # equal: passes
+    ours[0, 1, 2, 3] += 1.0   # one wrong output
+    with pytest.raises(AssertionError, match="forward"):
+        validate((1, 4, 8, 8), (4, 4, 3, 3), False, False, (ours, theirs))
