@@ -240,7 +240,6 @@ def cost(launch: Launch) -> tuple[int, int]:
     if k in ("dropout_apply", "dropout_mask"):
         return 0, touched  # Philox is integer work: ~10 rounds per 4 elements, no FLOPs counted
     if k == "softmax_ce_forward":
-        logits = arrays[0]
         pixels, classes = ints[0], ints[1]
         return pixels * (5 * classes + 4), touched  # max, exp, sum, divide per class; log per pixel
     if k == "softmax_ce_sum":
@@ -363,7 +362,7 @@ def main(argv=None) -> int:
 
 def format_report(r: dict, gpus, by_kernel: bool) -> str:
     c = r["config"]
-    lines = [f"# MODELLED, not measured: roofline cost of one cunet train step on GPUs (no GPU was used)",
+    lines = ["# MODELLED, not measured: roofline cost of one cunet train step on GPUs (no GPU was used)",
              f"# command: {r['command']}",
              f"# U-Net {c['tile']} / base {c['base']} / depth {c['depth']}, batch {c['batch']}: {r['launches']} kernel launches, "
              f"{r['flops'] / 1e12:.3f} TFLOP, {r['bytes'] / 1e9:.2f} GB minimum DRAM traffic"]

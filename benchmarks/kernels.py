@@ -178,7 +178,6 @@ def build_cases(tile: int, base: int, depth: int, batch: int = 1, seed: int = 0)
 
     rows = layer_table(tile, base, depth, batch=batch)
     cases: dict[tuple, Case] = {}
-    rnd = lambda shape: (lambda rng: rng.standard_normal(shape).astype(np.float32))  # noqa: E731
 
     def add(key, layer, factory):
         if key in cases:
