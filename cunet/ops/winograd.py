@@ -14,7 +14,9 @@ transforms are done. And the sum over input channels commutes with A^T [.] A, so
 is 16 independent GEMMs [K, C] x [C, tiles]: the filter transform U = G g G^T is computed
 once per call (K*C small 4x4 matrices), the input transform V = B^T d B once per 4x4 input
 block ("tile", stride 2), and the output transform A^T M A once per output tile. For C and
-K in the hundreds the GEMMs hold nearly all the work, and BLAS runs them near its peak.
+K in the hundreds the GEMMs hold most of the arithmetic; the transforms are additions,
+bound by memory traffic (the transformed tiles are 4x the input), which is why the direct
+loops in conv2d.py stay faster for narrow layers.
 
 The two backwards are the same machinery:
 
@@ -37,8 +39,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-# The transforms, for the reader and for the filter transform (the input and output
-# transforms are written out by hand in the Numba loops below, from these same matrices).
+# The transforms, for the reader: the Numba loops below write each one out by hand, from
+# these matrices (tests/test_conv2d.py checks the results against naive loops).
 B_T = np.array([[1, 0, -1, 0],
                 [0, 1, 1, 0],
                 [0, -1, 1, 0],
@@ -209,49 +211,46 @@ def _gradient_tiles(dy_img, tile_row0, tile_rows, tiles_per_row, D):
                     D[4 * u, k, t], D[4 * u + 1, k, t], D[4 * u + 2, k, t], D[4 * u + 3, k, t] = a, a + bb, a - bb, -bb
 
 
+def _transformed_chunks(x: np.ndarray, K: int, OH: int, OW: int):
+    """Yield (n, tile_row0, tile_rows, tiles_per_row, V, out) per chunk of tile rows of each
+    image: V [16, C, tiles] holds the chunk's transformed input (B^T d B), out [16, K, tiles]
+    is a buffer for the caller's GEMM. Both buffers are reused: use them before the next.
+    ``x`` must already cover whole tiles (:func:`_pad_to_tiles`)."""
+    N, C = x.shape[:2]
+    tile_rows, tiles_per_row = -(-OH // 2), -(-OW // 2)
+    rows = tile_rows_per_chunk(C, K, tiles_per_row, tile_rows)
+    V_buffer = np.empty(16 * C * rows * tiles_per_row, x.dtype)
+    out_buffer = np.empty(16 * K * rows * tiles_per_row, x.dtype)
+    for n in range(N):
+        for row0 in range(0, tile_rows, rows):
+            count = min(rows, tile_rows - row0)
+            tiles = count * tiles_per_row
+            V = V_buffer[:16 * C * tiles].reshape(16, C, tiles)
+            _input_tiles(x[n], row0, count, tiles_per_row, V)
+            yield n, row0, count, tiles_per_row, V, out_buffer[:16 * K * tiles].reshape(16, K, tiles)
+
+
 def winograd_correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = False) -> np.ndarray:
     """Valid 3x3 cross-correlation [N, C, H, W] * [K, C, 3, 3] -> [N, K, H-2, W-2], plus b, ReLU if relu."""
     N, C, H, W = x.shape
     K = w.shape[0]
     OH, OW = H - 2, W - 2
-    tile_rows, tiles_per_row = -(-OH // 2), -(-OW // 2)
-    x = _pad_to_tiles(x, OH, OW)
     U = filter_transform(w)
-    rows = tile_rows_per_chunk(C, K, tiles_per_row, tile_rows)
-    V_buffer = np.empty(16 * C * rows * tiles_per_row, x.dtype)
-    M_buffer = np.empty(16 * K * rows * tiles_per_row, x.dtype)
     y = np.empty((N, K, OH, OW), x.dtype)
-    for n in range(N):
-        for row0 in range(0, tile_rows, rows):
-            count = min(rows, tile_rows - row0)
-            tiles = count * tiles_per_row
-            V = V_buffer[:16 * C * tiles].reshape(16, C, tiles)
-            M = M_buffer[:16 * K * tiles].reshape(16, K, tiles)
-            _input_tiles(x[n], row0, count, tiles_per_row, V)
-            np.matmul(U, V, out=M)                      # 16 GEMMs [K, C] x [C, tiles]
-            _output_tiles(M, b, relu, row0, count, tiles_per_row, y[n])
+    for n, row0, count, tiles_per_row, V, M in _transformed_chunks(_pad_to_tiles(x, OH, OW), K, OH, OW):
+        np.matmul(U, V, out=M)                                # 16 GEMMs [K, C] x [C, tiles]
+        _output_tiles(M, b, relu, row0, count, tiles_per_row, y[n])
     return y
 
 
 def winograd_weight_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(dw [K, C, 3, 3], db [K]) of a valid 3x3 correlation of x [N, C, H, W] that gave dy."""
-    N, C, H, W = x.shape
+    N, C = x.shape[:2]
     K, OH, OW = dy.shape[1:]
-    tile_rows, tiles_per_row = -(-OH // 2), -(-OW // 2)
-    x = _pad_to_tiles(x, OH, OW)
-    rows = tile_rows_per_chunk(C, K, tiles_per_row, tile_rows)
-    V_buffer = np.empty(16 * C * rows * tiles_per_row, x.dtype)
-    D_buffer = np.empty(16 * K * rows * tiles_per_row, x.dtype)
     total, product = np.zeros((16, K, C), x.dtype), np.empty((16, K, C), x.dtype)
-    for n in range(N):
-        for row0 in range(0, tile_rows, rows):
-            count = min(rows, tile_rows - row0)
-            tiles = count * tiles_per_row
-            V = V_buffer[:16 * C * tiles].reshape(16, C, tiles)
-            D = D_buffer[:16 * K * tiles].reshape(16, K, tiles)
-            _input_tiles(x[n], row0, count, tiles_per_row, V)
-            _gradient_tiles(dy[n], row0, count, tiles_per_row, D)
-            np.matmul(D, V.transpose(0, 2, 1), out=product)   # 16 GEMMs [K, tiles] x [tiles, C]
-            total += product                                  # chunks always summed in this order
+    for n, row0, count, tiles_per_row, V, D in _transformed_chunks(_pad_to_tiles(x, OH, OW), K, OH, OW):
+        _gradient_tiles(dy[n], row0, count, tiles_per_row, D)
+        np.matmul(D, V.transpose(0, 2, 1), out=product)       # 16 GEMMs [K, tiles] x [tiles, C]
+        total += product                                      # chunks always summed in this order
     db = dy.reshape(N, K, OH * OW).sum(axis=2).sum(axis=0)
     return filter_gradient(total), db
