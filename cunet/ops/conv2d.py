@@ -202,10 +202,11 @@ _FMA_SUMS = {"contract", "reassoc"}
 # C*K at or below which a layer takes the direct path. Measured with
 # `python -m benchmarks.conv2d_cpu --algorithm direct`, `--algorithm im2col` and
 # `--algorithm winograd` (both bases): direct wins up to 32 -> 64 channels, ties at
-# 64 -> 64; from 64 -> 128 on the GEMM algorithms win. Winograd then beats im2col on
-# most layers (its transforms cost memory traffic, 4x the input, so at 256 channels on
-# 30x30 the two are close): the base-64 train step took 5.6 s with it, 6.8 s with im2col
-# (`python -m benchmarks.train_step --base 64`, one run each, same machine, 2026-11-22).
+# 64 -> 64; from 64 -> 128 on the GEMM algorithms win. Between those two, Winograd wins
+# the step: base 64, two A/B runs of `python -m benchmarks.train_step --base 64` with the
+# algorithm patched, 5.6 and 7.0 s with Winograd, 6.8 and 7.6 s with im2col (2026-11-22).
+# Per layer its lead is smallest deep down (256 channels at 30x30), where its transforms'
+# memory traffic (4x the input) and small per-chunk GEMMs eat most of the 2.25x.
 CPU_DIRECT_MAX_CK = 64 * 64
 
 # im2col path. Elements of one chunk's im2col matrix plus its GEMM output (8 MB in
