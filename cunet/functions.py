@@ -89,10 +89,12 @@ class SoftmaxCrossEntropyFn(Function):
     """Weighted per-pixel softmax cross-entropy; a one-element loss (the mean over pixels)."""
 
     def forward(self, logits, labels, weights):
-        loss, self.probs = ops.softmax_ce_forward(logits, labels, weights)
-        self.labels, self.weights = labels, weights
+        # Validate (and upload host labels) once for forward and backward: on a GPU each
+        # validation copies labels and weights to the host, a synchronisation per copy.
+        self.labels, self.weights = ops.softmax_ce_check(logits, labels, weights), weights
+        loss, self.probs = ops.softmax_ce_forward(logits, self.labels, weights, checked=True)
         return loss
 
     def backward(self, grad):
         scale = 1.0 if grad is None else float(Tensor(grad).item())
-        return (ops.softmax_ce_backward(self.probs, self.labels, self.weights, grad_loss=scale),)
+        return (ops.softmax_ce_backward(self.probs, self.labels, self.weights, grad_loss=scale, checked=True),)

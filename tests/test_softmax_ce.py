@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cunet.ops import softmax_ce_backward, softmax_ce_forward
+from cunet.ops import softmax_ce_backward, softmax_ce_check, softmax_ce_forward
 from cunet.ops.softmax_ce import BLOCK
 from helpers import assert_oclgrind_clean, run_under_oclgrind
 
@@ -166,6 +166,54 @@ def test_device_labels_int32(opencl_device, rng):
     labels[0, 0, 0] = 3
     with pytest.raises(ValueError, match="1 pixel"):
         softmax_ce_forward(dev.to_device(logits), dev.to_device(labels), dev.to_device(weights))
+
+
+def test_checked_inputs_give_the_same_results(device, rng):
+    """softmax_ce_check once, then checked=True: the same loss and gradient as validating each call."""
+    logits, labels, weights = make_inputs(rng, (2, 3, 4, 5), label_dtype=np.uint8)
+    z, w = device.to_device(logits), device.to_device(weights)
+    prepared = softmax_ce_check(z, labels, w)
+    assert prepared.dtype == np.int32 and device.to_host(prepared).tolist() == labels.tolist()
+    loss, probs = softmax_ce_forward(z, labels, w)
+    loss_checked, probs_checked = softmax_ce_forward(z, prepared, w, checked=True)
+    np.testing.assert_array_equal(device.to_host(loss_checked), device.to_host(loss))
+    np.testing.assert_array_equal(device.to_host(softmax_ce_backward(probs_checked, prepared, w, 0.5, checked=True)),
+                                  device.to_host(softmax_ce_backward(probs, labels, w, 0.5)))
+    with pytest.raises(ValueError, match="1 pixel"):   # softmax_ce_check validates the values
+        bad = labels.copy()
+        bad[1, 3, 4] = 7
+        softmax_ce_check(z, bad, w)
+    with pytest.raises(TypeError, match="with checked=True, labels must be what softmax_ce_check returned"):
+        softmax_ce_forward(z, labels, w, checked=True)   # uint8 labels were never prepared
+    with pytest.raises(ValueError, match=r"labels must be \[N, H, W\] = \(2, 4, 5\)"):
+        softmax_ce_backward(probs, prepared[:1], w, checked=True)   # shapes are still checked
+
+
+def test_the_loss_function_validates_once_per_step(opencl_device, rng, monkeypatch):
+    """Forward + backward of the autograd loss copy the device weights to the host once and
+    upload the host labels once (validating in each op did both twice)."""
+    from cunet.autograd import Tensor
+    from cunet.loss import weighted_cross_entropy
+
+    logits, labels, weights = make_inputs(rng, (1, 2, 6, 7), label_dtype=np.uint8)
+    runtime = opencl_device.runtime
+    z = Tensor(opencl_device.to_device(logits), requires_grad=True)
+    w = opencl_device.to_device(weights)
+    copies = {"to_host": [], "to_device": []}
+    for name, calls in copies.items():
+        original = getattr(runtime, name)
+        monkeypatch.setattr(runtime, name, lambda array, _original=original, _calls=calls: (
+            _calls.append(np.dtype(array.dtype).name), _original(array))[1])
+    weighted_cross_entropy(z, labels, w).backward()
+    assert copies["to_host"].count("float32") == 1, copies    # the weights, checked
+    assert copies["to_host"].count("int32") == 0, copies      # host labels need no copy back
+    assert copies["to_device"].count("int32") == 1, copies    # the labels, uploaded
+    monkeypatch.undo()
+    expected = grad_reference(softmax_ce_reference(logits, labels, weights)[1], labels, weights, 1.0)
+    # The device's probabilities carry a few float32 roundings (|error| <= ~4u, u = 2^-24),
+    # which p - 1 does not shrink: an absolute error of 8u * w / pixels, plus rtol for the rest.
+    atol = 8 * 2.0**-24 * float(weights.max()) / labels.size
+    np.testing.assert_allclose(opencl_device.to_host(z.grad), expected, rtol=1e-5, atol=atol)
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ back for it) and must lie in [0, K); host labels are then uploaded as int32. Wei
 where the logits live, with their dtype, and must be finite and non-negative (device
 weights are copied back for the check, too: for a 388x388 tile that is 600 KB, tens of
 microseconds per step, the price of an error message instead of a silently wrong loss).
+A caller that runs forward and backward on the same inputs validates once with
+softmax_ce_check and passes ``checked=True`` to both (cunet/functions.py does).
 
 Determinism: the loss is summed in a fixed order everywhere. cpu: a float64 partial per
 image row, then np.sum over the rows. cuda/opencl: per-block tree sums, then one block
@@ -172,8 +174,23 @@ def _check_weight_values(op: str, weights, runtime) -> None:
                          f"e.g. weights[{', '.join(map(str, first))}] = {host[first]}")
 
 
-def _check_loss_inputs(op: str, name: str, scores, labels, weights):
-    """Validate (logits or probs, labels, weights); return (runtime, labels as int32 on the device)."""
+def _check_prepared_labels(op: str, labels, runtime, expected: tuple, name: str, scores):
+    """checked=True: labels must already be softmax_ce_check's result (contiguous int32 where
+    the scores are); their values are not looked at again."""
+    if runtime_of(labels) is not runtime or labels.dtype != np.int32 or not labels.flags.c_contiguous:
+        raise TypeError(f"{op}: with checked=True, labels must be what softmax_ce_check returned (contiguous "
+                        f"int32 on the {name}' device), got {getattr(labels, 'dtype', type(labels).__name__)}"
+                        f"{' on the host' if runtime_of(labels) is None else ''}")
+    _check_pixel_shape(op, "labels", labels, expected, name, scores)
+
+
+def _check_loss_inputs(op: str, name: str, scores, labels, weights, checked: bool = False):
+    """Validate (logits or probs, labels, weights); return (runtime, labels as int32 on the device).
+
+    ``checked``: the values (label range, finite non-negative weights) were validated by
+    softmax_ce_check already; only shapes, dtypes and devices are checked again, so no
+    device array is copied to the host.
+    """
     runtime = check_float_array(op, name, scores, 4, LAYOUT)
     n, classes, h, w = scores.shape
     if classes < 2:
@@ -184,6 +201,9 @@ def _check_loss_inputs(op: str, name: str, scores, labels, weights):
     check_same_device(op, **{name: scores, "weights": weights})
     check_same_dtype(op, **{name: scores, "weights": weights})
     _check_pixel_shape(op, "weights", weights, (n, h, w), name, scores)
+    if checked:
+        _check_prepared_labels(op, labels, runtime, (n, h, w), name, scores)
+        return runtime, labels
     labels = _check_labels(op, labels, runtime, (n, h, w), classes, name, scores)
     _check_weight_values(op, weights, runtime)
     return runtime, labels
@@ -231,14 +251,27 @@ def _backward_device(runtime, probs, labels, weights, scale):
 
 
 # --- public ops -----------------------------------------------------------------------
-def softmax_ce_forward(logits, labels, weights):
+def softmax_ce_check(logits, labels, weights):
+    """Validate the loss inputs once; return the labels as contiguous int32 on the logits' device.
+
+    Each op validates its inputs by default, and for device arrays that means copying the
+    labels and weights to the host (and uploading host labels): twice per training step,
+    once in forward and once in backward. A caller that runs both (the autograd Function)
+    validates here once and passes the result with ``checked=True``.
+    """
+    return _check_loss_inputs("softmax_ce_check", "logits", logits, labels, weights)[1]
+
+
+def softmax_ce_forward(logits, labels, weights, checked: bool = False):
     """(loss, probs) for logits [N, K, H, W], labels [N, H, W] in [0, K), weights [N, H, W] >= 0.
 
     loss = mean over the N*H*W pixels of w(x) * -log softmax(logits)_{l(x)}(x): shape (1,),
     the logits' dtype, on their device. probs = softmax over axis 1, like logits.
+    ``checked=True``: labels come from :func:`softmax_ce_check` and the values are not
+    validated again.
     """
     op = "softmax_ce_forward"
-    runtime, labels = _check_loss_inputs(op, "logits", logits, labels, weights)
+    runtime, labels = _check_loss_inputs(op, "logits", logits, labels, weights, checked)
     if runtime is not None:
         return _forward_device(runtime, logits, labels, weights)
     n, classes, h, w = logits.shape
@@ -249,18 +282,18 @@ def softmax_ce_forward(logits, labels, weights):
     return np.array([np.sum(row_loss) / (n * h * w)], logits.dtype), probs
 
 
-def softmax_ce_backward(probs, labels, weights, grad_loss: float = 1.0):
+def softmax_ce_backward(probs, labels, weights, grad_loss: float = 1.0, checked: bool = False):
     """dlogits [N, K, H, W] = grad_loss * w(x) * (probs - onehot(labels)) / (N*H*W).
 
     ``probs`` is softmax_ce_forward's second output; ``grad_loss`` is dL/dloss (1 when the
-    loss is the objective itself).
+    loss is the objective itself); ``checked`` as in :func:`softmax_ce_forward`.
     """
     op = "softmax_ce_backward"
     if isinstance(grad_loss, (bool, np.bool_)) or not isinstance(grad_loss, (int, float, np.integer, np.floating)):
         raise TypeError(f"{op}: grad_loss must be a number, got {type(grad_loss).__name__}")
     if not math.isfinite(grad_loss):
         raise ValueError(f"{op}: grad_loss must be finite, got {grad_loss}")
-    runtime, labels = _check_loss_inputs(op, "probs", probs, labels, weights)
+    runtime, labels = _check_loss_inputs(op, "probs", probs, labels, weights, checked)
     n, classes, h, w = probs.shape
     scale = float(grad_loss) / (n * h * w)
     if runtime is not None:
