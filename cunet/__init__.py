@@ -27,3 +27,4 @@ NUMPY_LOADED_BEFORE_CUNET = "numpy" in sys.modules
 CPU_THREAD_SETTINGS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 for _name, _value in CPU_THREAD_SETTINGS.items():
     os.environ.setdefault(_name, _value)
+del _name, _value

@@ -117,6 +117,25 @@ def winograd_weight_grad_scale(ax, ady):
     return np.einsum("ai,kcab,bj->kcij", ABS_G, S, ABS_G)
 
 
+def test_winograd_code_matches_its_documented_matrices():
+    """cunet/ops/winograd.py writes G g G^T and G^T X G out by hand; its module matrices
+    (what a reader learns from) must be what the code computes."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((5, 4, 3, 3))
+    G = winograd_module.G
+    np.testing.assert_allclose(winograd_module.filter_transform(w),
+                               np.einsum("ai,kcij,bj->abkc", G, w, G).reshape(16, 5, 4), rtol=1e-14, atol=1e-14)
+    X = rng.standard_normal((16, 5, 4))
+    np.testing.assert_allclose(winograd_module.filter_gradient(X),
+                               np.einsum("ai,abkc,bj->kcij", G, X.reshape(4, 4, 5, 4), G), rtol=1e-14, atol=1e-14)
+    # one 4x4 input tile -> one 2x2 output through B^T and A^T, with a single channel and filter
+    d, g = rng.standard_normal((1, 1, 4, 4)), rng.standard_normal((1, 1, 3, 3))
+    B_T, A_T = winograd_module.B_T, winograd_module.A_T
+    by_matrices = A_T @ ((G @ g[0, 0] @ G.T) * (B_T @ d[0, 0] @ B_T.T)) @ A_T.T
+    np.testing.assert_allclose(winograd_module.winograd_correlate(d, g, np.zeros(1))[0, 0], by_matrices,
+                               rtol=1e-14, atol=1e-14)
+
+
 # --- shapes -------------------------------------------------------------------------------------
 # Channel counts that land on every tile shape (64x4: <= 4, 64x16: <= 16, 128x64: more),
 # on both sides of each tile edge; output sizes from 1x1 up, so M = N*OH*OW is rarely a
