@@ -1,5 +1,12 @@
 """Shared test set-up: hypothesis profiles and the devices every kernel test runs on.
 
+Devices: ``cpu`` (NumPy + Numba), ``opencl`` (the kernels/*.cu sources on PoCL), and, where
+a GPU and CuPy are present, ``cuda`` (the same sources through NVRTC) and ``cuda-numba``
+(the Numba CUDA alternates for the memory-bound ops). Without a GPU the two cuda devices
+are skipped with the reason, so a plain run shows them as skipped, never as absent. The
+cuda parameters carry the ``cuda`` marker: ``pytest -m cuda`` runs exactly the GPU tests
+(benchmarks/gpu_check.py does).
+
 Profiles (HYPOTHESIS_PROFILE=name): ``ci`` (the default: derandomised, a modest number
 of examples, so the suite is fast and repeatable), ``dev`` (fewer, for iterating) and
 ``thorough`` (many, for a long run before a release).
@@ -35,12 +42,51 @@ def opencl_device():
     return get_device("opencl", opencl_platform="pocl")
 
 
-@pytest.fixture(scope="session", params=["cpu", "opencl"])
-def device(request, opencl_device):
-    """Each kernel test runs on the NumPy/Numba path and on PoCL."""
-    from cunet.device import get_device
+def _cuda_or_skip(kernels: str):
+    """The ``cuda`` device with the given kernels, or a skip that says why there is none."""
+    from cunet.device import DeviceUnavailableError, get_device
 
-    return opencl_device if request.param == "opencl" else get_device("cpu")
+    try:
+        return get_device("cuda", kernels=kernels)
+    except DeviceUnavailableError as exc:
+        pytest.skip(f"no GPU for the cuda tests: {str(exc).split('. ')[0]}")
+
+
+@pytest.fixture(scope="session")
+def cuda_device():
+    """``cuda`` with the CUDA C kernels (skipped without a GPU)."""
+    return _cuda_or_skip("cuda")
+
+
+@pytest.fixture(scope="session")
+def cuda_numba_device():
+    """``cuda`` with the Numba CUDA alternates for the memory-bound ops (skipped without a GPU)."""
+    return _cuda_or_skip("numba")
+
+
+CUDA = pytest.mark.cuda
+GPU_RUNTIMES = ["opencl", pytest.param("cuda", marks=CUDA), pytest.param("cuda-numba", marks=CUDA)]
+
+
+def _named_device(request, name: str):
+    if name == "cpu":
+        from cunet.device import get_device
+
+        return get_device("cpu")
+    fixture = {"opencl": "opencl_device", "cuda": "cuda_device", "cuda-numba": "cuda_numba_device"}[name]
+    return request.getfixturevalue(fixture)
+
+
+@pytest.fixture(scope="session", params=["cpu", *GPU_RUNTIMES])
+def device(request):
+    """Each kernel test runs on the NumPy/Numba path, on PoCL, and on a GPU where there is one."""
+    return _named_device(request, request.param)
+
+
+@pytest.fixture(scope="session", params=GPU_RUNTIMES)
+def gpu_device(request):
+    """A device with a kernel runtime: PoCL here, and cuda (both kernel sets) where a GPU is."""
+    return _named_device(request, request.param)
 
 
 @pytest.fixture

@@ -59,12 +59,12 @@ def test_dropout_matches_reference(device, shape, p, seed, stream):
 
 
 @given(n=st.integers(0, 6000), p=rates, seed=seeds, stream=streams)
-def test_masks_are_bit_identical_on_cpu_and_device(opencl_device, n, p, seed, stream):
+def test_masks_are_bit_identical_on_cpu_and_device(gpu_device, n, p, seed, stream):
     cpu = dropout_mask((n,), p, seed, stream)
-    gpu = opencl_device.to_host(dropout_mask((n,), p, seed, stream, opencl_device.runtime))
+    gpu = gpu_device.to_host(dropout_mask((n,), p, seed, stream, gpu_device.runtime))
     np.testing.assert_array_equal(gpu, cpu)
     x = np.ones(n, np.float32)  # and the forward's zeros sit exactly where the mask's do
-    y = opencl_device.to_host(dropout_forward(opencl_device.to_device(x), p, seed, stream))
+    y = gpu_device.to_host(dropout_forward(gpu_device.to_device(x), p, seed, stream))
     np.testing.assert_array_equal(y != 0, cpu == 1)
 
 

@@ -35,9 +35,9 @@ def test_known_answers(counter, key, expected):
 
 
 @given(seed=st.integers(0, 2**64 - 1), stream=st.integers(0, 2**32 - 1), n=st.integers(0, 600))
-def test_kernel_bits_equal_cpu_bits(opencl_device, seed, stream, n):
+def test_kernel_bits_equal_cpu_bits(gpu_device, seed, stream, n):
     cpu = philox_bits(n, seed, stream)
-    gpu = opencl_device.to_host(philox_bits(n, seed, stream, opencl_device.runtime))
+    gpu = gpu_device.to_host(philox_bits(n, seed, stream, gpu_device.runtime))
     np.testing.assert_array_equal(gpu, cpu)
     if n:
         i = n - 1

@@ -110,14 +110,14 @@ def test_many_classes(device, rng):
                                rtol=1e-5, atol=1e-30)
 
 
-def test_many_blocks_sum_in_two_passes(opencl_device, rng):
+def test_many_blocks_sum_in_two_passes(gpu_device, rng):
     """More than BLOCK partials, so each thread of the second pass adds several (its stride loop)."""
     shape = (1, 2, 257, 257)  # 66049 pixels: 259 blocks of 256
     assert shape[2] * shape[3] > BLOCK * BLOCK
     logits, labels, weights = make_inputs(rng, shape)
-    loss, _ = softmax_ce_forward(opencl_device.to_device(logits), labels, opencl_device.to_device(weights))
+    loss, _ = softmax_ce_forward(gpu_device.to_device(logits), labels, gpu_device.to_device(weights))
     ref_loss, _ = softmax_ce_reference(logits, labels, weights)
-    np.testing.assert_allclose(opencl_device.to_host(loss)[0], ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(gpu_device.to_host(loss)[0], ref_loss, rtol=1e-5)
 
 
 def test_loss_is_deterministic(device, rng):
@@ -157,9 +157,9 @@ def test_mean_normalisation(device):
     np.testing.assert_allclose(loss[0], 2.0 * np.log(4), rtol=1e-6)
 
 
-def test_device_labels_int32(opencl_device, rng):
+def test_device_labels_int32(gpu_device, rng):
     logits, labels, weights = make_inputs(rng, (2, 3, 4, 5))
-    dev = opencl_device
+    dev = gpu_device
     from_host = dev.to_host(softmax_ce_forward(dev.to_device(logits), labels, dev.to_device(weights))[0])
     from_device = dev.to_host(softmax_ce_forward(dev.to_device(logits), dev.to_device(labels), dev.to_device(weights))[0])
     np.testing.assert_array_equal(from_device, from_host)
@@ -189,16 +189,16 @@ def test_checked_inputs_give_the_same_results(device, rng):
         softmax_ce_backward(probs, prepared[:1], w, checked=True)   # shapes are still checked
 
 
-def test_the_loss_function_validates_once_per_step(opencl_device, rng, monkeypatch):
+def test_the_loss_function_validates_once_per_step(gpu_device, rng, monkeypatch):
     """Forward + backward of the autograd loss copy the device weights to the host once and
     upload the host labels once (validating in each op did both twice)."""
     from cunet.autograd import Tensor
     from cunet.loss import weighted_cross_entropy
 
     logits, labels, weights = make_inputs(rng, (1, 2, 6, 7), label_dtype=np.uint8)
-    runtime = opencl_device.runtime
-    z = Tensor(opencl_device.to_device(logits), requires_grad=True)
-    w = opencl_device.to_device(weights)
+    runtime = gpu_device.runtime
+    z = Tensor(gpu_device.to_device(logits), requires_grad=True)
+    w = gpu_device.to_device(weights)
     copies = {"to_host": [], "to_device": []}
     for name, calls in copies.items():
         original = getattr(runtime, name)
@@ -213,7 +213,7 @@ def test_the_loss_function_validates_once_per_step(opencl_device, rng, monkeypat
     # The device's probabilities carry a few float32 roundings (|error| <= ~4u, u = 2^-24),
     # which p - 1 does not shrink: an absolute error of 8u * w / pixels, plus rtol for the rest.
     atol = 8 * 2.0**-24 * float(weights.max()) / labels.size
-    np.testing.assert_allclose(opencl_device.to_host(z.grad), expected, rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(gpu_device.to_host(z.grad), expected, rtol=1e-5, atol=atol)
 
 
 @pytest.fixture
