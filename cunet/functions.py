@@ -89,10 +89,10 @@ class SoftmaxCrossEntropyFn(Function):
     """Weighted per-pixel softmax cross-entropy; a one-element loss (the mean over pixels)."""
 
     def forward(self, logits, labels, weights):
-        # Validate (and upload host labels) once for forward and backward: on a GPU each
-        # validation copies labels and weights to the host, a synchronisation per copy.
-        self.labels, self.weights = ops.softmax_ce_check(logits, labels, weights), weights
-        loss, self.probs = ops.softmax_ce_forward(logits, self.labels, weights, checked=True)
+        # Validate (and upload host labels and weights) once for forward and backward: on a
+        # GPU each validation of a device array copies it to the host, a synchronisation.
+        self.labels, self.weights = ops.softmax_ce_check(logits, labels, weights)
+        loss, self.probs = ops.softmax_ce_forward(logits, self.labels, self.weights, checked=True)
         return loss
 
     def backward(self, grad):

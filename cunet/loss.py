@@ -16,7 +16,11 @@ from cunet.functions import SoftmaxCrossEntropyFn
 
 
 def weighted_cross_entropy(logits: Tensor, labels, weights=None) -> Tensor:
-    """The loss above, as a one-element Tensor; ``labels`` [N,H,W] ints, ``weights`` [N,H,W] or None (all 1)."""
+    """The loss above, as a one-element Tensor; ``labels`` [N,H,W] ints, ``weights`` [N,H,W] or None (all 1).
+
+    ``labels`` and ``weights`` may be NumPy arrays whatever the logits' device: they are
+    validated on the host and uploaded once (the cheapest way on a GPU, see softmax_ce_check).
+    """
     if weights is None:
-        weights = np.ones(tuple(labels.shape), np.float32 if logits.dtype == np.float32 else np.float64)
+        weights = np.ones(tuple(labels.shape), logits.dtype)
     return SoftmaxCrossEntropyFn.apply(logits, labels=labels, weights=weights)

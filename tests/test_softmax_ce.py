@@ -172,7 +172,8 @@ def test_checked_inputs_give_the_same_results(device, rng):
     """softmax_ce_check once, then checked=True: the same loss and gradient as validating each call."""
     logits, labels, weights = make_inputs(rng, (2, 3, 4, 5), label_dtype=np.uint8)
     z, w = device.to_device(logits), device.to_device(weights)
-    prepared = softmax_ce_check(z, labels, w)
+    prepared, w_prepared = softmax_ce_check(z, labels, w)
+    assert w_prepared is w  # already on the device, validated, passed through
     assert prepared.dtype == np.int32 and device.to_host(prepared).tolist() == labels.tolist()
     loss, probs = softmax_ce_forward(z, labels, w)
     loss_checked, probs_checked = softmax_ce_forward(z, prepared, w, checked=True)
@@ -189,23 +190,33 @@ def test_checked_inputs_give_the_same_results(device, rng):
         softmax_ce_backward(probs, prepared[:1], w, checked=True)   # shapes are still checked
 
 
-def test_the_loss_function_validates_once_per_step(gpu_device, rng, monkeypatch):
-    """Forward + backward of the autograd loss copy the device weights to the host once and
-    upload the host labels once (validating in each op did both twice)."""
-    from cunet.autograd import Tensor
-    from cunet.loss import weighted_cross_entropy
-
-    logits, labels, weights = make_inputs(rng, (1, 2, 6, 7), label_dtype=np.uint8)
-    runtime = gpu_device.runtime
-    z = Tensor(gpu_device.to_device(logits), requires_grad=True)
-    w = gpu_device.to_device(weights)
+def count_copies(runtime, monkeypatch):
+    """Record the dtype of every array the runtime copies to the host or to the device."""
     copies = {"to_host": [], "to_device": []}
     for name, calls in copies.items():
         original = getattr(runtime, name)
         monkeypatch.setattr(runtime, name, lambda array, _original=original, _calls=calls: (
             _calls.append(np.dtype(array.dtype).name), _original(array))[1])
+    return copies
+
+
+@pytest.mark.parametrize("weights_on", ["device", "host"])
+def test_the_loss_function_validates_once_per_step(gpu_device, weights_on, rng, monkeypatch):
+    """Forward + backward of the autograd loss validate once: device weights are copied to the
+    host once (validating in each op did it twice); host weights, what training passes, are
+    checked where they are and uploaded once, so nothing is copied back and the step never
+    waits for the GPU. Host labels are uploaded once."""
+    from cunet.autograd import Tensor
+    from cunet.loss import weighted_cross_entropy
+
+    logits, labels, weights = make_inputs(rng, (1, 2, 6, 7), label_dtype=np.uint8)
+    z = Tensor(gpu_device.to_device(logits), requires_grad=True)
+    w = gpu_device.to_device(weights) if weights_on == "device" else weights
+    copies = count_copies(gpu_device.runtime, monkeypatch)
     weighted_cross_entropy(z, labels, w).backward()
-    assert copies["to_host"].count("float32") == 1, copies    # the weights, checked
+    uploaded_weights = 0 if weights_on == "device" else 1
+    assert copies["to_host"].count("float32") == 1 - uploaded_weights, copies   # device weights, checked
+    assert copies["to_device"].count("float32") == uploaded_weights, copies      # host weights, uploaded
     assert copies["to_host"].count("int32") == 0, copies      # host labels need no copy back
     assert copies["to_device"].count("int32") == 1, copies    # the labels, uploaded
     monkeypatch.undo()
@@ -214,6 +225,27 @@ def test_the_loss_function_validates_once_per_step(gpu_device, rng, monkeypatch)
     # which p - 1 does not shrink: an absolute error of 8u * w / pixels, plus rtol for the rest.
     atol = 8 * 2.0**-24 * float(weights.max()) / labels.size
     np.testing.assert_allclose(gpu_device.to_host(z.grad), expected, rtol=1e-5, atol=atol)
+
+
+def test_host_weights_are_validated_before_upload(gpu_device, rng):
+    from cunet.autograd import Tensor
+    from cunet.loss import weighted_cross_entropy
+
+    logits, labels, weights = make_inputs(rng, (1, 2, 3, 4))
+    weights[0, 1, 2] = -1.0
+    with pytest.raises(ValueError, match=r"weights must be finite and non-negative; 1 pixel.*weights\[0, 1, 2\] = -1"):
+        weighted_cross_entropy(Tensor(gpu_device.to_device(logits)), labels, weights)
+
+
+def test_weights_default_to_ones_on_every_device(device, rng):
+    """weights=None: the plain mean cross-entropy (the ones are made on the host and uploaded)."""
+    from cunet.autograd import Tensor
+    from cunet.loss import weighted_cross_entropy
+
+    logits, labels, _ = make_inputs(rng, (2, 3, 4, 5))
+    loss = weighted_cross_entropy(Tensor(device.to_device(logits)), labels).item()
+    ones = np.ones(labels.shape, np.float32)
+    np.testing.assert_allclose(loss, softmax_ce_reference(logits, labels, ones)[0], rtol=1e-5)
 
 
 @pytest.fixture

@@ -184,7 +184,8 @@ def _check_prepared_labels(op: str, labels, runtime, expected: tuple, name: str,
     _check_pixel_shape(op, "labels", labels, expected, name, scores)
 
 
-def _check_loss_inputs(op: str, name: str, scores, labels, weights, checked: bool = False):
+def _check_loss_inputs(op: str, name: str, scores, labels, weights, checked: bool = False,
+                       weight_values_checked: bool = False):
     """Validate (logits or probs, labels, weights); return (runtime, labels as int32 on the device).
 
     ``checked``: the values (label range, finite non-negative weights) were validated by
@@ -205,7 +206,8 @@ def _check_loss_inputs(op: str, name: str, scores, labels, weights, checked: boo
         _check_prepared_labels(op, labels, runtime, (n, h, w), name, scores)
         return runtime, labels
     labels = _check_labels(op, labels, runtime, (n, h, w), classes, name, scores)
-    _check_weight_values(op, weights, runtime)
+    if not weight_values_checked:
+        _check_weight_values(op, weights, runtime)
     return runtime, labels
 
 
@@ -252,14 +254,26 @@ def _backward_device(runtime, probs, labels, weights, scale):
 
 # --- public ops -----------------------------------------------------------------------
 def softmax_ce_check(logits, labels, weights):
-    """Validate the loss inputs once; return the labels as contiguous int32 on the logits' device.
+    """Validate the loss inputs once; return (labels as contiguous int32, weights), both on the logits' device.
 
     Each op validates its inputs by default, and for device arrays that means copying the
     labels and weights to the host (and uploading host labels): twice per training step,
     once in forward and once in backward. A caller that runs both (the autograd Function)
     validates here once and passes the result with ``checked=True``.
+
+    Labels and weights may be NumPy arrays even when the logits live on a device: they are
+    then validated on the host, where they already are, and uploaded once. That is what a
+    training loop should pass, since checking device weights means copying them back, and
+    every copy to the host waits for the GPU to finish all the work queued before it.
     """
-    return _check_loss_inputs("softmax_ce_check", "logits", logits, labels, weights)[1]
+    op = "softmax_ce_check"
+    runtime = check_float_array(op, "logits", logits, 4, LAYOUT)
+    upload_weights = runtime is not None and isinstance(weights, np.ndarray)
+    if upload_weights:
+        _check_weight_values(op, weights, None)
+        weights = runtime.to_device(weights)
+    labels = _check_loss_inputs(op, "logits", logits, labels, weights, weight_values_checked=upload_weights)[1]
+    return labels, weights
 
 
 def softmax_ce_forward(logits, labels, weights, checked: bool = False):
