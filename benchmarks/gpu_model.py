@@ -39,7 +39,7 @@ from . import harness
 MODEL_GPUS = (("A100", "A100 40GB", "sm_80"), ("H100", "H100 SXM", "sm_90"))
 LAUNCH_OVERHEAD_S = 4e-6  # a typical kernel launch latency, for the note under the table (not in the roofline)
 # NVIDIA DeepLearningExamples, TensorFlow2/Segmentation/UNet_Medical, README "Training performance
-# results": A100 80GB, TF32, batch 1 at 572x572 -> 46.9 images/s (also in shared/ARCHITECTURE.md).
+# results": A100 80GB, TF32, batch 1 at 572x572 -> 46.9 images/s (also in the project's architecture notes).
 PUBLISHED_A100_TF32_IMAGES_PER_S = 46.9
 A100_TF32_TENSOR_TFLOPS = 156.0  # dense TF32 tensor-core peak, A100 datasheet
 

@@ -14,6 +14,8 @@ the sizes that work; :func:`check_input_size` names the nearest valid ones other
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from cunet.autograd import Tensor
@@ -67,7 +69,9 @@ def valid_input_sizes(depth: int = 5, up_to: int = 1024) -> list[int]:
 def nearest_valid_sizes(input_size: int, depth: int = 5) -> tuple[int | None, int]:
     """The largest valid size below ``input_size`` (None if there is none) and the smallest above."""
     below = next((s for s in range(input_size - 1, 0, -1) if is_valid_input_size(s, depth)), None)
-    above = next(s for s in range(input_size + 1, input_size + 2 ** (depth + 2) + 64) if is_valid_input_size(s, depth))
+    # Above the smallest valid size the lattice repeats every 2^(depth-1), so this search ends;
+    # below it (a small input for a deep network) the gap is the distance to that smallest size.
+    above = next(s for s in itertools.count(max(input_size + 1, 1)) if is_valid_input_size(s, depth))
     return below, above
 
 
@@ -81,6 +85,8 @@ def input_size_for_output(min_output: int, depth: int = 5) -> int:
 
 def check_input_size(input_size: int, depth: int = 5) -> None:
     """Raise InvalidSizeError naming the nearest valid sizes if ``input_size`` does not fit."""
+    if depth < 1:
+        raise InvalidSizeError(f"depth must be at least 1 (the paper's network has 5 levels), got {depth}")
     if is_valid_input_size(input_size, depth):
         return
     below, above = nearest_valid_sizes(input_size, depth)

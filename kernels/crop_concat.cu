@@ -16,7 +16,8 @@
  * inside or outside the window), so the host needs no memset.
  *
  * Work mapping: pure data movement, one output element per thread over a 1-D grid of
- * CROP_CONCAT_BLOCK-thread blocks (rounded up, bounds-checked). Each kernel splits its
+ * 256-thread blocks (CROP_CONCAT_CU.threads in cunet/ops/crop_concat.py; rounded up,
+ * bounds-checked). Each kernel splits its
  * flat index into (n, c, i, j) with div/mod; that costs a few integer instructions, which
  * a memory-bound copy hides. Consecutive threads take consecutive j, so every warp reads
  * and writes contiguous runs (the cropped read starts mid-row, which costs at most one

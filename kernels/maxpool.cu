@@ -22,7 +22,7 @@
  * and Numba paths (cunet/ops/maxpool.py: beats), which is why they agree bit for bit.
  *
  * Work mapping: a 1-D grid over the N*C*(H/2)*(W/2) outputs, one window per thread,
- * blocks of MAXPOOL_BLOCK threads, the grid rounded up and every thread bounds-checked.
+ * blocks of 256 threads (MAXPOOL_CU.threads in cunet/ops/maxpool.py), the grid rounded up and every thread bounds-checked.
  * The flat output index o splits into (plane, i, j) with plane = n*C + c; the window's
  * top-left input element sits at plane*H*W + 2i*W + 2j.
  *

@@ -4,10 +4,11 @@
  * The simplest op family, and the template every other kernel file follows.
  *
  * Work mapping: a 1-D grid over the flat tensor, one element per thread; blocks of
- * RELU_BLOCK threads, the grid rounded up and every thread bounds-checked (rule 5).
- * Memory traffic per element: forward reads 4 B and writes 4 B; backward reads 8 B
- * (y and dy) and writes 4 B. Pure bandwidth: on an A100 (1.5 TB/s) a 572x572x64
- * activation map (84 MB round trip) takes about 55 us. In the U-Net, ReLU is fused
+ * 256 threads (RELU_CU.threads in cunet/ops/relu.py), the grid rounded up and every
+ * thread bounds-checked (rule 5). Memory traffic per element: forward reads 4 B and
+ * writes 4 B; backward reads 8 B (y and dy) and writes 4 B. Pure bandwidth: a
+ * 570x570x64 float activation map is 83 MB, so the forward moves 166 MB (read + write),
+ * about 107 us on an A100 (1.555 TB/s). In the U-Net, ReLU is fused
  * into the convolution epilogue; this stand-alone kernel is for the unfused path.
  *
  * The backward takes the forward's *output* y, not its input: y > 0 exactly where

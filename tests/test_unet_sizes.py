@@ -39,6 +39,19 @@ def test_invalid_size_names_the_nearest_valid_ones():
         check_input_size(100, 5)
 
 
+@pytest.mark.parametrize("depth", [6, 7, 8])
+def test_small_inputs_of_deep_networks_name_the_smallest_valid_size(depth):
+    """Far below a deep network's smallest valid size (a search window of old raised StopIteration)."""
+    smallest = next(s for s in range(1, 10**5) if naive_valid(s, depth))
+    with pytest.raises(InvalidSizeError, match=rf"use {smallest} \(the smallest valid size\)"):
+        check_input_size(10, depth)
+
+
+def test_depth_below_one_is_refused():
+    with pytest.raises(InvalidSizeError, match="depth must be at least 1"):
+        check_input_size(572, 0)
+
+
 def count_by_hand(base, depth, c_in=1, classes=2):
     """Weights + biases, level by level, from the paper's description."""
     conv = lambda ci, co, k: ci * co * k * k + co  # noqa: E731

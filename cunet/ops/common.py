@@ -96,8 +96,8 @@ def check_output_size(op: str, name: str, shape) -> None:
 # here). That hand-off has a fixed cost: about 10-50 us on an idle 2-core machine, and
 # milliseconds when the cores are busy, because the pool's threads then wait to be
 # scheduled (measured: _sgd_cpu on 100 elements took 15 ms with 2 threads, 3 us with 1).
-# (The pool's threads spinning after the loop, which cost more still, is switched off at
-# the top of this file.) A U-Net step runs ~100 such loops, half of them on small arrays
+# (The pool's threads spinning after the loop, which cost more still, is switched off by
+# OMP_WAIT_POLICY=PASSIVE in cunet/__init__.py.) A U-Net step runs ~100 such loops, half of them on small arrays
 # (biases, 1x1 layers, the bottom level), where one core finishes before the pool wakes.
 #
 # So every CPU loop is compiled twice from one Python function, serially and in
