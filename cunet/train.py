@@ -4,9 +4,12 @@
     python -m cunet.train --data ../shared/data/isbi2012 --steps 2000
     python -m cunet.train --resume runs/unet/checkpoint.npz --steps 4000
 
-Each step draws ``--batch`` random augmented tiles (cunet.data.TrainingSampler), runs the
-forward pass, the weighted cross-entropy, the backward pass and one SGD-with-momentum
-update. Every step is logged to ``<out>/log.jsonl``; ``<out>/checkpoint.npz`` is written
+Each step takes ``--batch`` random augmented tiles (cunet.data.TrainingSampler: sample k
+is a function of (seed, k), drawn ahead by ``--workers`` processes), runs the forward pass,
+the weighted cross-entropy, the backward pass and one SGD-with-momentum update. On a GPU
+the loop never waits for the device within a step: losses and step times (CUDA events)
+are read back every ``--sync-every`` steps, and checked for divergence there. Every step
+is logged to ``<out>/log.jsonl``; ``<out>/checkpoint.npz`` is written
 atomically every ``--checkpoint-every`` steps, at the end, and on Ctrl-C; ``--resume``
 continues a run exactly (on ``cpu``, bit for bit). Validation metrics on held-out images
 are printed before training, every ``--val-every`` steps and at the end, and the loss
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -27,7 +31,7 @@ import numpy as np
 
 from cunet.autograd import Tensor
 from cunet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from cunet.data import TrainingSampler, load_dataset, make_split, make_synthetic
+from cunet.data import BatchStream, TrainingSampler, load_dataset, make_split, make_synthetic
 from cunet.device import DEVICE_NAMES, Device, get_device
 from cunet.loss import weighted_cross_entropy
 from cunet.metrics import basic_metrics
@@ -73,6 +77,23 @@ class TrainConfig:
     notes: list[str] = field(default_factory=list)
 
 
+# How many worker processes draw samples ahead, and how many steps run between two reads
+# of the losses, by default. A cpu step uses every core itself, and an opencl (PoCL) step
+# too, so their samples are drawn in line and each loss is read at once. A GPU needs its
+# samples drawn ahead: ~50 ms of one core per 572 tile (README: the sampler table) against
+# a 10-20 ms step. Reading the loss waits for the GPU to drain its queue, so it is done
+# every SYNC_EVERY steps.
+GPU_SYNC_EVERY = 20
+
+
+def default_workers(device: Device, cpu_count: int | None = None) -> int:
+    """Sampler processes for ``device``: none on cpu/opencl; on cuda up to 6, leaving a core for the loop."""
+    if device.name != "cuda":
+        return 0
+    cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, min(6, cores - 1))
+
+
 # Settings a resumed run may change; everything else must match the checkpoint.
 RESUMABLE_OVERRIDES = {"steps", "val_every", "checkpoint_every"}
 
@@ -105,6 +126,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 50)")
     p.add_argument("--out", help="output folder (default runs/<time>; with --resume the checkpoint's folder)")
     p.add_argument("--resume", help="continue from this checkpoint")
+    p.add_argument("--workers", type=int, help="processes that draw samples ahead (default: 0 on cpu and opencl; "
+                                               "on cuda one per core but one, at most 6); results do not depend on it")
+    p.add_argument("--sync-every", type=int, help=f"read losses back and check them every N steps (default: 1, on cuda "
+                                                  f"{GPU_SYNC_EVERY}); results do not depend on it")
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the summary lines")
     return p.parse_args(argv)
 
@@ -210,8 +235,13 @@ class StopRequest:
 class Run:
     """One training run: model, optimiser, data, logs and checkpoints."""
 
-    def __init__(self, config: TrainConfig, device: Device, out: Path, quiet: bool = False):
+    def __init__(self, config: TrainConfig, device: Device, out: Path, quiet: bool = False,
+                 workers: int | None = None, sync_every: int | None = None):
         self.config, self.device, self.out, self.quiet = config, device, out, quiet
+        self.workers = default_workers(device) if workers is None else workers
+        self.sync_every = (GPU_SYNC_EVERY if device.name == "cuda" else 1) if sync_every is None else sync_every
+        if self.workers < 0 or self.sync_every < 1:
+            raise ValueError(f"need --workers >= 0 and --sync-every >= 1, got {self.workers} and {self.sync_every}")
         self.data = load_data(config)
         self.model = UNet(1, 2, config.base, config.depth, config.dropout, seed=config.seed,
                           input_mean=config.input_mean, input_std=config.input_std).to(device)
@@ -226,32 +256,37 @@ class Run:
         """Write the checkpoint (atomically); refuses weights that are not finite."""
         params = self.model.state_dict()
         _check_finite(params.items(), self.step)
-        meta = dict(step=self.step, config=asdict(self.config), sampler=self.data.sampler.state(),
-                    dropout_calls=self.model.dropout.calls, loss=self.last_loss, split=self.data.split)
+        meta = dict(step=self.step, config=asdict(self.config), dropout_calls=self.model.dropout.calls,
+                    loss=self.last_loss, split=self.data.split)
         return save_checkpoint(self.checkpoint_path, params, self.optimizer.state_dict()["velocities"], meta)
 
     def restore(self, path) -> None:
         """Load weights, momentum, step and random state from a checkpoint of this configuration."""
         ckpt = load_checkpoint(path)
+        if "sampler" in ckpt.meta:
+            raise CheckpointError(f"checkpoint {path} was written by an older cunet, whose sampler drew its tiles one "
+                                  "after another; this one draws sample k from (seed, k) and cannot continue that run "
+                                  "exactly. Start a new run.")
         try:
             self.model.load_state_dict(ckpt.params)
             self.optimizer.load_state_dict(dict(lr=self.config.lr, momentum=self.config.momentum,
                                                 weight_decay=self.config.weight_decay, velocities=ckpt.velocities))
         except ValueError as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from exc
-        self.data.sampler.set_state(ckpt.meta["sampler"])
         self.model.dropout.calls = ckpt.meta["dropout_calls"]
         self.step, self.last_loss = ckpt.step, ckpt.meta.get("loss")
 
     # ----------------------------------------------------------------- training
-    def train_step(self) -> float:
-        """One SGD step on a fresh batch; returns the loss (before the update)."""
-        x, labels, weights = self.data.sampler.batch(self.config.batch)
+    def train_step(self, batch):
+        """One SGD step on ``batch`` (x, labels, weights on the host); returns the loss as a device array.
+
+        Nothing here waits for the device: labels and weights are validated on the host and
+        uploaded (weighted_cross_entropy), and the loss stays where it was computed until
+        `_record` reads it back.
+        """
+        x, labels, weights = batch
         logits = self.model(Tensor(self.device.to_device(self.model.normalise(x))))
-        loss = weighted_cross_entropy(logits, labels, self.device.to_device(weights))
-        value = loss.item()
-        if not math.isfinite(value):
-            raise Diverged(f"the loss became {value} at step {self.step + 1}")
+        loss = weighted_cross_entropy(logits, labels, weights)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
@@ -260,7 +295,27 @@ class Run:
             # fmaxf does), so a NaN layer reads as a dead one. On cpu checking every step
             # is cheap; on a GPU the check runs before each checkpoint (see save).
             _check_finite(self.model.named_parameters(), self.step + 1)
-        return value
+        return loss.data
+
+    def _record(self, pending: list, bar) -> None:
+        """Read back the losses and times of the steps run since the last read; log and check them.
+
+        Raises Diverged at the first non-finite loss: the steps after it ran, but nothing
+        after the last checkpoint is saved, so the last good checkpoint stays as it was.
+        """
+        c = self.config
+        for step, loss, timer, waited in pending:
+            value = float(self.device.to_host(loss).reshape(-1)[0])
+            if not math.isfinite(value):
+                raise Diverged(f"the loss became {value} at step {step}")
+            seconds = timer.seconds()
+            self.last_loss = value
+            self.log(dict(step=step, loss=value, lr=c.lr, seconds=seconds, images_per_s=c.batch / seconds,
+                          data_wait_s=waited))
+            if bar is not None:
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{c.batch / seconds:.2f}")
+                bar.update(1)
+        pending.clear()
 
     def log(self, record: dict) -> None:
         """Append one JSON line to log.jsonl."""
@@ -274,21 +329,25 @@ class Run:
         self.log(dict(step=self.step, validation=before))
         stop = StopRequest()
         bar = None if self.quiet else _progress(self.step, c.steps)
+        pending = []  # (step, loss on the device, step timer, seconds waited for data) not yet read back
         try:
-            while self.step < c.steps and not stop.requested:
-                t0 = time.perf_counter()
-                self.last_loss = self.train_step()
-                self.device.synchronize()
-                seconds = time.perf_counter() - t0
-                self.step += 1
-                self.log(dict(step=self.step, loss=self.last_loss, lr=c.lr, seconds=seconds, images_per_s=c.batch / seconds))
-                if bar is not None:
-                    bar.set_postfix(loss=f"{self.last_loss:.4f}", img_s=f"{c.batch / seconds:.2f}")
-                    bar.update(1)
-                if c.val_every and self.step % c.val_every == 0 and self.step < c.steps:
-                    self.log(dict(step=self.step, validation=validate(self.model, self.data)))
-                if self.step % c.checkpoint_every == 0:
-                    self.save()
+            with BatchStream(self.data.sampler, c.batch, first_step=self.step, workers=self.workers) as batches:
+                while self.step < c.steps and not stop.requested:
+                    timer = self.device.step_timer()
+                    timer.start()
+                    loss = self.train_step(batches.next())
+                    timer.stop()
+                    self.step += 1
+                    pending.append((self.step, loss, timer, batches.waited_s))
+                    validate_now = c.val_every and self.step % c.val_every == 0 and self.step < c.steps
+                    save_now = self.step % c.checkpoint_every == 0
+                    if (len(pending) >= self.sync_every or validate_now or save_now or self.step == c.steps
+                            or stop.requested):
+                        self._record(pending, bar)
+                    if validate_now:
+                        self.log(dict(step=self.step, validation=validate(self.model, self.data)))
+                    if save_now:
+                        self.save()
         finally:
             stop.restore()
             if bar is not None:
@@ -371,7 +430,7 @@ def main(argv=None) -> int:
         else:
             config = resolve_config(args, device)
             out = Path(args.out) if args.out else Path("runs") / time.strftime("unet-%Y%m%d-%H%M%S")
-        run = Run(config, device, out, quiet=args.quiet)
+        run = Run(config, device, out, quiet=args.quiet, workers=args.workers, sync_every=args.sync_every)
         if args.resume:
             run.restore(args.resume)
     except USER_ERRORS as exc:
@@ -384,7 +443,8 @@ def main(argv=None) -> int:
     print(f"model: U-Net base {c.base}, depth {c.depth}, tile {c.tile} -> {output_size(c.tile, c.depth)}, "
           f"{sum(p.data.size for p in run.model.parameters()) / 1e6:.2f} M parameters")
     print(f"training: {c.steps} steps (from step {run.step}), batch {c.batch}, lr {c.lr}, momentum {c.momentum}, seed {c.seed}")
-    print(f"data: {run.data.description}")
+    print(f"data: {run.data.description}; {run.workers or 'no'} sampler worker(s), losses read every "
+          f"{run.sync_every} step(s)")
     print(f"output: {out}")
     t0 = time.perf_counter()
     try:

@@ -9,7 +9,8 @@ Modules, in the order data flows through them:
 * `weights`   the paper's loss weight map w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2)
 * `mirror`    the one mirrored-border convention everything shares
 * `augment`   elastic deformation, rotation, flips, shifts, grey values: one resampling
-* `sampler`   random training tiles (input, label, weight) with a resumable RNG
+* `sampler`   random training tiles (input, label, weight): sample k is a function of (seed, k)
+* `stream`    the batches of a run, drawn ahead by worker processes
 * `tiling`    the overlap-tile plan for inference, tile extraction and stitching
 * `gallery`   a PNG of synthetic (and optionally ISBI) samples with labels and weights
 """
@@ -19,13 +20,14 @@ from .augment import AugmentConfig, GeometricTransform, GreyTransform, augment, 
 from .loaders import Dataset, load_dataset, load_folder, load_isbi
 from .mirror import mirror_index, mirror_window
 from .sampler import TrainingSampler
+from .stream import BatchStream
 from .splits import Split, make_split
 from .synthetic import make_synthetic
 from .tiling import Tile, extract_tile, plan_tiles, stitch
 from .weights import class_balance_weights, instances_from_labels, weight_map, weight_maps
 
 __all__ = [
-    "AugmentConfig", "Dataset", "GeometricTransform", "GreyTransform", "Split", "Tile", "TrainingSampler",
+    "AugmentConfig", "BatchStream", "Dataset", "GeometricTransform", "GreyTransform", "Split", "Tile", "TrainingSampler",
     "augment", "class_balance_weights", "coarse_to_dense", "draw_grey", "draw_transform", "elastic_displacement",
     "extract_tile", "instances_from_labels", "load_dataset", "load_folder", "load_isbi", "make_split",
     "make_synthetic", "mirror_index", "mirror_window", "plan_tiles", "resample", "source_coordinates", "stitch",

@@ -24,20 +24,25 @@ to, not equal to, the map of the warped labels; ``recompute_weights=True`` compu
 the map of every warped label tile instead (exact, slower; its instances are the
 tile's 4-connected cell components, so cells that touch without a membrane merge).
 
-Every random draw goes through one `numpy.random.Generator`. `state` / `set_state`
-save and restore it (a plain dict of ints and strings: JSON or pickle), so a resumed
-run draws the very same tiles as an uninterrupted one.
+Sample k of a run is a pure function of (seed, k): `sample_at` draws it from a generator
+seeded with (seed, SAMPLE_STREAM, k), a counter-based stream like the drop-out masks'
+Philox. Nothing carries over from one sample to the next, so samples can be prepared
+ahead, in any order, by worker processes (`cunet.data.stream`), and a resumed run draws
+exactly the samples an uninterrupted one would, for any number of workers: step s of a
+run with batch B takes samples s*B .. s*B+B-1, so the step is all the state there is.
 """
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 
 from .augment import AugmentConfig, apply_grey, draw_grey, draw_transform, resample, source_coordinates, spline_coefficients
 from .mirror import mirror_window
 from .weights import weight_map
+
+# A fixed word mixed into every sample's seed, so the sample stream never shares a
+# generator with other draws seeded from the run's seed (synthetic slice i uses [seed, i]).
+SAMPLE_STREAM = 0x53414D50  # "SAMP"
 
 
 def _as_list(arrays, name: str) -> list[np.ndarray]:
@@ -75,7 +80,7 @@ class TrainingSampler:
                        for i, l in enumerate(self.labels)]
         self.weights = None if weights is None else [np.asarray(w, np.float32) for w in _as_list(weights, "weights")]
         self._coefficients: dict[int, np.ndarray] = {}
-        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self.seed = seed
 
     def _check_shapes(self) -> None:
         """Labels must match images, and every image must hold a whole output window."""
@@ -90,34 +95,27 @@ class TrainingSampler:
                     "must lie inside the image (use a network with a smaller output, or larger images)"
                 )
 
-    # ------------------------------------------------------------- random state
+    # ------------------------------------------------------------- the sample stream
 
-    def state(self) -> dict:
-        """The generator state (a copy; JSON- and pickle-able)."""
-        return {"bit_generator": copy.deepcopy(self._rng.bit_generator.state)}
-
-    def set_state(self, state: dict) -> None:
-        """Restore a state from `state`: the following draws repeat exactly."""
-        self._rng.bit_generator.state = copy.deepcopy(state["bit_generator"])
-
-    # ------------------------------------------------------------- drawing tiles
-
-    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x float32 [B, 1, in, in], y uint8 [B, out, out], w float32 [B, out, out]."""
-        samples = [self.sample() for _ in range(batch_size)]
+    def batch_at(self, first: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Samples first .. first+batch_size-1: x float32 [B, 1, in, in], y uint8 [B, out, out], w float32 [B, out, out]."""
+        samples = [self.sample_at(k) for k in range(first, first + batch_size)]
         x = np.stack([s[0] for s in samples])[:, None]
         y = np.stack([s[1] for s in samples]).astype(np.uint8)
         w = np.stack([s[2] for s in samples]).astype(np.float32)
         return x, y, w
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One (x [in, in], y [out, out], w [out, out]) triple."""
-        index = int(self._rng.integers(len(self.images)))
+    def sample_at(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample ``k`` of the stream, (x [in, in], y [out, out], w [out, out]): a pure function of (seed, k)."""
+        if k < 0:
+            raise ValueError(f"sample index must be >= 0, got {k}")
+        rng = np.random.default_rng([self.seed, SAMPLE_STREAM, k])
+        index = int(rng.integers(len(self.images)))
         height, width = self.images[index].shape
-        top = int(self._rng.integers(height - self.out_size + 1))
-        left = int(self._rng.integers(width - self.out_size + 1))
+        top = int(rng.integers(height - self.out_size + 1))
+        left = int(rng.integers(width - self.out_size + 1))
         if self.augment:
-            return self._augmented(index, top, left)
+            return self._augmented(rng, index, top, left)
         return self._plain(index, top, left)
 
     def _plain(self, index: int, top: int, left: int):
@@ -131,11 +129,11 @@ class TrainingSampler:
             w = self.weights[index][top:top + n_out, left:left + n_out]
         return x, y.copy(), w.copy()
 
-    def _augmented(self, index: int, top: int, left: int):
+    def _augmented(self, rng: np.random.Generator, index: int, top: int, left: int):
         """One composed coordinate map for the input tile; its centre crop for y and w."""
         m, n_out = self.margin, self.out_size
-        transform = draw_transform(self._rng, self.config)
-        grey = draw_grey(self._rng, self.config)
+        transform = draw_transform(rng, self.config)
+        grey = draw_grey(rng, self.config)
         centre = (top + (n_out - 1) / 2.0, left + (n_out - 1) / 2.0)
         coords = source_coordinates(transform, (self.in_size, self.in_size), centre)
         x = apply_grey(resample(self._coefficients_of(index), coords, self.config.image_order, prefiltered=True), grey)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runtime import DeviceUnavailableError, Runtime
+from .runtime import DeviceUnavailableError, HostStepTimer, Runtime
 
 __all__ = ["Device", "DeviceUnavailableError", "Runtime", "get_device", "runtime_of", "DEVICE_NAMES"]
 
@@ -57,6 +57,10 @@ class Device:
         """Wait for pending kernels (a no-op on ``cpu``); call before reading a timer."""
         if self.runtime is not None:
             self.runtime.synchronize()
+
+    def step_timer(self):
+        """A timer for device work: start(), stop(), seconds() (CUDA events on cuda, the host clock elsewhere)."""
+        return HostStepTimer() if self.runtime is None else self.runtime.step_timer()
 
     def describe(self) -> str:
         """One line for logs: the device, and for ``auto`` why it was picked."""

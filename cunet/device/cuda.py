@@ -38,6 +38,32 @@ def _import_cupy():
     return cupy
 
 
+class CudaEventTimer:
+    """Times GPU work with two CUDA events recorded on the current stream.
+
+    start() and stop() only enqueue an event; seconds() waits for the second one. So a
+    training loop can time every step and read the times back every N steps, without a
+    synchronisation per step (which would leave the GPU idle while Python queues the next).
+    """
+
+    def __init__(self, cupy):
+        self._cupy = cupy
+        self._start, self._stop = cupy.cuda.Event(), cupy.cuda.Event()
+
+    def start(self) -> None:
+        """Record the start event."""
+        self._start.record()
+
+    def stop(self) -> None:
+        """Record the stop event (returns at once)."""
+        self._stop.record()
+
+    def seconds(self) -> float:
+        """GPU time between the two events, in seconds (waits for the stop event)."""
+        self._stop.synchronize()
+        return self._cupy.cuda.get_elapsed_time(self._start, self._stop) / 1e3
+
+
 class CudaRuntime(Runtime):
     """Launches kernels/*.cu on the current CUDA device; optionally the Numba CUDA alternates."""
 
@@ -74,6 +100,10 @@ class CudaRuntime(Runtime):
 
     def synchronize(self) -> None:
         self.cupy.cuda.get_current_stream().synchronize()
+
+    def step_timer(self):
+        """CUDA events around the work: the host never waits, except when it reads seconds()."""
+        return CudaEventTimer(self.cupy)
 
     def module(self, module: KernelModule):
         """The RawModule for ``module``: compiled once per define-set, then cached."""
