@@ -51,6 +51,109 @@ def test_resume_is_bit_identical_to_one_run(tmp_path):
     assert [r["loss"] for r in steps_logged(straight)] == [r["loss"] for r in steps_logged(split)]
 
 
+@pytest.mark.parametrize("workers", [(0, 2), (2, 0)], ids=["0-then-2-workers", "2-then-0-workers"])
+def test_resume_is_exact_for_any_worker_count(tmp_path, workers):
+    """Samples are a function of (seed, k): a run split in two, with other worker counts on
+    each side, ends bit-identical to one straight run without workers."""
+    first, second = workers
+    code, straight = run_main(tmp_path, "--steps", "4", "--device", "cpu", "--workers", "0", name="straight")
+    assert code == 0
+    code, split = run_main(tmp_path, "--steps", "2", "--device", "cpu", "--workers", str(first), name="split")
+    assert code == 0
+    assert train.main(["--resume", str(split / "checkpoint.npz"), "--steps", "4", "--quiet",
+                       "--workers", str(second)]) == 0
+    a, b = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
+    assert [r["loss"] for r in steps_logged(straight)] == [r["loss"] for r in steps_logged(split)]
+
+
+def test_losses_are_read_back_every_sync_every_steps(tmp_path, monkeypatch):
+    """On a kernel runtime with event timers (as on cuda) the loop reads nothing back from
+    the device between two reads of the losses, and still logs one record per step."""
+    from cunet.device import get_device
+
+    device = get_device("opencl")
+    runtime = device.runtime
+
+    class EventLikeTimer:  # records without waiting, as CUDA events do
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+        def seconds(self):
+            return 0.25
+
+    reads = []
+    monkeypatch.setattr(runtime, "step_timer", lambda: EventLikeTimer())
+    monkeypatch.setattr(train, "get_device", lambda *a, **k: device)
+    real_record = train.Run._record
+
+    def record(self, pending, bar):
+        reads.append([p[0] for p in pending])
+        return real_record(self, pending, bar)
+
+    monkeypatch.setattr(train.Run, "_record", record)
+    real_to_host, hosts = runtime.to_host, []
+    monkeypatch.setattr(runtime, "to_host", lambda a: (hosts.append(a.shape), real_to_host(a))[1])
+    real_step = train.Run.train_step
+
+    def step(self, batch):
+        before = len(hosts)
+        out = real_step(self, batch)
+        assert len(hosts) == before, f"step {self.step + 1} copied {hosts[before:]} to the host"
+        return out
+
+    monkeypatch.setattr(train.Run, "train_step", step)
+    code, out = run_main(tmp_path, "--steps", "7", "--sync-every", "3", "--checkpoint-every", "100")
+    assert code == 0
+    assert reads == [[1, 2, 3], [4, 5, 6], [7]]
+    records = steps_logged(out)
+    assert [r["step"] for r in records] == list(range(1, 8))
+    assert all(r["seconds"] == 0.25 and r["images_per_s"] == 4.0 and r["data_wait_s"] >= 0 for r in records)
+
+
+def test_a_nan_found_late_still_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    """With --sync-every 4 the NaN of step 3 is seen at step 4, when the checkpoint falls due:
+    the error names step 3 and the checkpoint of step 2 is kept."""
+    real, calls = train.weighted_cross_entropy, {"n": 0}
+
+    def poisoned(logits, labels, weights):
+        calls["n"] += 1
+        loss = real(logits, labels, weights)
+        if calls["n"] == 3:
+            loss.data[...] = np.nan
+        return loss
+
+    monkeypatch.setattr(train, "weighted_cross_entropy", poisoned)
+    code, out = run_main(tmp_path, "--steps", "8", "--device", "cpu", "--checkpoint-every", "2", "--sync-every", "4")
+    assert code == 1
+    assert "the loss became nan at step 3" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.npz").step == 2
+
+
+def test_a_checkpoint_of_the_sequential_sampler_is_refused(tmp_path, capsys):
+    from cunet.checkpoint import save_checkpoint
+
+    code, out = run_main(tmp_path, "--steps", "1", "--device", "cpu")
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    ckpt.meta["sampler"] = {"bit_generator": {"bit_generator": "PCG64"}}
+    save_checkpoint(out / "old.npz", ckpt.params, ckpt.velocities, ckpt.meta)
+    assert train.main(["--resume", str(out / "old.npz"), "--quiet"]) == 2
+    assert "written by an older cunet" in capsys.readouterr().err
+
+
+def test_workers_default_by_device():
+    from types import SimpleNamespace
+
+    assert train.default_workers(SimpleNamespace(name="cpu")) == 0
+    assert train.default_workers(SimpleNamespace(name="opencl")) == 0
+    assert train.default_workers(SimpleNamespace(name="cuda"), cpu_count=2) == 1
+    assert train.default_workers(SimpleNamespace(name="cuda"), cpu_count=16) == 6
+
+
 def test_resume_refuses_a_changed_configuration(tmp_path, capsys):
     code, out = run_main(tmp_path, "--steps", "1", "--device", "cpu")
     assert code == 0
