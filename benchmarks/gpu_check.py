@@ -408,46 +408,55 @@ def sanitizer_verdict(done: Completed, timeout: float) -> dict:
     if done.timed_out:
         return dict(parsed, status=TIMED_OUT, note=f"timed out after {timeout:.0f} s", output_tail=done.tail())
     if parsed["errors"] is None:
-        return dict(parsed, status=ERROR, note=f"no ERROR SUMMARY in its output (exit code {done.returncode})",
+        return dict(parsed, status=ERROR, note=f"no error summary in its output (exit code {done.returncode})",
                     output_tail=done.tail())
     if parsed["errors"]:
-        return dict(parsed, status=FAIL, note=f"{parsed['errors']} errors")
+        api = f" ({parsed['api_errors']} of the reports: a CUDA API call that returned an error)" if parsed["api_errors"] else ""
+        return dict(parsed, status=FAIL, note=f"{parsed['errors']} errors{api}")
     if done.returncode != 0:
         return dict(parsed, status=FAIL, note=f"the train run failed under the sanitizer (exit code {done.returncode})",
                     output_tail=done.tail())
-    return dict(parsed, status=PASS, note="0 errors")
+    return dict(parsed, status=PASS, note="0 errors" + (f", {parsed['warnings']} warnings" if parsed["warnings"] else ""))
 
 
 SANITIZER_PREFIX = "========="
 _ERROR_SUMMARY = re.compile(r"ERROR SUMMARY:\s*(\d+)\s+errors?")
+_RACECHECK_SUMMARY = re.compile(r"RACECHECK SUMMARY:\s*\d+\s+hazards?\s+displayed\s*\((\d+)\s+errors?,\s*(\d+)\s+warnings?\)")
+# Lines with the prefix that are not the start of a report.
+_NOT_A_REPORT = ("COMPUTE-SANITIZER", "ERROR SUMMARY", "RACECHECK SUMMARY", "LEAK SUMMARY", "Process ID",
+                 "Target application returned")
 
 
 def parse_sanitizer_output(text: str, max_reports: int = 5, max_lines: int = 8) -> dict:
-    """The error count ("ERROR SUMMARY: N errors", summed over the processes it followed;
-    None where there is none) and the first reports, each a few of its lines.
+    """The error count, summed over the processes the tool followed (None where it printed no
+    summary), racecheck's warnings, and the first reports, a few lines each.
 
-    compute-sanitizer prefixes its lines with "=========": a report starts with an
-    unindented line ("Invalid __global__ read of size 4 bytes") and goes on indented
-    ("    at conv2d_forward+0x1b0 in ...").
+    memcheck and synccheck end with "ERROR SUMMARY: N errors", racecheck with "RACECHECK
+    SUMMARY: H hazards displayed (E errors, W warnings)". Every line of theirs starts with
+    "=========": a report opens with an unindented line ("Invalid __global__ read of size 4
+    bytes", "Error: Race reported between ...", "Program hit cudaErrorInvalidValue ... on CUDA
+    API call to ...") and goes on indented ("    at conv2d_forward+0x1b0 in ...").
     """
-    counts = [int(n) for n in _ERROR_SUMMARY.findall(text)]
+    races = [(int(e), int(w)) for e, w in _RACECHECK_SUMMARY.findall(text)]
+    summaries = [int(n) for n in _ERROR_SUMMARY.findall(text)]
+    errors = sum(e for e, _ in races) if races else sum(summaries) if summaries else None
     reports: list[list[str]] = []
     current = None
     for line in text.splitlines():
         if not line.startswith(SANITIZER_PREFIX):
             continue
         rest = line[len(SANITIZER_PREFIX):]
-        if not rest.strip():
+        if not rest.strip() or rest.strip().startswith(_NOT_A_REPORT):
             current = None
         elif rest.startswith("  ") and current is not None:
             if len(current) < max_lines:
                 current.append(rest.strip())
-        elif not rest.strip().startswith(("COMPUTE-SANITIZER", "ERROR SUMMARY", "RACECHECK SUMMARY", "LEAK SUMMARY")):
+        elif not rest.startswith("  "):
             current = [rest.strip()]
             reports.append(current)
-        else:
-            current = None
-    return dict(errors=sum(counts) if counts else None, first_errors=["\n".join(r) for r in reports[:max_reports]])
+    return dict(errors=errors, warnings=sum(w for _, w in races), reports=len(reports),
+                api_errors=sum(r[0].startswith("Program hit") for r in reports),
+                first_errors=["\n".join(r) for r in reports[:max_reports]])
 
 
 # --- the benchmarks ----------------------------------------------------------------------------------------
