@@ -2,7 +2,7 @@
  * cunet kernel prelude: one CUDA C source, two compilers.
  *
  * Every .cu file beside this header is CUDA C that also compiles as OpenCL C. The runtime puts
- * this header in front of each file (cunet/kernels/__init__.py: kernel_source), so
+ * this header in front of each file (kernels/__init__.py: kernel_source), so
  * the same text is compiled by NVRTC for NVIDIA GPUs (the `cuda` device), by PoCL on
  * the CPU (the `opencl` device, and the tests), and interpreted by Oclgrind (the
  * race and out-of-bounds checks).
