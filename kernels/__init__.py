@@ -1,8 +1,11 @@
-"""The CUDA C kernel sources and how they are specialised.
+"""The CUDA C kernel sources and how they are specialised: the package ``cunet.kernels``.
 
-The ``*.cu`` files beside this module are written in the portable dialect described at the
-top of ``prelude.h``: CUDA C that also compiles as OpenCL C. They ship inside the package,
-so an installed cunet compiles them at run time without the source tree.
+This folder sits at the top of the repository (every hand-written kernel in one place)
+and is installed as ``cunet/kernels/`` (pyproject.toml's package-dir; from a source tree,
+cunet/__init__.py loads it under that name). The ``*.cu`` files beside this module are
+written in the portable dialect described at the top of ``prelude.h``: CUDA C that also
+compiles as OpenCL C. They ship inside the package, so an installed cunet compiles them at
+run time without the source tree.
 
 A :class:`KernelModule` names one source file plus the ``-D`` defines it is compiled with
 (tile sizes, block sizes). Op modules create theirs with :func:`kernel_module`, which also
