@@ -21,8 +21,8 @@ def _import_cupy():
     except Exception as exc:  # ImportError, or a CUDA library that fails to load
         raise DeviceUnavailableError(
             f"--device cuda needs CuPy, which could not be imported ({type(exc).__name__}: {exc}). "
-            "Install it with `pip install 'cunet[cuda]'` (CUDA 12) or 'cunet[cuda13]' (CUDA 13) on a machine with an NVIDIA GPU, "
-            "or run on the CPU with --device cpu."
+            "Install it with `pip install 'cunet[cuda]'` (CUDA 12) or `pip install 'cunet[cuda13]'` (CUDA 13) "
+            "on a machine with an NVIDIA GPU, or run on the CPU with --device cpu."
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
