@@ -572,9 +572,13 @@ def run_sections(selected: list[str], gpu: dict, tools: Tools, budget_s: float, 
     start = tools.clock()
     deadline = start + budget_s
     results, logs = {}, {}
+    interrupted = False
     for index, name in enumerate(SECTIONS):
         if name not in selected:
             results[name] = dict(status=NOT_SELECTED, headline="not in --sections")
+            continue
+        if interrupted:
+            results[name] = dict(status=SKIPPED, seconds=0.0, headline="skipped: the run was interrupted")
             continue
         elapsed = tools.clock() - start
         left = deadline - tools.clock() - RESERVE_S
@@ -592,6 +596,9 @@ def run_sections(selected: list[str], gpu: dict, tools: Tools, budget_s: float, 
         ctx = Context(tools, gpu, timeout, folder, logs)
         try:
             result = RUNNERS[name](ctx)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the running command is killed; report what there is
+            interrupted = True
+            result = _error("interrupted (Ctrl-C or SIGTERM) while it ran")
         except Exception as exc:  # a bug here must not cost the other sections or the report
             result = _error(f"gpu_check itself failed: {type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         result.update(seconds=round(tools.clock() - section_start, 2), timeout_s=round(timeout, 1))
@@ -624,7 +631,7 @@ def render_markdown(report: dict) -> str:
                                   [dict(section=TITLES[name], status=_status_word(s["status"]),
                                         time=f"{s['seconds']:.1f} s" if "seconds" in s else "",
                                         limit=f"{s['timeout_s']:.0f} s" if "timeout_s" in s else "")
-                                   for name, s in sections.items()]),
+                                   for name, s in sections.items()], left=2),
              "```", ""]
     lines += [f"- **{TITLES[name]}**: {s['headline']}" for name, s in sections.items() if s["status"] != NOT_SELECTED]
     for name, s in sections.items():
@@ -664,7 +671,7 @@ def _md_device(s: dict) -> list[str]:
              f"{gpu.get('compute_capability')}, {gpu.get('sms')} SMs, {gpu.get('memory_gib')} GiB, L2 {gpu.get('l2_mib')} MiB"
              + (f" (CUDA_VISIBLE_DEVICES={gpu['cuda_visible_devices']})" if gpu.get("cuda_visible_devices") else ""),
              f"- CUDA driver {gpu.get('driver')}, runtime {gpu.get('runtime')}, NVRTC {gpu.get('nvrtc')}",
-             f"- CuPy {gpu.get('cupy')} ({gpu.get('cupy_package')}), numba-cuda {gpu.get('numba_cuda') or 'not installed'}, "
+             f"- CuPy {gpu.get('cupy')}" + (f" ({gpu['cupy_package']})" if gpu.get("cupy_package") else "") + ", numba-cuda {gpu.get('numba_cuda') or 'not installed'}, "
              + ("PyTorch not installed" if not torch else
                 f"PyTorch {torch.get('error') or torch.get('version')}"
                 + ("" if "error" in torch else f" (CUDA {torch.get('cuda')}, GPU usable: {torch.get('cuda_available')}, "
@@ -771,6 +778,7 @@ def _write_whole(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; the report is for everyone
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -778,6 +786,12 @@ def _write_whole(path: Path, text: str) -> None:
 
 
 # --- the command line ----------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def parse_args(argv=None):
@@ -849,5 +863,16 @@ def main(argv=None, probe: Callable[[], dict] = probe_gpu, tools: Tools | None =
     return 0 if report["status"] == PASS else 1
 
 
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP (an outer timeout, a closed terminal) stop the run as Ctrl-C does: the
+    running command's process group is killed (it is in a session of its own, so no signal
+    reaches it otherwise) and the report of what ran is still written."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 if __name__ == "__main__":
+    _interrupt_on_termination()
     sys.exit(main())
