@@ -79,19 +79,20 @@ class CunetStep:
         self.device = device
         self.model = model.to(device)
         self.optimizer = SGD(self.model.parameters(), LR, MOMENTUM)
-        self.x, self.labels = device.to_device(x), labels
-        self.weights = device.to_device(weights)
+        self.x, self.labels, self.weights = x, labels, weights  # on the host, as the sampler hands them over
 
     def __call__(self) -> float:
         from cunet.autograd import Tensor
         from cunet.loss import weighted_cross_entropy
 
-        logits = self.model(Tensor(self.x))
+        # As in training: upload the input, pass host labels and weights (validated on the
+        # host, uploaded once), and read the loss only after the update.
+        logits = self.model(Tensor(self.device.to_device(self.x)))
         loss = weighted_cross_entropy(logits, self.labels, self.weights)
-        value = loss.item()
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
+        value = loss.item()
         self.device.synchronize()
         return value
 
@@ -162,7 +163,7 @@ def check_same_loss(cunet_step, torch_step) -> float:
     model.dropout.p = 0.0
     try:
         with no_grad():
-            ours = weighted_cross_entropy(model(Tensor(cunet_step.x)), cunet_step.labels, cunet_step.weights).item()
+            ours = weighted_cross_entropy(model(Tensor(cunet_step.device.to_device(cunet_step.x))), cunet_step.labels, cunet_step.weights).item()
     finally:
         model.dropout.p = saved
     F = torch.nn.functional
