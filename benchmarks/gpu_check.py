@@ -390,8 +390,9 @@ def section_sanitizer(ctx: Context) -> dict:
     tools, records = {}, []
     for i, tool in enumerate(SANITIZER_TOOLS):
         timeout = max(1.0, (ctx.timeout - (ctx.tools.clock() - start)) / (len(SANITIZER_TOOLS) - i))
-        cmd = [exe, "--tool", tool, "--error-exitcode", "1", sys.executable, "-c", TRAIN_WITHOUT_POOL, *TINY_TRAIN,
-               "--out", ctx.scratch / f"train-{tool}"]
+        # application-only: the train process itself, not its sampler workers (CPU-only processes)
+        cmd = [exe, "--tool", tool, "--error-exitcode", "1", "--target-processes", "application-only", sys.executable,
+               "-c", TRAIN_WITHOUT_POOL, *TINY_TRAIN, "--out", ctx.scratch / f"train-{tool}"]
         done, record = ctx.run(f"sanitizer-{tool}", cmd, timeout=timeout)
         records.append(record)
         tools[tool] = sanitizer_verdict(done, timeout)

@@ -10,8 +10,8 @@ default) and recomputing the weight map of every warped tile; and a non-augmente
 sample. Wall and CPU time; on a shared machine run it when nothing else is.
 
 Then the training loop's view: samples per second that `BatchStream` delivers with 0, 1,
-2, ... worker processes (augmented 572 tiles, the default training sampler), counted from
-the first batch on, so the workers' start-up is not in it. A GPU that trains at R img/s
+2, ... worker processes (augmented 572 tiles, the default training sampler), counted once
+every worker has delivered its first batches, so their start-up is not in it. A GPU that trains at R img/s
 needs about R / (one worker's rate) workers, and a core for each.
 """
 
@@ -46,9 +46,10 @@ def median_seconds(fn, repeats: int) -> tuple[float, float]:
 
 
 def stream_rate(sampler: TrainingSampler, workers: int, batches: int) -> float:
-    """Samples per second a BatchStream with ``workers`` delivers, after its first batch."""
+    """Samples per second a BatchStream with ``workers`` delivers, once every worker is running."""
     with BatchStream(sampler, 1, workers=workers) as stream:
-        stream.next()  # the workers have started and drawn their first batches
+        for _ in range(2 * workers + 1):  # until every worker has started and delivered
+            stream.next()
         start = time.perf_counter()
         for _ in range(batches):
             stream.next()
