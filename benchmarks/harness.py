@@ -351,6 +351,8 @@ GPU_SPECS = {
 # FP32 lanes per SM by compute capability (CUDA C Programming Guide, "Arithmetic Instructions").
 FP32_LANES_PER_SM = {7: 64, 8: 64, 9: 128}
 FP32_LANES_PER_SM_86_89 = 128
+# cudaDeviceAttr values (CUDA runtime API): kHz clocks, still there in CUDA 13.
+CUDA_ATTR_CLOCK_RATE, CUDA_ATTR_MEMORY_CLOCK_RATE = 13, 36
 
 
 def gpu_spec_for(name: str) -> dict | None:
@@ -358,7 +360,7 @@ def gpu_spec_for(name: str) -> dict | None:
     n = name.upper()
     if "A100" in n:
         return GPU_SPECS["A100 80GB" if "80GB" in n else "A100 40GB"]
-    if "H200" in n:
+    if "H200" in n and "NVL" not in n:  # the NVL card runs at a lower power: computed from its properties
         return GPU_SPECS["H200"]
     if "H100" in n:
         return GPU_SPECS["H100 PCIe" if "PCIE" in n else "H100 SXM"]
@@ -375,8 +377,12 @@ def cuda_peaks(cupy) -> Peaks:
         return Peaks(spec["gflops"], spec["gbps"], spec["source"], spec["source"], measured=False, extra=dict(gpu=name))
     major, minor = props["major"], props["minor"]
     lanes = FP32_LANES_PER_SM_86_89 if (major, minor) in ((8, 6), (8, 9)) else FP32_LANES_PER_SM.get(major, 64)
-    gflops = props["multiProcessorCount"] * lanes * 2 * props["clockRate"] * 1e3 / 1e9
-    gbps = 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8 / 1e9
+    # CUDA 13 dropped clockRate and memoryClockRate from the properties; the attributes remain.
+    device = cupy.cuda.Device().id
+    clock_khz = props.get("clockRate") or cupy.cuda.runtime.deviceGetAttribute(CUDA_ATTR_CLOCK_RATE, device)
+    memory_khz = props.get("memoryClockRate") or cupy.cuda.runtime.deviceGetAttribute(CUDA_ATTR_MEMORY_CLOCK_RATE, device)
+    gflops = props["multiProcessorCount"] * lanes * 2 * clock_khz * 1e3 / 1e9
+    gbps = 2 * memory_khz * 1e3 * props["memoryBusWidth"] / 8 / 1e9
     source = f"computed from device properties of {name} (SMs x {lanes} FP32 lanes x 2 x boost clock; bus x 2 x memory clock)"
     return Peaks(gflops, gbps, source, source, measured=False, extra=dict(gpu=name))
 

@@ -97,7 +97,32 @@ def test_kernels_pytorch_peer_where_installed():
 
 def test_kernels_unknown_op_family_is_an_error():
     done = run_cli("benchmarks.kernels", "--quick", "--ops", "convolution")
-    assert done.returncode != 0 and "unknown op families" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "unknown op families" in done.stderr and "Traceback" not in done.stderr
+
+
+def fake_cupy(name, props, attributes):
+    """Just enough of CuPy's runtime API for harness.cuda_peaks."""
+    from types import SimpleNamespace
+
+    runtime = SimpleNamespace(getDeviceProperties=lambda i: dict(props, name=name.encode()),
+                              deviceGetAttribute=lambda attr, i: attributes[attr])
+    return SimpleNamespace(cuda=SimpleNamespace(runtime=runtime, Device=lambda: SimpleNamespace(id=0)))
+
+
+def test_cuda_peaks_of_a_known_and_an_unknown_gpu():
+    from benchmarks import harness
+
+    props = dict(major=8, minor=6, multiProcessorCount=84, memoryBusWidth=384)
+    # CUDA 13's properties have no clockRate / memoryClockRate: the attributes give them
+    attributes = {harness.CUDA_ATTR_CLOCK_RATE: 1_860_000, harness.CUDA_ATTR_MEMORY_CLOCK_RATE: 9_751_000}
+    unknown = harness.cuda_peaks(fake_cupy("NVIDIA GeForce RTX 3090 Ti", props, attributes))
+    assert unknown.gflops == pytest.approx(84 * 128 * 2 * 1.86e6 * 1e3 / 1e9)   # 40 TFLOP/s
+    assert unknown.gbps == pytest.approx(2 * 9.751e9 * 384 / 8 / 1e9)           # 936 GB/s
+    with_props = harness.cuda_peaks(fake_cupy("NVIDIA GeForce RTX 3090 Ti", dict(props, clockRate=1_860_000,
+                                                                                  memoryClockRate=9_751_000), {}))
+    assert (with_props.gflops, with_props.gbps) == (unknown.gflops, unknown.gbps)
+    h200 = harness.cuda_peaks(fake_cupy("NVIDIA H200", dict(props, major=9, minor=0), attributes))
+    assert (h200.gflops, h200.gbps) == (67_000, 4_800)
 
 
 @pytest.mark.parametrize("module", ["benchmarks.kernels", "benchmarks.train_step"])

@@ -72,7 +72,7 @@ def test_cuda_only_keys_are_the_benchmarks_own():
     """The two keys the fixture adds are the ones the benchmarks' cuda paths write."""
     from benchmarks import kernels, train_step
 
-    assert 'r["numba_median_s"]' in inspect.getsource(kernels.run_cases)
+    assert 'numba_median_s=harness.median(t)' in inspect.getsource(kernels.time_numba_alternate)
     assert 'result["gpu_step_peak"]' in inspect.getsource(train_step.child_main)
 
 
@@ -219,6 +219,8 @@ def test_full_report_with_canned_outputs(tmp_path, benchmark_outputs):
     assert sections["device"]["gpu"]["compute_capability"] == "9.0" and sections["device"]["gpu"]["driver"] == "13.0"
     assert sections["device"]["gpu"]["peak"]["gflops"] == 67_000  # the H200's datasheet entry
     assert "NVIDIA H200, compute capability 9.0, 132 SMs" in md and "Driver Version: 580.00" in md
+    assert "- CUDA driver 13.0, runtime 13.0, NVRTC 13.0" in md
+    assert f"numba-cuda {gpu_check._package_version('numba-cuda') or 'not installed'}, " in md
 
     # cuda tests: counts and failures from the JUnit XML; the command as documented
     tests = sections["cuda_tests"]
@@ -345,6 +347,33 @@ def test_time_left_over_goes_to_the_later_sections(tmp_path, benchmark_outputs):
 
 
 # --- the parsers ---------------------------------------------------------------------------------------------
+
+
+def test_parse_junit_reads_what_pytest_writes(tmp_path):
+    """A real pytest run (outside this project's configuration) of one pass, failure, error and skip."""
+    (tmp_path / "test_four.py").write_text(
+        "import pytest\n"
+        "@pytest.fixture\n"
+        "def broken():\n"
+        "    raise RuntimeError('no context')\n"
+        "def test_passes():\n"
+        "    pass\n"
+        "def test_fails():\n"
+        "    assert 1 == 2, 'one is not two'\n"
+        "def test_errors(broken):\n"
+        "    pass\n"
+        "def test_skips():\n"
+        "    pytest.skip('no GPU here')\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    junit = tmp_path / "out.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
+                    str(tmp_path / "test_four.py")], cwd=tmp_path, capture_output=True, timeout=120)
+    parsed = gpu_check.parse_junit(junit.read_text())
+    assert (parsed["passed"], parsed["failed"], parsed["errors"], parsed["skipped"]) == (1, 1, 1, 1)
+    assert parsed["skip_reasons"] == {"no GPU here": 1}
+    failures = {f["name"]: (f["kind"], f["message"]) for f in parsed["failures"]}
+    assert failures["test_four::test_fails"] == ("failure", "AssertionError: one is not two")
+    assert failures["test_four::test_errors"][0] == "error" and "RuntimeError" in failures["test_four::test_errors"][1]
 
 
 def test_racecheck_summary_counts_errors_and_first_reports():
