@@ -21,9 +21,16 @@ exact list of launches a GPU would run, in order. For each launch:
   launch's waves = blocks / (SMs x blocks resident per SM): a launch under one wave
   leaves SMs idle, which the roofline does not see.
 
-GPUs (FP32 on CUDA cores, which is what cunet's kernels use; no tensor cores):
-A100 40GB SXM: 19.5 TFLOP/s, 1,555 GB/s HBM2e, 108 SMs; H100 SXM: 67 TFLOP/s, 3.35 TB/s
-HBM3, 132 SMs (NVIDIA's A100 and H100 datasheets; benchmarks/harness.py GPU_SPECS).
+GPUs (benchmarks/harness.py GPU_SPECS, from NVIDIA's datasheets): A100 40GB SXM: FP32 19.5
+TFLOP/s, TF32 tensor cores 156 TFLOP/s dense, 1,555 GB/s HBM2e, 108 SMs; H100 SXM: 67 and
+495 TFLOP/s, 3.35 TB/s HBM3, 132 SMs; H200: as the H100 SXM with 4.8 TB/s HBM3e.
+
+Math (``--math``, default tf32 as on a real sm_80+ GPU): a launch of a TF32 kernel module
+(the GEMM ops' tensor-core main loop, MATH_TF32=1) is modelled at the TF32 tensor-core peak,
+every other launch at the FP32 peak. The report also gives the same launches all at the FP32
+peak, i.e. the step with ``--math fp32``, and the ratio of the two. Assumed: the tensor-core
+kernels reach their peak as the FP32 ones reach theirs in the model (a roofline is a floor,
+not a forecast); TF32 changes no byte counts.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ import numpy as np
 
 from . import harness
 
-MODEL_GPUS = (("A100", "A100 40GB", "sm_80"), ("H100", "H100 SXM", "sm_90"))
+MODEL_GPUS = (("A100", "A100 40GB", "sm_80"), ("H100", "H100 SXM", "sm_90"), ("H200", "H200", "sm_90"))
 LAUNCH_OVERHEAD_S = 4e-6  # a typical kernel launch latency, for the note under the table (not in the roofline)
 # NVIDIA DeepLearningExamples, TensorFlow2/Segmentation/UNet_Medical, README "Training performance
 # results": A100 80GB, TF32, batch 1 at 572x572 -> 46.9 images/s (also in the project's architecture notes).
@@ -111,8 +118,9 @@ class RecordingRuntime:
     name = "model"
     use_numba_kernels = False
 
-    def __init__(self):
+    def __init__(self, math: str = "tf32"):
         self.launches: list[Launch] = []
+        self.math = math  # which GEMM kernel modules the op code picks
 
     def owns(self, array) -> bool:
         return isinstance(array, MetaArray)
@@ -143,7 +151,7 @@ class RecordingRuntime:
         self.launches.append(Launch(module, kernel, tuple(grid), tuple(block), tuple(args)))
 
 
-def record_train_step(tile: int, base: int, depth: int, batch: int = 1) -> list[Launch]:
+def record_train_step(tile: int, base: int, depth: int, batch: int = 1, math: str = "tf32") -> list[Launch]:
     """The launches of one train step (forward, loss, backward, SGD) of UNet(base, depth) on tile x tile."""
     import cunet.device as cunet_device
     from cunet.autograd import Tensor
@@ -152,7 +160,7 @@ def record_train_step(tile: int, base: int, depth: int, batch: int = 1) -> list[
     from cunet.optim import SGD
     from cunet.unet import UNet, output_size
 
-    runtime = RecordingRuntime()
+    runtime = RecordingRuntime(math)
     cunet_device._remember(runtime)  # so runtime_of() finds the owner of a MetaArray
     device = Device("model", runtime)
     model = UNet(1, 2, base, depth, dropout=0.5).to(device)
@@ -257,6 +265,11 @@ def conv_flops(x_shape, w_shape) -> int:
     return 2 * N * K * (H - R + 1) * (W - S + 1) * C * R * S
 
 
+def compute_peak(launch: Launch, spec: dict) -> float:
+    """GFLOP/s the launch can reach: the TF32 tensor-core peak for a TF32 GEMM module, else FP32."""
+    return spec["tf32_gflops"] if dict(launch.module.defines).get("MATH_TF32") else spec["gflops"]
+
+
 def roofline_seconds(flops: int, nbytes: int, gflops: float, gbps: float) -> float:
     """The least time on a GPU with these peaks: limited by arithmetic or by DRAM, whichever is slower."""
     return max(flops / (gflops * 1e9), nbytes / (gbps * 1e9))
@@ -301,6 +314,8 @@ def main(argv=None) -> int:
     p.add_argument("--base", type=int, default=64)
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--math", choices=("tf32", "fp32"), default="tf32",
+                   help="the GEMM kernels' math (default tf32: what cunet runs on sm_80 and newer)")
     p.add_argument("--quick", action="store_true", help="tile 44, base 2, depth 3 and only sm_80: seconds, for the tests")
     p.add_argument("--no-compile", action="store_true", help="skip the NVRTC register/occupancy columns")
     p.add_argument("--by-kernel", action="store_true", help="one line per kernel name, not per launch")
@@ -314,7 +329,7 @@ def main(argv=None) -> int:
     from cunet.unet import InvalidSizeError
 
     try:
-        launches = record_train_step(args.tile, args.base, args.depth, args.batch)
+        launches = record_train_step(args.tile, args.base, args.depth, args.batch, args.math)
     except InvalidSizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -331,8 +346,10 @@ def main(argv=None) -> int:
                    shapes=_shape_text(launch), flops=launch.flops, bytes=launch.bytes,
                    intensity=launch.flops / launch.bytes if launch.bytes else None)
         for label, spec, arch in gpus:
-            row[f"{label}_roofline_s"] = roofline_seconds(launch.flops, launch.bytes, spec["gflops"], spec["gbps"])
-            row[f"{label}_bound"] = "compute" if launch.flops / spec["gflops"] > launch.bytes / spec["gbps"] else "memory"
+            peak = compute_peak(launch, spec)
+            row[f"{label}_roofline_s"] = roofline_seconds(launch.flops, launch.bytes, peak, spec["gbps"])
+            row[f"{label}_fp32_roofline_s"] = roofline_seconds(launch.flops, launch.bytes, spec["gflops"], spec["gbps"])
+            row[f"{label}_bound"] = "compute" if launch.flops / peak > launch.bytes / spec["gbps"] else "memory"
             r = launch.resources.get(arch)
             if r is not None:
                 row[f"{arch}_registers"] = r.registers
@@ -344,13 +361,15 @@ def main(argv=None) -> int:
     for label, spec, arch in gpus:
         t = sum(r[f"{label}_roofline_s"] for r in rows)
         under = sum(r[f"{label}_roofline_s"] for r in rows if (r.get(f"{arch}_waves") or 1) < 1)
-        totals[label] = dict(gpu=spec["source"], peak_gflops=spec["gflops"], peak_gbps=spec["gbps"],
-                             step_roofline_s=t, images_per_s=args.batch / t,
+        fp32 = sum(r[f"{label}_fp32_roofline_s"] for r in rows)
+        totals[label] = dict(gpu=spec["source"], peak_gflops=spec["gflops"], peak_tf32_gflops=spec["tf32_gflops"],
+                             peak_gbps=spec["gbps"], step_roofline_s=t, images_per_s=args.batch / t,
+                             fp32_step_roofline_s=fp32, fp32_images_per_s=args.batch / fp32, speedup_over_fp32=fp32 / t,
                              compute_bound_s=sum(r[f"{label}_roofline_s"] for r in rows if r[f"{label}_bound"] == "compute"),
                              memory_bound_s=sum(r[f"{label}_roofline_s"] for r in rows if r[f"{label}_bound"] == "memory"),
                              under_one_wave_s=under, launch_overhead_s=len(rows) * LAUNCH_OVERHEAD_S)
     report = dict(benchmark="gpu_model", kind="modelled", command=harness.command_line(),
-                  config=dict(tile=args.tile, base=args.base, depth=args.depth, batch=args.batch),
+                  config=dict(tile=args.tile, base=args.base, depth=args.depth, batch=args.batch, math=args.math),
                   launches=len(rows), flops=sum(r["flops"] for r in rows), bytes=sum(r["bytes"] for r in rows),
                   compiled=compiled, rows=rows, totals=totals,
                   published=dict(images_per_s=PUBLISHED_A100_TF32_IMAGES_PER_S, step_s=1 / PUBLISHED_A100_TF32_IMAGES_PER_S,
@@ -364,7 +383,8 @@ def format_report(r: dict, gpus, by_kernel: bool) -> str:
     c = r["config"]
     lines = ["# MODELLED, not measured: roofline cost of one cunet train step on GPUs (no GPU was used)",
              f"# command: {r['command']}",
-             f"# U-Net {c['tile']} / base {c['base']} / depth {c['depth']}, batch {c['batch']}: {r['launches']} kernel launches, "
+             f"# U-Net {c['tile']} / base {c['base']} / depth {c['depth']}, batch {c['batch']}, --math {c['math']}: "
+             f"{r['launches']} kernel launches, "
              f"{r['flops'] / 1e12:.3f} TFLOP, {r['bytes'] / 1e9:.2f} GB minimum DRAM traffic"]
     for label, spec, arch in gpus:
         lines.append(f"# {label}: {spec['source']}; ridge point {spec['gflops'] / spec['gbps']:.1f} FLOP/byte; "
@@ -417,6 +437,9 @@ def format_report(r: dict, gpus, by_kernel: bool) -> str:
                      f"launches, {t['memory_bound_s'] * 1e3:.1f} ms memory-bound; {t['under_one_wave_s'] * 1e3:.1f} ms in "
                      f"launches under one wave; plus ~{t['launch_overhead_s'] * 1e3:.1f} ms of launch latency at "
                      f"{LAUNCH_OVERHEAD_S * 1e6:.0f} us each, not in the roofline)")
+        if c["math"] == "tf32":
+            lines.append(f"MODELLED {label} with --math fp32 (every launch at the FP32 peak): {t['fp32_step_roofline_s'] * 1e3:.1f} ms "
+                         f"= {t['fp32_images_per_s']:.1f} images/s; TF32 / FP32 speed-up {t['speedup_over_fp32']:.2f}x")
     a100 = r["totals"].get("A100")
     paper = (c["tile"], c["base"], c["depth"], c["batch"]) == (572, 64, 5, 1)
     if a100 is not None and not paper:
@@ -424,10 +447,11 @@ def format_report(r: dict, gpus, by_kernel: bool) -> str:
     if a100 is not None and paper:
         lines.append(
             f"published (NVIDIA, measured on their A100 80GB, not here): {pub['images_per_s']} images/s = "
-            f"{pub['step_s'] * 1e3:.1f} ms/step with TF32 tensor cores ({A100_TF32_TENSOR_TFLOPS:.0f} TFLOP/s dense). "
-            f"cunet's kernels run FP32 on CUDA cores (19.5 TFLOP/s): their ceiling is {a100['images_per_s']:.1f} images/s "
-            f"even at 100% of peak, {pub['images_per_s'] / a100['images_per_s']:.1f}x below the published figure; "
-            "closing that gap needs tensor cores (TF32 mma / WMMA), not better FP32 kernels.")
+            f"{pub['step_s'] * 1e3:.1f} ms/step with TF32 tensor cores. The MODELLED floor of cunet's step on an A100: "
+            f"{a100['images_per_s']:.1f} images/s with --math {c['math']}"
+            + (f", {a100['fp32_images_per_s']:.1f} with FP32 on CUDA cores (19.5 TFLOP/s), which no FP32 kernel could "
+               f"lift to the published figure" if c["math"] == "tf32" else "")
+            + ". A floor is not a forecast: real kernels reach a fraction of peak (benchmarks.gpu_check measures it).")
     return "\n".join(lines)
 
 

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cunet.device import add_math_argument
+
 from . import harness
 
 SMALL = dict(tile=188, base=8, depth=5)  # --small: the smallest depth-5 tile, 1/8 of the channels
@@ -66,6 +68,10 @@ class Case:
     torch: object = None             # (torch module, dict of torch tensors) -> closure, or None
     numba: bool = False              # has Numba CUDA alternates
     atol: float = 0.0                # extra tolerance (in units of max |reference|)
+    # With --math tf32, the inputs that are GEMM operands (rounded to TF32 for the reference,
+    # as the tensor cores round them) and which outputs the GEMM makes (None: all of them).
+    gemm_operands: tuple = ()
+    gemm_outputs: tuple | None = None
     notes: str = ""
     result: dict = field(default_factory=dict)
 
@@ -252,7 +258,7 @@ def conv_forward_case(xs, ws, relu, macs):
                 2 * macs, F32 * (_n(xs) + _n(ws) + K + _n(ys)), "compute", make,
                 lambda d: ops.conv2d_forward(d["x"], d["w"], d["b"], relu=relu),
                 lambda h: ref_conv_forward(h["x"], h["w"], h["b"], relu),
-                gemm=(K, N * ys[2] * ys[3], C * R * R), torch=torch_fn)
+                gemm=(K, N * ys[2] * ys[3], C * R * R), torch=torch_fn, gemm_operands=("x", "w"))
 
 
 def conv_backward_input_case(ys, ws, macs):
@@ -273,7 +279,7 @@ def conv_backward_input_case(ys, ws, macs):
                 F32 * (_n(ys) + _n(ws) + _n(xs)), "compute", make,
                 lambda d: ops.conv2d_backward_input(d["dy"], d["w"]),
                 lambda h: ref_conv_backward_input(h["dy"], h["w"]),
-                gemm=(C, N * xs[2] * xs[3], K * R * R), torch=torch_fn)
+                gemm=(C, N * xs[2] * xs[3], K * R * R), torch=torch_fn, gemm_operands=("dy", "w"))
 
 
 def conv_backward_params_case(xs, ys, macs):
@@ -294,7 +300,7 @@ def conv_backward_params_case(xs, ys, macs):
                 F32 * (_n(xs) + _n(ys) + _n(ws) + K), "compute", make,
                 lambda d: ops.conv2d_backward_params(d["x"], d["dy"]),
                 lambda h: ref_conv_backward_params(h["x"], h["dy"]),
-                gemm=(K, C * R * R, N * OH * ys[3]), torch=torch_fn)
+                gemm=(K, C * R * R, N * OH * ys[3]), torch=torch_fn, gemm_operands=("x", "dy"))
 
 
 def upconv_case(op, xs, K):
@@ -312,7 +318,8 @@ def upconv_case(op, xs, K):
             return lambda: torch.nn.functional.conv_transpose2d(t["x"], t["w"], t["b"], stride=2)
         return Case(op, "upconv", [], f"x {_shape(xs)} w {_shape(ws)}", flops, F32 * (_n(xs) + _n(ws) + K + _n(ys)),
                     "compute", make, lambda d: ops.upconv2x2_forward(d["x"], d["w"], d["b"]),
-                    lambda h: ref_upconv_forward(h["x"], h["w"], h["b"]), gemm=(4 * K, N * H * W, C), torch=torch_fn)
+                    lambda h: ref_upconv_forward(h["x"], h["w"], h["b"]), gemm=(4 * K, N * H * W, C), torch=torch_fn,
+                    gemm_operands=("x", "w"))
     if op == "upconv2x2_backward_input":
         def torch_fn(torch, t):
             x = torch.empty(xs, device=t["dy"].device)  # only its shape is read
@@ -320,13 +327,15 @@ def upconv_case(op, xs, K):
                                                                [0, 0], 1, [True, False, False])
         return Case(op, "upconv", [], f"dy {_shape(ys)} w {_shape(ws)}", flops, F32 * (_n(ys) + _n(ws) + _n(xs)),
                     "compute", make, lambda d: ops.upconv2x2_backward_input(d["dy"], d["w"]),
-                    lambda h: ref_upconv_backward_input(h["dy"], h["w"]), gemm=(C, N * H * W, 4 * K), torch=torch_fn)
+                    lambda h: ref_upconv_backward_input(h["dy"], h["w"]), gemm=(C, N * H * W, 4 * K), torch=torch_fn,
+                    gemm_operands=("dy", "w"))
     def torch_fn(torch, t):
         return lambda: torch.ops.aten.convolution_backward(t["dy"], t["x"], t["w"], [K], [2, 2], [0, 0], [1, 1], True,
                                                            [0, 0], 1, [False, True, True])
     return Case(op, "upconv", [], f"x {_shape(xs)} dy {_shape(ys)}", flops, F32 * (_n(xs) + _n(ys) + _n(ws) + K),
                 "compute", make, lambda d: ops.upconv2x2_backward_params(d["x"], d["dy"]),
-                lambda h: ref_upconv_backward_params(h["x"], h["dy"]), gemm=(4 * K, C, N * H * W), torch=torch_fn)
+                lambda h: ref_upconv_backward_params(h["x"], h["dy"]), gemm=(4 * K, C, N * H * W), torch=torch_fn,
+                gemm_operands=("x", "dy"), gemm_outputs=(0,))  # db is a plain float32 reduction of dy
 
 
 def relu_forward_case(shape):
@@ -504,9 +513,22 @@ def _flatten(out):
     return [out]
 
 
+def expected_outputs(case: Case, device, host_inputs) -> list[np.ndarray]:
+    """The reference's outputs; in TF32, the GEMM outputs from TF32-rounded operands."""
+    want = [np.asarray(a) for a in _flatten(case.reference(host_inputs))]
+    if device.runtime is None or device.runtime.math != "tf32" or not case.gemm_operands:
+        return want
+    from cunet.ops.gemm import round_to_tf32
+
+    rounded = {k: round_to_tf32(v) if k in case.gemm_operands else v for k, v in host_inputs.items()}
+    want_tf32 = [np.asarray(a) for a in _flatten(case.reference(rounded))]
+    return [t if case.gemm_outputs is None or i in case.gemm_outputs else w
+            for i, (w, t) in enumerate(zip(want, want_tf32))]
+
+
 def validate(case: Case, device, dev_inputs, host_inputs) -> tuple[bool, float, str]:
     """Run the op once on the device and compare with the NumPy reference; (ok, max rel err, message)."""
-    want = [np.asarray(a) for a in _flatten(case.reference(host_inputs))]
+    want = expected_outputs(case, device, host_inputs)
     got = [device.to_host(a) for a in _flatten(case.run(dev_inputs))]
     if len(got) != len(want):
         return False, float("inf"), f"{len(got)} outputs, expected {len(want)}"
@@ -654,6 +676,7 @@ def parse_args(argv=None):
                                 epilog="Shapes: --small is tile 188, base 8; --quick is tile 44, base 2, depth 3 "
                                        "(seconds, for tests); the default is the paper's 572 / 64 / 5.")
     p.add_argument("--device", choices=("cpu", "opencl", "cuda"), default="cpu")
+    add_math_argument(p)
     p.add_argument("--tile", type=int, help="input tile (default 572)")
     p.add_argument("--base", type=int, help="channels of the first level (default 64)")
     p.add_argument("--depth", type=int, help="levels (default 5)")
@@ -698,20 +721,20 @@ def select(cases, args):
     return cases
 
 
-def make_device(name: str):
+def make_device(name: str, math: str | None = None):
     """The cunet device, or a clear error (exit 2) when it cannot be had here."""
     from cunet.device import DeviceUnavailableError, get_device
 
     try:
-        return get_device(name)
-    except DeviceUnavailableError as exc:
+        return get_device(name, math=math)
+    except (DeviceUnavailableError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = make_device(args.device)
+    device = make_device(args.device, args.math)
     from cunet.unet import InvalidSizeError
 
     try:
@@ -737,6 +760,8 @@ def main(argv=None) -> int:
         torch = None  # no PyTorch OpenCL backend to compare with
     if torch is not None and args.device == "cuda" and not torch.cuda.is_available():
         torch = None
+    if torch is not None and device.runtime is not None:
+        harness.torch_math(torch, device.runtime.math)
     # Progress goes to stderr in every mode: with --json too, so a run killed at a time limit
     # (the GPU check's) still says how far it got.
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731

@@ -45,6 +45,8 @@ import time
 
 import numpy as np
 
+from cunet.device import add_math_argument
+
 from . import harness
 
 QUICK = dict(tile=44, base=2, depth=3, steps=2)
@@ -297,7 +299,8 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def child_main(framework: str, tile: int, base: int, depth: int, batch: int, steps: int, device_name: str) -> dict:
+def child_main(framework: str, tile: int, base: int, depth: int, batch: int, steps: int, device_name: str,
+               math: str | None = None) -> dict:
     """Runs in the child: build, warm up, then measure the step's peak memory. Returns a JSON-able dict."""
     import gc
 
@@ -306,11 +309,13 @@ def child_main(framework: str, tile: int, base: int, depth: int, batch: int, ste
     if framework == "cunet":
         from cunet.device import get_device
 
-        step = CunetStep(model, x, labels, weights, get_device(device_name))
+        step = CunetStep(model, x, labels, weights, get_device(device_name, math=math))
     else:
         import torch
 
         torch.set_num_threads(harness.cores())
+        if cuda:
+            harness.torch_math(torch, math or "tf32")
         state = model.state_dict()
         del model
         step = TorchStep(torch, state, depth, x, labels, weights, cuda)
@@ -390,6 +395,7 @@ def measure_memory(frameworks, args) -> dict:
         command = [sys.executable, "-m", "benchmarks.train_step", "--child", framework, "--tile", str(args.tile),
                    "--base", str(args.base), "--depth", str(args.depth), "--batch", str(args.batch),
                    "--steps", str(args.memory_steps), "--device", args.device]
+        command += ["--math", args.math] if args.math else []
         children[framework] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                                env=env, cwd=root)
     results = {}
@@ -409,6 +415,7 @@ def measure_memory(frameworks, args) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_math_argument(p)
     p.add_argument("--tile", type=int, help="input tile (default 572)")
     p.add_argument("--base", type=int, help="channels of the first level (cpu default 16; cuda default 64)")
     p.add_argument("--depth", type=int, help="levels (default 5)")
@@ -435,15 +442,16 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
-        print(json.dumps(child_main(args.child, args.tile, args.base, args.depth, args.batch, args.steps, args.device)))
+        print(json.dumps(child_main(args.child, args.tile, args.base, args.depth, args.batch, args.steps, args.device,
+                                    args.math)))
         return 0
     from cunet.device import DeviceUnavailableError, get_device
     from cunet.unet import InvalidSizeError, check_input_size
 
     try:
         check_input_size(args.tile, args.depth)
-        device = get_device(args.device)
-    except (DeviceUnavailableError, InvalidSizeError) as exc:
+        device = get_device(args.device, math=args.math)
+    except (DeviceUnavailableError, InvalidSizeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     torch = None if args.no_torch else harness.optional_torch()
@@ -452,6 +460,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(harness.cores())
         if cuda and not torch.cuda.is_available():
             torch = None
+        elif cuda:
+            harness.torch_math(torch, device.runtime.math)
     load_before = harness.load_average()
     model, x, labels, weights = make_problem(args.tile, args.base, args.depth, args.batch)
     state = model.state_dict()

@@ -27,7 +27,7 @@ from cunet.autograd import Tensor, no_grad
 from cunet.checkpoint import CheckpointError, load_checkpoint
 from cunet.data.loaders import IMAGE_SUFFIXES, image_to_float
 from cunet.data.tiling import extract_tile, plan_tiles
-from cunet.device import DEVICE_NAMES, Device, DeviceUnavailableError, get_device
+from cunet.device import DEVICE_NAMES, Device, DeviceUnavailableError, add_math_argument, get_device
 from cunet.unet import InvalidSizeError, UNet
 
 
@@ -148,10 +148,11 @@ USER_ERRORS = (DeviceUnavailableError, CheckpointError, InvalidSizeError, FileNo
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options predict and evaluate share: checkpoint, device, kernels, tile, batch, tta."""
+    """The options predict and evaluate share: checkpoint, device, kernels, math, tile, batch, tta."""
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by python -m cunet.train")
     parser.add_argument("--device", choices=DEVICE_NAMES, default="auto")
     parser.add_argument("--kernels", choices=("cuda", "numba"), default="cuda", help="on cuda: CUDA C or Numba alternates")
+    add_math_argument(parser)
     parser.add_argument("--tile", type=int, help="input tile size (default: the checkpoint's training tile)")
     parser.add_argument("--batch", type=int, default=1, help="tiles per forward pass (memory grows with it)")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x the time)")
@@ -161,7 +162,7 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Device, UNet, int]:
     """Device, model and tile from parsed options; raises one of USER_ERRORS on bad input."""
     if args.batch < 1:
         raise ValueError(f"--batch must be at least 1, got {args.batch}")
-    device = get_device(args.device, kernels=args.kernels)
+    device = get_device(args.device, kernels=args.kernels, math=args.math)
     model, config = model_from_checkpoint(args.checkpoint, device)
     tile = args.tile or config["tile"]
     model.output_size(tile)  # a clear error naming valid sizes, before any work

@@ -32,7 +32,7 @@ import numpy as np
 from cunet.autograd import Tensor
 from cunet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cunet.data import BatchStream, TrainingSampler, load_dataset, make_split, make_synthetic
-from cunet.device import DEVICE_NAMES, Device, get_device
+from cunet.device import DEVICE_NAMES, Device, add_math_argument, get_device
 from cunet.loss import weighted_cross_entropy
 from cunet.metrics import basic_metrics
 from cunet.optim import SGD
@@ -108,6 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--device", choices=DEVICE_NAMES, default="auto", help="where to train (default auto: cuda if CuPy finds a GPU, else cpu)")
     p.add_argument("--kernels", choices=("cuda", "numba"), default="cuda", help="on cuda: CUDA C kernels or the Numba alternates for memory-bound ops")
+    add_math_argument(p)
     p.add_argument("--data", help="ISBI folder (train-volume.tif + train-labels.tif) or images/ + labels/ folder; default: synthetic EM data")
     p.add_argument("--synthetic-images", type=int, help="how many synthetic 512x512 images to generate without --data (default 10)")
     p.add_argument("--steps", type=int, help=f"total training steps (GPU default {PAPER['steps']}; CPU default {CPU_LAPTOP['steps']})")
@@ -423,7 +424,7 @@ def main(argv=None) -> int:
     """Entry point; returns the process exit code."""
     args = parse_args(argv)
     try:
-        device = get_device(args.device, kernels=args.kernels)
+        device = get_device(args.device, kernels=args.kernels, math=args.math)
         if args.resume:
             config = config_for_resume(args, args.resume)
             out = Path(args.out) if args.out else Path(args.resume).parent

@@ -37,6 +37,13 @@ class KernelModule:
     #: Threads per block the op code launches this module's kernels with (also what the
     #: compile check uses to compute theoretical occupancy).
     threads: int = 256
+    #: The oldest architecture it compiles for, as a number (80: sm_80), or None for all
+    #: (tensor-core modules need sm_80).
+    min_sm: int | None = None
+
+    def builds_for(self, arch: str) -> bool:
+        """Whether the module is meant for ``arch`` ("sm_75"): the compile check skips the others."""
+        return self.min_sm is None or int(arch.removeprefix("sm_")) >= self.min_sm
 
     def define_options(self) -> tuple[str, ...]:
         """The defines as compiler options, ``("-DNAME=VALUE", ...)``; the same for NVRTC and OpenCL."""
@@ -64,11 +71,11 @@ class KernelModule:
 _REGISTRY: dict[KernelModule, None] = {}  # insertion-ordered set
 
 
-def kernel_module(file: str, threads: int = 256, **defines: int) -> KernelModule:
-    """Declare (and register for the compile check) a kernel file, its block size and defines."""
+def kernel_module(file: str, threads: int = 256, min_sm: int | None = None, **defines: int) -> KernelModule:
+    """Declare (and register for the compile check) a kernel file, its block size, oldest architecture and defines."""
     if not (KERNEL_DIR / file).is_file():
         raise FileNotFoundError(f"kernel source {file!r} not found in {KERNEL_DIR}")
-    module = KernelModule(file, tuple(sorted(defines.items())), threads)
+    module = KernelModule(file, tuple(sorted(defines.items())), threads, min_sm)
     _REGISTRY[module] = None
     return module
 
@@ -80,11 +87,33 @@ def registered_modules() -> list[KernelModule]:
     return list(_REGISTRY)
 
 
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([\w.]+)"[ \t]*$', re.M)
+
+
 def kernel_source(file: str) -> str:
-    """The prelude followed by ``file``; ``#line`` keeps compiler messages on the file's own lines."""
+    """The prelude followed by ``file``, with its ``#include "header.h"`` lines expanded.
+
+    Headers beside the sources (gemm.h) are pasted in here rather than found by the
+    compiler, so a module's source is one self-contained text: the same for NVRTC, PoCL,
+    Oclgrind and the compile check, with no include path to set for any of them. ``#line``
+    keeps compiler messages on each file's own lines.
+    """
     prelude = (KERNEL_DIR / PRELUDE).read_text()
-    body = (KERNEL_DIR / file).read_text()
-    return f'{prelude}\n#line 1 "{file}"\n{body}'
+    return f'{prelude}\n{_with_includes(file, set())}'
+
+
+def _with_includes(file: str, seen: set[str]) -> str:
+    if file in seen:
+        raise ValueError(f"kernel header {file!r} includes itself")
+    text = (KERNEL_DIR / file).read_text()
+    parts, start = [f'#line 1 "{file}"\n'], 0
+    for match in _INCLUDE.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        parts += [text[start:match.start()], _with_includes(match.group(1), seen | {file}),
+                  f'\n#line {line + 1} "{file}"\n']
+        start = match.end() + 1
+    parts.append(text[start:])
+    return "".join(parts)
 
 
 def source_files() -> list[str]:

@@ -31,22 +31,20 @@
  * conv2d_sum_partials adds the partials in the order z = 0, 1, 2, ...: the same result
  * on every run, with no atomics (prelude rule 6).
  *
- * Work mapping (the same for the three GEMMs; siboehm's "2-D block tiling")
- * -------------------------------------------------------------------------
- * A block of THREADS = (BM/TM) * (BN/TN) threads owns a BM x BN tile of C. It walks the
- * reduction BK at a time: all threads gather a BK x BM slice of A and a BK x BN slice of B
- * into shared memory, wait at a barrier, then each thread multiplies its own TM x TN
- * sub-tile out of shared memory into registers (acc), and waits again before the next
- * slice overwrites the tiles. A thread's TM rows are spread BM/TM apart (rows tx,
- * tx + BM/TM, ...), and its TN columns BN/TN apart: neighbouring threads then read
- * neighbouring shared-memory words (no bank conflicts) and write neighbouring outputs
- * (coalesced stores). Tile sizes come in as -D defines; the host picks the tile shape by
- * N (cunet/ops/conv2d.py: TILE_CONFIGS): 128x64 tiles with 8x8 per thread when N is
- * large, 64x16 and 64x4 tiles when N = 16 or 2 would leave most of a 64-wide tile idle
- * (K = 16 in the first layers at base 16, K = 2 in the last 1x1 layer).
+ * Work mapping (the same for the three GEMMs): the main loop of gemm.h
+ * ------------------------------------------------------------------------
+ * A block of THREADS threads owns a BM x BN tile of C. It walks the reduction BK at a
+ * time: all threads gather a BK x BM slice of A and a BK x BN slice of B into shared
+ * memory, wait at a barrier, then gemm_tile_product() adds the slice into each thread's
+ * accumulators (FP32 FMAs on CUDA cores, or TF32 mma.sync on tensor cores: -DMATH_TF32),
+ * and the block waits again before the next slice overwrites the tiles. The tile shape
+ * comes in as -D defines, picked by the host from the GEMM's N (cunet/ops/gemm.py:
+ * TILE_CONFIGS): 128x64 tiles when N is large, 64x16 and 64x8 when N = 16 or 2 would
+ * leave most of a 64-wide tile idle (K = 16 in the first layers at base 16, K = 2 in the
+ * last 1x1 layer). gemm.h explains the two ways of doing the arithmetic.
  *
- * Why it is fast, in numbers (the 128x64x8 tile, 8x8 per thread): per BK = 8 slice a
- * block loads (128 + 64) * 8 floats and does 128 * 64 * 8 multiply-adds: 43 FMAs per
+ * Why it is fast, in numbers (FP32, the 128x64x8 tile, 8x8 per thread): per BK = 8 slice
+ * a block loads (128 + 64) * 8 floats and does 128 * 64 * 8 multiply-adds: 43 FMAs per
  * float fetched from global memory (mostly L1/L2 hits: the 3x3 windows of neighbouring
  * pixels overlap). A naive kernel, one thread per output looping over c, r, s, fetches
  * 2 floats (x and w) per FMA: 85x the traffic. Inside the block, each thread reads
@@ -68,63 +66,19 @@
  * columns < N. Every thread reaches both barriers of every iteration (rule 5).
  */
 
-#if !defined(BM) || !defined(BN) || !defined(BK) || !defined(TM) || !defined(TN) || !defined(FILTER)
-#error "conv2d.cu needs -DBM -DBN -DBK -DTM -DTN (tile shape) and -DFILTER (1 or 3)"
+#ifndef FILTER
+#error "conv2d.cu needs -DFILTER (1 or 3), and the tile defines of gemm.h"
 #endif
 
-/* Full unrolling of the tile loops keeps acc[] in registers on the GPU. PoCL and Oclgrind
- * get the plain loops: unrolled and then replicated for every work-item of a group, the
- * 8x8 tile took PoCL most of a minute to compile, and the tests run there. */
-#ifdef CUNET_CUDA
-#define UNROLL _Pragma("unroll")
-#else
-#define UNROLL
-#endif
+#include "gemm.h"
 
-#define THREADS_M (BM / TM)          /* threads along a tile's rows */
-#define THREADS_N (BN / TN)          /* threads along a tile's columns */
-#define THREADS (THREADS_M * THREADS_N)
 #define FF (FILTER * FILTER)
 
-/* Shared tiles are stored reduction-major: As[kk][m], Bs[kk][n], so the inner product
- * reads rows. Loaders that walk the reduction index across neighbouring threads store
- * down a column; padding each row by 32/BK words puts those stores in distinct banks. */
-#define SMEM_PAD (32 / BK)
-#define LDA (BM + SMEM_PAD)
-#define LDB (BN + SMEM_PAD)
-
-#if BM % TM || BN % TN || THREADS % BM || THREADS % BK || (BM * BK) % THREADS || (BN * BK) % THREADS
+#if THREADS % BM || THREADS % BK || (BM * BK) % THREADS || (BN * BK) % THREADS
 #error "conv2d.cu: the tile shape must satisfy THREADS % BM == 0, THREADS % BK == 0 and BM*BK, BN*BK multiples of THREADS"
 #endif
 #define A_LOADS (BM * BK / THREADS)  /* elements of the A slice each thread gathers per step */
 #define B_LOADS (BN * BK / THREADS)
-
-/*
- * The inner product of one BK-deep slice: acc[i][j] += As[kk][tx + i*THREADS_M] *
- * Bs[kk][ty + j*THREADS_N]. TM + TN shared loads feed TM * TN FMAs.
- */
-DEVICE void multiply_tiles(SHARED const float* As, SHARED const float* Bs, float* acc, int tx, int ty)
-{
-UNROLL
-    for (int kk = 0; kk < BK; ++kk) {
-        float a[TM], b[TN];
-UNROLL
-        for (int i = 0; i < TM; ++i) a[i] = As[kk * LDA + tx + i * THREADS_M];
-UNROLL
-        for (int j = 0; j < TN; ++j) b[j] = Bs[kk * LDB + ty + j * THREADS_N];
-UNROLL
-        for (int i = 0; i < TM; ++i) {
-UNROLL
-            for (int j = 0; j < TN; ++j) acc[i * TN + j] += a[i] * b[j];
-        }
-    }
-}
-
-DEVICE void zero_accumulators(float* acc)
-{
-UNROLL
-    for (int i = 0; i < TM * TN; ++i) acc[i] = 0.0f;
-}
 
 /*
  * Forward: y = conv(x, w) + b, optionally ReLU. Grid (ceil(M/BM), ceil(K/BN)).
@@ -144,7 +98,7 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_forward(
     __shared__ float Bs[BK * LDB];
     const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW;
     const int M = batch * OHW, KG = C * FF;
-    const int t = threadIdx.x, tx = t % THREADS_M, ty = t / THREADS_M;
+    const int t = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
 
     /* This thread's row of A, decoded once. */
@@ -158,8 +112,8 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_forward(
     }
     const int b_kk = t % BK, b_col = t / BK;
 
-    float acc[TM * TN];
-    zero_accumulators(acc);
+    float acc[GEMM_ACC];
+    gemm_zero(acc);
 
     for (int k0 = 0; k0 < KG; k0 += BK) {
 UNROLL
@@ -178,24 +132,18 @@ UNROLL
             Bs[b_kk * LDB + col] = (k < K && kk < KG) ? w[k * KG + kk] : 0.0f;
         }
         __syncthreads();
-        multiply_tiles(As, Bs, acc, tx, ty);
+        gemm_tile_product(As, Bs, acc, t);
         __syncthreads();
     }
 
     /* Epilogue: bias, optional ReLU, store. Row m = (n, p) goes to y[n, k, p]. */
 UNROLL
-    for (int i = 0; i < TM; ++i) {
-        int m = m0 + tx + i * THREADS_M;
-        if (m < M) {
+    for (int e = 0; e < GEMM_ACC; ++e) {
+        int m = m0 + gemm_row(t, e), k = n0 + gemm_col(t, e);
+        if (m < M && k < K) {
             int n = m / OHW, p = m - n * OHW;
-UNROLL
-            for (int j = 0; j < TN; ++j) {
-                int k = n0 + ty + j * THREADS_N;
-                if (k < K) {
-                    float v = acc[i * TN + j] + bias[k];
-                    y[(n * K + k) * OHW + p] = relu ? fmaxf(v, 0.0f) : v;
-                }
-            }
+            float v = acc[e] + bias[k];
+            y[(n * K + k) * OHW + p] = relu ? fmaxf(v, 0.0f) : v;
         }
     }
 }
@@ -217,7 +165,7 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_input(
     __shared__ float Bs[BK * LDB];
     const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW, HW = H * W;
     const int M = batch * HW, KG = K * FF;
-    const int t = threadIdx.x, tx = t % THREADS_M, ty = t / THREADS_M;
+    const int t = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
 
     const int a_row = t % BM, a_col = t / BM;
@@ -232,8 +180,8 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_input(
     }
     const int b_kk = t % BK, b_col = t / BK;
 
-    float acc[TM * TN];
-    zero_accumulators(acc);
+    float acc[GEMM_ACC];
+    gemm_zero(acc);
 
     for (int k0 = 0; k0 < KG; k0 += BK) {
 UNROLL
@@ -258,20 +206,16 @@ UNROLL
             Bs[b_kk * LDB + col] = v;
         }
         __syncthreads();
-        multiply_tiles(As, Bs, acc, tx, ty);
+        gemm_tile_product(As, Bs, acc, t);
         __syncthreads();
     }
 
 UNROLL
-    for (int i = 0; i < TM; ++i) {
-        int m = m0 + tx + i * THREADS_M;
-        if (m < M) {
+    for (int e = 0; e < GEMM_ACC; ++e) {
+        int m = m0 + gemm_row(t, e), c = n0 + gemm_col(t, e);
+        if (m < M && c < C) {
             int n = m / HW, p = m - n * HW;
-UNROLL
-            for (int j = 0; j < TN; ++j) {
-                int c = n0 + ty + j * THREADS_N;
-                if (c < C) dx[(n * C + c) * HW + p] = acc[i * TN + j];
-            }
+            dx[(n * C + c) * HW + p] = acc[e];
         }
     }
 }
@@ -297,14 +241,14 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_params(
     __shared__ float Bs[BK * LDB];
     const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW, HW = H * W;
     const int J = C * FF + 1, P = batch * OHW;
-    const int t = threadIdx.x, tx = t % THREADS_M, ty = t / THREADS_M;
+    const int t = threadIdx.x;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN, z = blockIdx.z;
     const int p_begin = z * chunk, p_end = min(p_begin + chunk, P);
 
     const int l_p = t % BK, l_col = t / BK;   /* both loaders: reduction index, tile column */
 
-    float acc[TM * TN];
-    zero_accumulators(acc);
+    float acc[GEMM_ACC];
+    gemm_zero(acc);
 
     for (int k0 = p_begin; k0 < p_end; k0 += BK) {
         int p = k0 + l_p;
@@ -335,18 +279,14 @@ UNROLL
             Bs[l_p * LDB + col] = (p_live && k < K) ? dy[dy_base + k * OHW] : 0.0f;
         }
         __syncthreads();
-        multiply_tiles(As, Bs, acc, tx, ty);
+        gemm_tile_product(As, Bs, acc, t);
         __syncthreads();
     }
 
 UNROLL
-    for (int i = 0; i < TM; ++i) {
-        int j = m0 + tx + i * THREADS_M;
-UNROLL
-        for (int jj = 0; jj < TN; ++jj) {
-            int k = n0 + ty + jj * THREADS_N;
-            if (j < J && k < K) partial[(z * K + k) * J + j] = acc[i * TN + jj];
-        }
+    for (int e = 0; e < GEMM_ACC; ++e) {
+        int j = m0 + gemm_row(t, e), k = n0 + gemm_col(t, e);
+        if (j < J && k < K) partial[(z * K + k) * J + j] = acc[e];
     }
 }
 

@@ -42,30 +42,48 @@ def opencl_device():
     return get_device("opencl", opencl_platform="pocl")
 
 
-def _cuda_or_skip(kernels: str):
-    """The ``cuda`` device with the given kernels, or a skip that says why there is none."""
+def _cuda_or_skip(kernels: str, math: str):
+    """The ``cuda`` device with the given kernels and math, or a skip that says why there is none."""
     from cunet.device import DeviceUnavailableError, get_device
 
     try:
-        return get_device("cuda", kernels=kernels)
+        return get_device("cuda", kernels=kernels, math=math)
     except DeviceUnavailableError as exc:
         pytest.skip(f"no GPU for the cuda tests: {str(exc).split('. ')[0]}")
+    except ValueError as exc:  # a GPU without TF32 tensor cores
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
 def cuda_device():
-    """``cuda`` with the CUDA C kernels (skipped without a GPU)."""
-    return _cuda_or_skip("cuda")
+    """``cuda`` with the CUDA C kernels, convolutions in FP32 (skipped without a GPU)."""
+    return _cuda_or_skip("cuda", "fp32")
 
 
 @pytest.fixture(scope="session")
 def cuda_numba_device():
     """``cuda`` with the Numba CUDA alternates for the memory-bound ops (skipped without a GPU)."""
-    return _cuda_or_skip("numba")
+    return _cuda_or_skip("numba", "fp32")
+
+
+@pytest.fixture(scope="session")
+def cuda_tf32_device():
+    """``cuda`` with the convolutions on TF32 tensor cores (skipped without a GPU of sm_80 or newer)."""
+    return _cuda_or_skip("cuda", "tf32")
+
+
+@pytest.fixture(scope="session")
+def opencl_tf32_device():
+    """PoCL running the tensor-core kernels' emulation (TF32 rounding, fragments by value)."""
+    from cunet.device import get_device
+
+    return get_device("opencl", opencl_platform="pocl", math="tf32")
 
 
 CUDA = pytest.mark.cuda
 GPU_RUNTIMES = ["opencl", pytest.param("cuda", marks=CUDA), pytest.param("cuda-numba", marks=CUDA)]
+FIXTURES = {"opencl": "opencl_device", "opencl-tf32": "opencl_tf32_device", "cuda": "cuda_device",
+            "cuda-numba": "cuda_numba_device", "cuda-tf32": "cuda_tf32_device"}
 
 
 def _named_device(request, name: str):
@@ -73,13 +91,20 @@ def _named_device(request, name: str):
         from cunet.device import get_device
 
         return get_device("cpu")
-    fixture = {"opencl": "opencl_device", "cuda": "cuda_device", "cuda-numba": "cuda_numba_device"}[name]
-    return request.getfixturevalue(fixture)
+    return request.getfixturevalue(FIXTURES[name])
 
 
 @pytest.fixture(scope="session", params=["cpu", *GPU_RUNTIMES])
 def device(request):
     """Each kernel test runs on the NumPy/Numba path, on PoCL, and on a GPU where there is one."""
+    return _named_device(request, request.param)
+
+
+@pytest.fixture(scope="session", params=["cpu", "opencl", "opencl-tf32", pytest.param("cuda", marks=CUDA),
+                                         pytest.param("cuda-tf32", marks=CUDA)])
+def gemm_device(request):
+    """The GEMM ops' tests (conv2d, up-conv) run in both math modes: FP32 and TF32 tensor cores
+    (emulated on PoCL, real on a GPU of sm_80 or newer). Compare with helpers.gemm_reference_inputs."""
     return _named_device(request, request.param)
 
 

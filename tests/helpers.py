@@ -1,10 +1,12 @@
-"""Helpers for the kernel tests: running code under Oclgrind and the Numba CUDA simulator."""
+"""Helpers for the kernel tests: running code under Oclgrind, and the GEMM ops' operands as TF32 rounds them."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from cunet.ops.gemm import round_to_tf32 as tf32  # noqa: F401  (the tests' name for it)
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -14,7 +16,14 @@ ROOT = TESTS.parent
 OCLGRIND_ERROR_WORDS = ("Invalid", "race", "error", "Error", "divergence", "Uninitialized")
 
 
-def run_under_oclgrind(test_module: str, case: str, tmp_path: Path, timeout: float = 240) -> str:
+def gemm_reference_inputs(device, *arrays):
+    """The GEMM ops' operands as the device multiplies them: rounded to TF32 where its math is
+    tf32 (the reference then sums them exactly, in float64), unchanged otherwise."""
+    tf32_math = device.runtime is not None and device.runtime.math == "tf32"
+    return tuple(tf32(a) if tf32_math else a for a in arrays)
+
+
+def run_under_oclgrind(test_module: str, case: str, tmp_path: Path, timeout: float = 240, math: str = "fp32") -> str:
     """Run ``case(device)`` from ``tests/<test_module>.py`` on Oclgrind; return its log.
 
     Oclgrind reads its settings from the environment when it loads, so the case runs in
@@ -24,7 +33,7 @@ def run_under_oclgrind(test_module: str, case: str, tmp_path: Path, timeout: flo
     env = dict(os.environ, OCLGRIND_DATA_RACES="1", OCLGRIND_LOG=str(log), PYTHONPATH=str(TESTS))
     code = (
         f"from cunet.device import get_device\nimport {test_module} as m\n"
-        f"m.{case}(get_device('opencl', opencl_platform='oclgrind'))\n"
+        f"m.{case}(get_device('opencl', opencl_platform='oclgrind', math={math!r}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     text = log.read_text() if log.exists() else ""

@@ -199,21 +199,25 @@ def test_gpu_model_conv3x3_cost_by_hand():
     FLOPs: 128 * 8 * 8 outputs, each 64 * 3 * 3 = 576 multiply-adds: 2 * 8192 * 576 = 9,437,184.
     Bytes: x 6,400 + w 73,728 + b 128 + y 8,192 floats = 88,448 floats = 353,792 bytes.
     A100 (19.5 TFLOP/s, 1,555 GB/s): 0.484 us of arithmetic vs 0.228 us of traffic: compute-bound.
+    With TF32 tensor cores (156 TFLOP/s) the arithmetic takes 0.0605 us: the same launch is memory-bound.
     """
     from benchmarks import gpu_model
     from benchmarks.harness import GPU_SPECS
-    from cunet.ops.conv2d import CONV2D_CU
+    from cunet.ops.gemm import TILE_CONFIGS, gemm_module
 
     M = gpu_model.MetaArray
     args = (M((1, 64, 10, 10)), M((128, 64, 3, 3)), M((128,)), M((1, 128, 8, 8))) + tuple(
         np.int32(v) for v in (1, 64, 10, 10, 128, 1))
-    launch = gpu_model.Launch(CONV2D_CU[("128x64", 3)], "conv2d_forward", (1, 2, 1), (128, 1, 1), args)
-    flops, nbytes = gpu_model.cost(launch)
-    assert flops == 9_437_184
-    assert nbytes == 353_792
     a100 = GPU_SPECS["A100 40GB"]
-    t = gpu_model.roofline_seconds(flops, nbytes, a100["gflops"], a100["gbps"])
-    assert math.isclose(t, 9_437_184 / 19.5e12)
+    for math_mode, peak in (("fp32", 19.5e12), ("tf32", 156e12)):
+        module = gemm_module("conv2d.cu", TILE_CONFIGS[0], math_mode, FILTER=3)
+        launch = gpu_model.Launch(module, "conv2d_forward", (1, 2, 1), (128, 1, 1), args)
+        flops, nbytes = gpu_model.cost(launch)
+        assert flops == 9_437_184
+        assert nbytes == 353_792
+        assert gpu_model.compute_peak(launch, a100) * 1e9 == peak   # TF32 modules at the tensor-core peak
+        t = gpu_model.roofline_seconds(flops, nbytes, gpu_model.compute_peak(launch, a100), a100["gbps"])
+        assert math.isclose(t, max(9_437_184 / peak, nbytes / 1.555e12))
     assert math.isclose(nbytes / 1.555e12, 2.275e-7, rel_tol=1e-3)
 
 

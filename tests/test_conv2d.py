@@ -7,6 +7,12 @@ any order (Higham, "Accuracy and Stability of Numerical Algorithms", eq. 3.5):
 |computed - exact| <= gamma_n * sum |a_i b_i|, gamma_n ~ n * 2^-24. It holds for every
 summation order, with or without fused multiply-adds, so a correct kernel never fails it,
 while a dropped or repeated term (error ~ |a_i b_i|) is far outside it.
+
+In TF32 (the tensor-core kernels, emulated on PoCL: ``gemm_device``) the operands are
+rounded to 10 mantissa bits before they are multiplied, and the products (11 x 11
+significant bits) are exact in float32: so the reference rounds its inputs the same way
+(helpers.tf32) and the float32 accumulation bound above holds unchanged. A skipped
+rounding is then an error of ~2^-11 relative per term, hundreds of times the bound.
 """
 import numpy as np
 import pytest
@@ -16,8 +22,10 @@ from hypothesis import strategies as st
 import cunet.ops.conv2d as conv2d_module
 import cunet.ops.winograd as winograd_module
 from cunet.ops import conv2d_backward_input, conv2d_backward_params, conv2d_forward
-from cunet.ops.conv2d import CPU_ALGORITHMS, TILE_CONFIGS, backward_params_split, tile_config
-from helpers import assert_oclgrind_clean, run_under_oclgrind
+import cunet.ops.gemm as gemm_module
+from cunet.ops.conv2d import CPU_ALGORITHMS
+from cunet.ops.gemm import split_k, tile_config
+from helpers import assert_oclgrind_clean, gemm_reference_inputs, run_under_oclgrind
 
 EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff u = 2^-24
 
@@ -137,10 +145,10 @@ def test_winograd_code_matches_its_documented_matrices():
 
 
 # --- shapes -------------------------------------------------------------------------------------
-# Channel counts that land on every tile shape (64x4: <= 4, 64x16: <= 16, 128x64: more),
+# Channel counts that land on every tile shape (64x8: <= 8, 64x16: <= 16, 128x64: more),
 # on both sides of each tile edge; output sizes from 1x1 up, so M = N*OH*OW is rarely a
 # multiple of any BM; C from 1 (the U-Net's first layer) up.
-channels = st.one_of(st.sampled_from([1, 2, 4, 5, 16, 17, 64, 65]), st.integers(1, 70))
+channels = st.one_of(st.sampled_from([1, 2, 8, 9, 16, 17, 64, 65]), st.integers(1, 70))
 in_channels = st.one_of(st.just(1), st.integers(1, 20))
 
 
@@ -154,7 +162,7 @@ def conv_shapes(draw, max_out=9):
 
 
 # Hypothesis draws the shapes; these examples make sure that, whatever it draws, every op
-# runs every (tile shape, filter size) kernel module: columns 2, 16 and 17 pick the 64x4,
+# runs every (tile shape, filter size) kernel module: columns 2, 16 and 17 pick the 64x8,
 # 64x16 and 128x64 tiles, with several blocks along M.
 def every_module(columns_at, **other_arguments):
     """Decorator: one @example per (columns, R); columns_at is the index of N_gemm in the shape."""
@@ -182,9 +190,11 @@ def random_case(seed, shape, dtype=np.float32):
 # --- forward --------------------------------------------------------------------------------------
 @given(shape=conv_shapes(), relu=st.booleans(), seed=st.integers(0, 2**32 - 1))
 @every_module(columns_at=4, relu=True)
-def test_forward_matches_reference(device, shape, relu, seed):
+def test_forward_matches_reference(gemm_device, shape, relu, seed):
+    device = gemm_device
     x, w, b, _ = random_case(seed, shape)
     y = device.to_host(conv2d_forward(device.to_device(x), device.to_device(w), device.to_device(b), relu=relu))
+    x, w = gemm_reference_inputs(device, x, w)
     exact = forward_reference(x, w, b)
     abs_sum = forward_reference(np.abs(x), np.abs(w), np.abs(b))
     assert y.shape == exact.shape and y.dtype == np.float32
@@ -198,9 +208,11 @@ def test_forward_matches_reference(device, shape, relu, seed):
 # --- backward input ---------------------------------------------------------------------------------
 @given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
 @every_module(columns_at=1)
-def test_backward_input_matches_reference(device, shape, seed):
+def test_backward_input_matches_reference(gemm_device, shape, seed):
+    device = gemm_device
     _, w, _, dy = random_case(seed, shape)
     dx = device.to_host(conv2d_backward_input(device.to_device(dy), device.to_device(w)))
+    dy, w = gemm_reference_inputs(device, dy, w)
     exact = backward_input_reference(dy, w)
     abs_sum = backward_input_reference(np.abs(dy), np.abs(w))
     N, C, H, W, K, R = shape
@@ -209,15 +221,17 @@ def test_backward_input_matches_reference(device, shape, seed):
 
 
 # --- backward params ------------------------------------------------------------------------------
-@given(shape=conv_shapes(), min_chunk=st.sampled_from([8, 40, conv2d_module.BWD_MIN_CHUNK]),
+@given(shape=conv_shapes(), min_chunk=st.sampled_from([8, 40, gemm_module.SPLIT_MIN_CHUNK]),
        seed=st.integers(0, 2**32 - 1))
 @every_module(columns_at=4, min_chunk=8)
-def test_backward_params_matches_reference(device, shape, min_chunk, seed):
+def test_backward_params_matches_reference(gemm_device, shape, min_chunk, seed):
     """Also with short chunks, so that tiny shapes split the reduction over several blocks."""
+    device = gemm_device
     x, _, _, dy = random_case(seed, shape)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conv2d_module, "BWD_MIN_CHUNK", min_chunk)
+        patch.setattr(gemm_module, "SPLIT_MIN_CHUNK", min_chunk)
         dw, db = (device.to_host(a) for a in conv2d_backward_params(device.to_device(x), device.to_device(dy)))
+    x, dy = gemm_reference_inputs(device, x, dy)
     exact_w, exact_b = backward_params_reference(x, dy)
     abs_w, abs_b = backward_params_reference(np.abs(x), np.abs(dy))
     N, C, H, W, K, R = shape
@@ -229,9 +243,9 @@ def test_backward_params_matches_reference(device, shape, min_chunk, seed):
 
 def test_backward_params_is_deterministic_with_many_splits(device, monkeypatch):
     """Split-then-sum in a fixed order: two runs agree bit for bit (no atomics anywhere)."""
-    monkeypatch.setattr(conv2d_module, "BWD_MIN_CHUNK", 16)
+    monkeypatch.setattr(gemm_module, "SPLIT_MIN_CHUNK", 16)
     x, _, _, dy = random_case(7, (2, 3, 12, 13, 5, 3))
-    assert backward_params_split(2 * 10 * 11, 3 * 9 + 1, 5, tile_config(5))[0] > 5
+    assert split_k(2 * 10 * 11, 3 * 9 + 1, 5, tile_config(5))[0] > 5
     runs = [[device.to_host(a) for a in conv2d_backward_params(device.to_device(x), device.to_device(dy))]
             for _ in range(2)]
     for first, second in zip(*runs):
@@ -467,25 +481,6 @@ def test_cpu_memory_is_bounded(algorithm):
             assert peak <= result_bytes + extra + allowance, (algorithm, peak, result_bytes)
 
 
-# --- host-side choices ----------------------------------------------------------------------------
-def test_tile_config_picks_the_narrowest_fitting_tile():
-    assert [tile_config(n).BN for n in (1, 2, 4, 5, 16, 17, 64, 1024)] == [4, 4, 4, 16, 16, 64, 64, 64]
-    for cfg in TILE_CONFIGS:  # the constraints kernels/conv2d.cu's #error lines enforce
-        assert cfg.threads % cfg.BM == 0 and cfg.threads % cfg.BK == 0
-        assert (cfg.BM * cfg.BK) % cfg.threads == 0 and (cfg.BN * cfg.BK) % cfg.threads == 0
-
-
-@pytest.mark.parametrize("pixels,rows,cols", [(1, 10, 16), (100, 10, 2), (324900, 145, 16), (324900, 577, 64),
-                                              (784, 9217, 1024), (18496, 2305, 256)])
-def test_backward_params_split_covers_every_pixel_once(pixels, rows, cols):
-    cfg = tile_config(cols)
-    splits, chunk = backward_params_split(pixels, rows, cols, cfg)
-    assert chunk % cfg.BK == 0 and splits >= 1
-    assert (splits - 1) * chunk < pixels <= splits * chunk           # no empty chunk, none missing
-    assert splits == 1 or chunk >= conv2d_module.BWD_MIN_CHUNK // 2  # never tiny chunks
-    assert splits * rows * cols <= 2 * conv2d_module.BWD_TARGET_BLOCKS * cfg.BM * cfg.BN or splits == 1
-
-
 # --- bad input ----------------------------------------------------------------------------------------
 def test_bad_input(device, rng):
     to = device.to_device
@@ -540,36 +535,40 @@ def test_bad_input(device, rng):
             call()
 
 
-# --- Oclgrind: every kernel, both the wide and a narrow tile, tiny shapes ----------------------
+# --- Oclgrind: every kernel, the wide and the narrow tiles, tiny shapes, FP32 and TF32 -----------
+# Columns 17, 16 and 2 pick the 128x64, 64x16 and 64x8 tiles: in TF32 each runs the
+# tensor-core main loop (its fragment loads from the shared tiles, under race detection).
 def oclgrind_case_forward(device):
-    """Wide tile (K = 17) and narrow tile (K = 2), ragged M, ReLU on and off."""
-    for shape, relu in (((1, 2, 5, 6, 17, 3), True), ((2, 3, 4, 5, 2, 1), False)):
+    """Wide and narrow tiles, ragged M, ReLU on and off."""
+    for shape, relu in (((1, 2, 5, 6, 17, 3), True), ((1, 2, 4, 5, 16, 3), False), ((2, 3, 4, 5, 2, 1), False)):
         x, w, b, _ = random_case(1, shape)
         y = device.to_host(conv2d_forward(device.to_device(x), device.to_device(w), device.to_device(b), relu=relu))
-        exact = forward_reference(x, w, b)
+        exact = forward_reference(*gemm_reference_inputs(device, x, w), b)
         np.testing.assert_allclose(y, np.maximum(exact, 0) if relu else exact, rtol=1e-4, atol=1e-4)
 
 
 def oclgrind_case_backward_input(device):
-    """Wide tile (C = 17) and narrow tile (C = 3); dy read across its zero-padded border."""
-    for shape in ((1, 17, 5, 4, 2, 3), (2, 3, 5, 6, 4, 3)):
+    """Wide and narrow tiles; dy read across its zero-padded border."""
+    for shape in ((1, 17, 5, 4, 2, 3), (1, 16, 4, 5, 3, 3), (2, 3, 5, 6, 4, 3)):
         _, w, _, dy = random_case(2, shape)
         dx = device.to_host(conv2d_backward_input(device.to_device(dy), device.to_device(w)))
-        np.testing.assert_allclose(dx, backward_input_reference(dy, w), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dx, backward_input_reference(*gemm_reference_inputs(device, dy, w)),
+                                   rtol=1e-4, atol=1e-4)
 
 
 def oclgrind_case_backward_params(device):
-    """Both kernels (partials and their sum), several splits, a short last chunk, both tiles."""
-    conv2d_module.BWD_MIN_CHUNK = 16  # this runs in a fresh interpreter: no need to restore
-    for shape in ((1, 2, 6, 7, 17, 3), (2, 3, 4, 5, 2, 1)):
+    """Both kernels (partials and their sum), several splits, a short last chunk, every tile."""
+    gemm_module.SPLIT_MIN_CHUNK = 16  # this runs in a fresh interpreter: no need to restore
+    for shape in ((1, 2, 6, 7, 17, 3), (1, 2, 5, 6, 16, 3), (2, 3, 4, 5, 2, 1)):
         x, _, _, dy = random_case(3, shape)
         dw, db = (device.to_host(a) for a in conv2d_backward_params(device.to_device(x), device.to_device(dy)))
-        exact_w, exact_b = backward_params_reference(x, dy)
+        exact_w, exact_b = backward_params_reference(*gemm_reference_inputs(device, x, dy))
         np.testing.assert_allclose(dw, exact_w, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(db, exact_b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.oclgrind
+@pytest.mark.parametrize("math", ["fp32", "tf32"])
 @pytest.mark.parametrize("case", ["oclgrind_case_forward", "oclgrind_case_backward_input", "oclgrind_case_backward_params"])
-def test_conv2d_under_oclgrind(case, tmp_path):
-    assert_oclgrind_clean(run_under_oclgrind("test_conv2d", case, tmp_path))
+def test_conv2d_under_oclgrind(case, math, tmp_path):
+    assert_oclgrind_clean(run_under_oclgrind("test_conv2d", case, tmp_path, math=math))

@@ -4,7 +4,10 @@ Tolerances come from the float32 error bound for a sum of R products (Higham, "A
 and Stability of Numerical Algorithms", 3.1): |fl(s) - s| <= gamma_R * sum |x_i y_i|,
 gamma_R ~ R * 2^-24. The references compute both s and sum |x_i y_i| in float64, so each
 element is checked against its own bound: tight where the terms are small, never flaky,
-and far below the O(1) error of a wrong index.
+and far below the O(1) error of a wrong index. In TF32 (``gemm_device``'s tf32 devices) the
+GEMM operands are rounded first, as the kernels' tensor-core loads do, and the same bound
+holds for the float32 sums of the (exact) products; the bias gradient is a plain float32
+reduction of dy, not a GEMM, and is compared unrounded.
 """
 import numpy as np
 import pytest
@@ -12,16 +15,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cunet.ops import upconv2x2_backward_input, upconv2x2_backward_params, upconv2x2_forward
-from cunet.ops import upconv as upconv_module
-from helpers import assert_oclgrind_clean, run_under_oclgrind
+import cunet.ops.gemm as gemm_module
+from helpers import assert_oclgrind_clean, gemm_reference_inputs, run_under_oclgrind
 
 EPS32 = 2.0**-24
 
 # (N, C, H, W, K): 1x1 inputs, odd widths, channel counts on both sides of the 64-wide
 # tiles (C up to 70 for backward_input's rows, 4K up to 160 for the forward's), batch to 3.
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 70), st.integers(1, 4), st.integers(1, 7), st.integers(1, 40))
-# Fixed shapes that sit exactly on and just past the tile edges (TILE_M = TILE_N = 64, TILE_K = 8).
-EDGE_SHAPES = [(1, 1, 1, 1, 1), (1, 64, 2, 4, 16), (2, 65, 3, 5, 17), (1, 8, 8, 8, 2), (3, 9, 1, 1, 33)]
+# Fixed shapes on and just past the tile edges: columns (4K forward and weight gradient, C
+# backward input) of 4, 8, 16, 17, 64, 65 pick the 64x8, 64x16 and 128x64 tiles.
+EDGE_SHAPES = [(1, 1, 1, 1, 1), (1, 64, 2, 4, 16), (2, 65, 3, 5, 17), (1, 8, 8, 8, 2), (3, 9, 1, 1, 33),
+               (1, 16, 4, 4, 4), (2, 17, 3, 3, 4)]
 
 
 def upconv_reference(x, w, b):
@@ -83,24 +88,25 @@ def check_all(device, shape, seed):
     N, C, H, W, K = shape
     xd, wd, dyd = device.to_device(x), device.to_device(w), device.to_device(dy)
     y = device.to_host(upconv2x2_forward(xd, wd, device.to_device(b)))
-    assert_within_bound(y, *upconv_reference(x, w, b), terms=C)
+    assert_within_bound(y, *upconv_reference(*gemm_reference_inputs(device, x, w), b), terms=C)
     dx = device.to_host(upconv2x2_backward_input(dyd, wd))
-    assert_within_bound(dx, *backward_input_reference(dy, w), terms=4 * K)
+    assert_within_bound(dx, *backward_input_reference(*gemm_reference_inputs(device, dy, w)), terms=4 * K)
     dw, db = (device.to_host(a) for a in upconv2x2_backward_params(xd, dyd))
-    dw_ref, dw_abs, db_ref, db_abs = backward_params_reference(x, dy)
+    dw_ref, dw_abs, _, _ = backward_params_reference(*gemm_reference_inputs(device, x, dy))
+    _, _, db_ref, db_abs = backward_params_reference(x, dy)
     # dw on a device is a split sum: (splits) partial sums then their sum, within the same bound.
     assert_within_bound(dw, dw_ref, dw_abs, terms=N * H * W)
     assert_within_bound(db, db_ref, db_abs, terms=4 * N * H * W)
 
 
 @given(shape=shapes, seed=st.integers(0, 2**32 - 1))
-def test_upconv_matches_reference(device, shape, seed):
-    check_all(device, shape, seed)
+def test_upconv_matches_reference(gemm_device, shape, seed):
+    check_all(gemm_device, shape, seed)
 
 
 @pytest.mark.parametrize("shape", EDGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_upconv_tile_edges(device, shape):
-    check_all(device, shape, seed=sum(shape))
+def test_upconv_tile_edges(gemm_device, shape):
+    check_all(gemm_device, shape, seed=sum(shape))
 
 
 def test_upconv_at_unet_bottom_shape_on_cpu(rng):
@@ -113,11 +119,12 @@ def test_upconv_at_unet_bottom_shape_on_cpu(rng):
         np.testing.assert_allclose(y[0, k, r, s], expected, rtol=1e-4, atol=1e-4)  # 256-term float32 sums
 
 
-def test_weight_gradient_split_is_deterministic_and_split(opencl_device):
+def test_weight_gradient_split_is_deterministic_and_split(opencl_device, monkeypatch):
     """Several pixel splits (chunks crossing image boundaries), bitwise the same on a second run."""
-    shape = (2, 5, 3, 7, 3)  # 42 pixels, one tile: split into chunks of 8
-    splits, chunk = upconv_module.split_pixels(5, 3, 2 * 3 * 7)
-    assert splits > 1 and chunk % upconv_module.TILE_K == 0 and (splits - 1) * chunk < 42 <= splits * chunk
+    monkeypatch.setattr(gemm_module, "SPLIT_MIN_CHUNK", 8)
+    shape = (2, 5, 3, 7, 3)  # 42 pixels, one tile: split into chunks of 16 (BK of the 64x16 tile)
+    splits, chunk = gemm_module.split_k(42, 5, 12, gemm_module.tile_config(12))
+    assert splits > 1 and (splits - 1) * chunk < 42 <= splits * chunk
     x, _, _, dy = random_case(np.random.default_rng(7), shape)
     dev = opencl_device
     runs = [[dev.to_host(a) for a in upconv2x2_backward_params(dev.to_device(x), dev.to_device(dy))] for _ in range(2)]
@@ -125,13 +132,6 @@ def test_weight_gradient_split_is_deterministic_and_split(opencl_device):
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
     dw_ref, dw_abs, _, _ = backward_params_reference(x, dy)
     assert_within_bound(runs[0][0], dw_ref, dw_abs, terms=42)
-
-
-@pytest.mark.parametrize("C, K, pixels", [(5, 3, 42), (1024, 512, 784), (128, 64, 38416), (1, 1, 1), (64, 16, 100000)])
-def test_split_pixels_covers_every_pixel_once(C, K, pixels):
-    splits, chunk = upconv_module.split_pixels(C, K, pixels)
-    assert chunk % upconv_module.TILE_K == 0 and chunk > 0
-    assert (splits - 1) * chunk < pixels <= splits * chunk  # no empty split, nothing left over
 
 
 def test_upconv_gradients_match_finite_differences(rng):
@@ -185,19 +185,22 @@ def test_upconv_bad_input(device):
 
 
 def oclgrind_case_upconv(device):
-    """Every kernel on shapes with ragged tiles: 2 row tiles (4K = 68), several reduction steps
-    (C = 9, 4K = 68), pixel splits and their sum, and one bias block per k."""
-    x, w, b, dy = random_case(np.random.default_rng(0), (1, 9, 3, 5, 17))
-    xd, wd, dyd = device.to_device(x), device.to_device(w), device.to_device(dy)
-    device.to_host(upconv2x2_forward(xd, wd, device.to_device(b)))
-    device.to_host(upconv2x2_backward_input(dyd, wd))
-    [device.to_host(a) for a in upconv2x2_backward_params(xd, dyd)]
+    """Every kernel on shapes with ragged tiles: 2 row tiles, several reduction steps
+    (C = 9, 4K = 68), pixel splits and their sum, one bias block per k; and the 64x16 tile."""
+    gemm_module.SPLIT_MIN_CHUNK = 8  # this runs in a fresh interpreter: no need to restore
+    for shape in ((1, 9, 3, 5, 17), (1, 16, 2, 3, 4)):
+        x, w, b, dy = random_case(np.random.default_rng(0), shape)
+        xd, wd, dyd = device.to_device(x), device.to_device(w), device.to_device(dy)
+        y = device.to_host(upconv2x2_forward(xd, wd, device.to_device(b)))
+        np.testing.assert_allclose(y, upconv_reference(*gemm_reference_inputs(device, x, w), b)[0], rtol=1e-4, atol=1e-4)
+        device.to_host(upconv2x2_backward_input(dyd, wd))
+        [device.to_host(a) for a in upconv2x2_backward_params(xd, dyd)]
     # One split, so each block runs several reduction steps (the split path ran one each).
-    upconv_module.TARGET_BLOCKS = 1
-    assert upconv_module.split_pixels(9, 17, 15)[0] == 1
+    gemm_module.SPLIT_TARGET_BLOCKS = 1
     device.to_host(upconv2x2_backward_params(xd, dyd)[0])
 
 
 @pytest.mark.oclgrind
-def test_upconv_under_oclgrind(tmp_path):
-    assert_oclgrind_clean(run_under_oclgrind("test_upconv", "oclgrind_case_upconv", tmp_path))
+@pytest.mark.parametrize("math", ["fp32", "tf32"])
+def test_upconv_under_oclgrind(math, tmp_path):
+    assert_oclgrind_clean(run_under_oclgrind("test_upconv", "oclgrind_case_upconv", tmp_path, math=math))

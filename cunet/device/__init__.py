@@ -19,7 +19,7 @@ import numpy as np
 
 from .runtime import DeviceUnavailableError, HostStepTimer, Runtime
 
-__all__ = ["Device", "DeviceUnavailableError", "Runtime", "get_device", "runtime_of", "DEVICE_NAMES"]
+__all__ = ["Device", "DeviceUnavailableError", "Runtime", "choose_math", "get_device", "runtime_of", "DEVICE_NAMES", "MATHS", "add_math_argument"]
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "opencl")
 
@@ -68,30 +68,69 @@ class Device:
         return f"{text}; {self.reason}" if self.reason else text
 
 
-def get_device(name: str = "auto", *, kernels: str = "cuda", opencl_platform: str = "pocl") -> Device:
+def get_device(name: str = "auto", *, kernels: str = "cuda", opencl_platform: str = "pocl",
+               math: str | None = None) -> Device:
     """Create the device called ``name``.
 
     ``auto`` picks ``cuda`` where CuPy finds a GPU, else ``cpu``, and records why in
     ``Device.reason``. ``cuda`` without a usable GPU raises DeviceUnavailableError naming
     the cause and ``--device cpu``. ``kernels`` ('cuda' or 'numba') picks the CUDA C kernels
-    or the Numba alternates for the memory-bound ops on ``cuda``.
+    or the Numba alternates for the memory-bound ops on ``cuda``. ``math`` ('fp32', 'tf32'
+    or None for the device's default) is how the convolutions multiply: see
+    :func:`choose_math`.
     """
     if name not in DEVICE_NAMES:
         raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_NAMES)}")
     if name == "cpu":
-        return Device("cpu")
-    if name == "opencl":
+        device = Device("cpu")
+    elif name == "opencl":
         from .opencl import OpenCLRuntime
 
-        return Device("opencl", _remember(OpenCLRuntime(opencl_platform)))
-    from .cuda import CudaRuntime
+        device = Device("opencl", _remember(OpenCLRuntime(opencl_platform)))
+    else:
+        from .cuda import CudaRuntime
 
-    if name == "cuda":
-        return Device("cuda", _remember(CudaRuntime(kernels)))
-    try:  # auto
-        return Device("cuda", _remember(CudaRuntime(kernels)), reason="auto: CuPy found a GPU")
-    except DeviceUnavailableError as exc:
-        return Device("cpu", reason=f"auto: no GPU ({str(exc).split('(')[0].strip()})")
+        try:
+            device = Device("cuda", _remember(CudaRuntime(kernels)), reason="auto: CuPy found a GPU" if name == "auto" else "")
+        except DeviceUnavailableError as exc:
+            if name == "cuda":
+                raise
+            device = Device("cpu", reason=f"auto: no GPU ({str(exc).split('(')[0].strip()})")
+    choose_math(device, math)
+    return device
+
+
+MATHS = ("fp32", "tf32")
+
+
+def add_math_argument(parser) -> None:
+    """The ``--math`` option every program that runs the convolutions shares."""
+    parser.add_argument("--math", choices=MATHS, help="how convolutions multiply: tf32 on tensor cores or fp32 "
+                                                      "(default: tf32 on a GPU of sm_80 or newer, as cuDNN does; else fp32)")
+
+
+def choose_math(device: Device, math: str | None) -> None:
+    """Set how the device's GEMM kernels multiply: ``fp32`` (CUDA cores) or ``tf32`` (tensor cores).
+
+    The default follows cuDNN and PyTorch for convolutions: tf32 on a GPU with TF32 tensor
+    cores (sm_80 and newer), fp32 elsewhere. opencl runs fp32 unless asked, and then the
+    tensor-core kernels' emulation (bit-exact TF32 rounding; for tests). The cpu device
+    computes in FP32 (or float64) and refuses tf32.
+    """
+    if math is not None and math not in MATHS:
+        raise ValueError(f"--math must be one of {', '.join(MATHS)}, got {math!r}")
+    if device.runtime is None:
+        if math == "tf32":
+            raise ValueError("--math tf32 runs on a kernel runtime (cuda on sm_80 and newer, or opencl's emulation); "
+                             "the cpu device computes in FP32: use --math fp32 or leave it out")
+        return
+    if device.name == "cuda":
+        sm = device.runtime.compute_capability()
+        if math == "tf32" and sm < 80:
+            raise ValueError(f"--math tf32 needs TF32 tensor cores (sm_80 and newer); this GPU is sm_{sm}: use --math fp32")
+        device.runtime.math = math or ("tf32" if sm >= 80 else "fp32")
+    else:
+        device.runtime.math = math or "fp32"
 
 
 def _remember(runtime: Runtime) -> Runtime:

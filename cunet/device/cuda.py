@@ -77,11 +77,16 @@ class CudaRuntime(Runtime):
         self._modules: dict[KernelModule, object] = {}
 
     def describe(self) -> str:
-        """One line naming the GPU and which kernel implementations run."""
+        """One line naming the GPU, which kernel implementations run and how the convolutions multiply."""
         props = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         flavour = "Numba alternates for memory-bound ops" if self.use_numba_kernels else "CUDA C kernels"
-        return f"cuda ({name}, {flavour})"
+        math = "TF32 tensor cores" if self.math == "tf32" else "FP32 CUDA cores"
+        return f"cuda ({name}, sm_{self.compute_capability()}, {flavour}, convolutions on {math})"
+
+    def compute_capability(self) -> int:
+        """The current GPU's compute capability as a number: 80 for sm_80."""
+        return int(self.cupy.cuda.Device().compute_capability)
 
     def owns(self, array) -> bool:
         return isinstance(array, self.cupy.ndarray)

@@ -49,7 +49,8 @@ class OpenCLRuntime(Runtime):
 
     def describe(self) -> str:
         """One line naming the platform and device."""
-        return f"opencl ({self.platform}: {self.cl_device.name.strip()})"
+        math = ", convolutions in emulated TF32" if self.math == "tf32" else ""
+        return f"opencl ({self.platform}: {self.cl_device.name.strip()}{math})"
 
     def owns(self, array) -> bool:
         return isinstance(array, self._cl_array.Array) and array.context == self.context

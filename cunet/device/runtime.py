@@ -56,6 +56,9 @@ class Runtime:
     name = "abstract"
     #: True when the memory-bound ops should launch their Numba CUDA alternates.
     use_numba_kernels = False
+    #: How the GEMM kernels (conv2d, up-conv) multiply: "fp32" on CUDA cores or "tf32" on
+    #: tensor cores (cunet/ops/gemm.py). get_device sets it.
+    math = "fp32"
 
     def owns(self, array) -> bool:
         """Whether ``array`` is a device array of this runtime."""

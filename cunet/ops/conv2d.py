@@ -9,10 +9,10 @@ x[oh+r, ow+s] * w[r,s], the filter is not flipped.) With ``relu=True`` the forwa
 returns max(conv + b, 0): the ReLU costs nothing inside the GEMM epilogue. The autograd
 layer applies relu_backward(y, dy) before the backward ops when it was fused.
 
-cuda/opencl: kernels/conv2d.cu, three implicit GEMMs with shared-memory tiles and
-register blocking (the file's top comment explains the mapping). The tile shape is
-chosen here, by the GEMM's column count (:func:`tile_config`), and so is the split of the
-weight gradient's long reduction (:func:`backward_params_split`).
+cuda/opencl: kernels/conv2d.cu, three implicit GEMMs on the main loop of kernels/gemm.h
+(FP32 on CUDA cores, or TF32 on tensor cores: ``runtime.math``; the files' top comments
+explain the mapping). The tile shape is chosen by the GEMM's column count and the weight
+gradient's long reduction is split by the policy both GEMM ops share (cunet/ops/gemm.py).
 
 cpu: three algorithms, picked per layer by its shape (the "--- cpu" comment below says
 why). Layers with few channels (C*K <= CPU_DIRECT_MAX_CK: the U-Net's top levels, where
@@ -35,89 +35,20 @@ float32 and float64 both work on cpu (float64 for gradient checks).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numba import njit, prange
 
-from cunet.kernels import kernel_module
-
 from .common import INT32_LIMIT, ceil_div, check_float_array, check_same_device, check_same_dtype, grid_1d
+from .gemm import TileConfig, declare_modules, gemm_module, split_k, tile_config
 from .winograd import winograd_correlate, winograd_weight_grad
 
 FILTER_SIZES = (1, 3)
 
 
-# --- tile shapes and kernel modules ---------------------------------------------------------
-@dataclass(frozen=True)
-class TileConfig:
-    """A block tile of BM x BN outputs, reduced BK at a time; TM x TN outputs per thread."""
-
-    name: str
-    BM: int
-    BN: int
-    BK: int
-    TM: int
-    TN: int
-
-    @property
-    def threads(self) -> int:
-        """Threads per block: one per TM x TN sub-tile."""
-        return (self.BM // self.TM) * (self.BN // self.TN)
-
-    def defines(self) -> dict[str, int]:
-        """The -D defines kernels/conv2d.cu is compiled with (plus FILTER)."""
-        return dict(BM=self.BM, BN=self.BN, BK=self.BK, TM=self.TM, TN=self.TN)
-
-
-# Widest first. 128x64 with 8x8 per thread is the classic register-blocked SGEMM shape:
-# 64 accumulators + 16 operands per thread (~120 registers, no spills), 128 threads, 6.4 KB
-# of shared tiles, 16 shared loads per 64 FMAs. It suits the U-Net's 64..1024 channels.
-# With K = 16 (first levels at base 16) it would leave 3/4 of each tile idle, and with
-# K = 2 (the last 1x1 layer) or C = 1 (backward input of the first layer) 97%; the
-# narrower shapes keep the tile full there. Those layers are cheap and bandwidth-bound,
-# so their smaller per-thread tiles (fewer FMAs per shared load) cost little.
-TILE_CONFIGS = (
-    TileConfig("128x64", BM=128, BN=64, BK=8, TM=8, TN=8),
-    TileConfig("64x16", BM=64, BN=16, BK=16, TM=4, TN=4),
-    TileConfig("64x4", BM=64, BN=4, BK=16, TM=2, TN=2),
-)
-CONV2D_CU = {
-    (cfg.name, f): kernel_module("conv2d.cu", threads=cfg.threads, FILTER=f, **cfg.defines())
-    for cfg in TILE_CONFIGS for f in FILTER_SIZES
-}
-
-
-def tile_config(n_columns: int) -> TileConfig:
-    """The narrowest tile that is at least ``n_columns`` wide, else the widest.
-
-    ``n_columns`` is the GEMM's N: K for the forward and the weight gradient, C for the
-    backward input.
-    """
-    fitting = [cfg for cfg in TILE_CONFIGS if cfg.BN >= n_columns]
-    return min(fitting, key=lambda cfg: cfg.BN) if fitting else TILE_CONFIGS[0]
-
-
-# The weight gradient reduces over every output pixel (P = N*OH*OW, 325k at 572x572) into
-# a small [C*R*R + 1, K] matrix, so one block per output tile would leave the GPU nearly
-# idle. The reduction is split into chunks, one block per (tile, chunk), aiming at about
-# BWD_TARGET_BLOCKS blocks (several waves on a 132-SM H100) but never chunks shorter than
-# BWD_MIN_CHUNK pixels (a block should read far more than the BM*BN partials it writes).
-# The partial buffer is then at most ~BWD_TARGET_BLOCKS * BM * BN floats (32 MB).
-BWD_TARGET_BLOCKS = 1024
-BWD_MIN_CHUNK = 256
-
-
-def backward_params_split(pixels: int, rows: int, cols: int, cfg: TileConfig) -> tuple[int, int]:
-    """(splits, chunk) for the weight-gradient GEMM: ``splits`` chunks of ``chunk`` pixels.
-
-    ``rows`` = C*R*R + 1 (the bias row included), ``cols`` = K. ``chunk`` is a multiple
-    of BK; the last chunk may be short. Depends on shapes only, so results are reproducible.
-    """
-    tiles = ceil_div(rows, cfg.BM) * ceil_div(cols, cfg.BN)
-    splits = max(1, min(ceil_div(pixels, BWD_MIN_CHUNK), ceil_div(BWD_TARGET_BLOCKS, tiles)))
-    chunk = ceil_div(ceil_div(pixels, splits), cfg.BK) * cfg.BK
-    return ceil_div(pixels, chunk), chunk
+# Every (tile, math, filter) module, declared here so the compile check finds them all.
+for _filter in FILTER_SIZES:
+    declare_modules("conv2d.cu", FILTER=_filter)
+del _filter
 
 
 # --- input checks --------------------------------------------------------------------------
@@ -683,8 +614,8 @@ def _i32(*values) -> tuple:
     return tuple(np.int32(v) for v in values)
 
 
-def _module(cfg: TileConfig, R: int):
-    return CONV2D_CU[(cfg.name, R)]
+def _module(runtime, cfg: TileConfig, R: int):
+    return gemm_module("conv2d.cu", cfg, runtime.math, FILTER=R)
 
 
 def _forward_device(runtime, x, w, b, relu):
@@ -694,7 +625,7 @@ def _forward_device(runtime, x, w, b, relu):
     y = runtime.empty((N, K, OH, OW))
     cfg = tile_config(K)
     grid, block = (ceil_div(N * OH * OW, cfg.BM), ceil_div(K, cfg.BN), 1), (cfg.threads, 1, 1)
-    runtime.launch(_module(cfg, R), "conv2d_forward", grid, block, (x, w, b, y) + _i32(N, C, H, W, K, relu))
+    runtime.launch(_module(runtime, cfg, R), "conv2d_forward", grid, block, (x, w, b, y) + _i32(N, C, H, W, K, relu))
     return y
 
 
@@ -705,7 +636,7 @@ def _backward_input_device(runtime, dy, w):
     dx = runtime.empty((N, C, H, W))
     cfg = tile_config(C)
     grid, block = (ceil_div(N * H * W, cfg.BM), ceil_div(C, cfg.BN), 1), (cfg.threads, 1, 1)
-    runtime.launch(_module(cfg, R), "conv2d_backward_input", grid, block, (dy, w, dx) + _i32(N, C, H, W, K))
+    runtime.launch(_module(runtime, cfg, R), "conv2d_backward_input", grid, block, (dy, w, dx) + _i32(N, C, H, W, K))
     return dx
 
 
@@ -715,10 +646,10 @@ def _backward_params_device(runtime, x, dy):
     R = H - OH + 1
     rows = C * R * R + 1                 # dw^T rows, plus the bias row
     cfg = tile_config(K)
-    splits, chunk = backward_params_split(N * OH * dy.shape[3], rows, K, cfg)
+    splits, chunk = split_k(N * OH * dy.shape[3], rows, K, cfg)
     partial = runtime.empty((splits, K, rows))
     dw, db = runtime.empty((K, C, R, R)), runtime.empty((K,))
-    module = _module(cfg, R)
+    module = _module(runtime, cfg, R)
     grid, block = (ceil_div(rows, cfg.BM), ceil_div(K, cfg.BN), splits), (cfg.threads, 1, 1)
     runtime.launch(module, "conv2d_backward_params", grid, block, (x, dy, partial) + _i32(N, C, H, W, K, chunk))
     grid, block = grid_1d(K * rows, cfg.threads)

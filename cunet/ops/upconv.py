@@ -16,9 +16,10 @@ per image: with w read as a [C, 4K] matrix W (column m = 4k + 2a + e) and x[n] a
 cpu: those products with np.matmul (BLAS, float32 or float64), plus one pass each way
 between the [4K, H*W] matrix order and the interleaved image order (a Numba loop for the
 forward's scatter, a NumPy copy for the backward's gather).
-cuda/opencl: kernels/upconv.cu, a shared-memory tiled GEMM with register blocking that
-does the scatter/gather in its loaders and epilogue; the weight gradient is split over
-pixels and summed in a fixed order (deterministic, no atomics). There is no Numba
+cuda/opencl: kernels/upconv.cu, the GEMM main loop of kernels/gemm.h (FP32 or TF32 tensor
+cores, ``runtime.math``; the tile and split-K policy of cunet/ops/gemm.py, shared with
+conv2d) with the scatter/gather in its loaders and epilogue; the weight gradient is split
+over pixels and summed in a fixed order (deterministic, no atomics). There is no Numba
 alternate: this op is compute-bound GEMM, not one of the memory-bound ops, so the CUDA C
 kernels run on cuda whatever ``use_numba_kernels`` says.
 """
@@ -27,21 +28,11 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from cunet.kernels import kernel_module
-
 from .common import (ceil_div, check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d,
                      njit_serial_or_parallel)
+from .gemm import declare_modules, gemm_module, split_k, tile_config
 
-# 64 x 64 output tile per block, reduction steps of 8, a 4 x 4 register tile per thread:
-# (64/4) * (64/4) = 256 threads. TILE_PAD pads the shared tiles' rows against bank conflicts.
-UPCONV_CU = kernel_module("upconv.cu", threads=256, TILE_M=64, TILE_N=64, TILE_K=8, THREAD_M=4, THREAD_N=4, TILE_PAD=4)
-TILE_M, TILE_N, TILE_K = UPCONV_CU.define("TILE_M"), UPCONV_CU.define("TILE_N"), UPCONV_CU.define("TILE_K")
-assert (TILE_M // UPCONV_CU.define("THREAD_M")) * (TILE_N // UPCONV_CU.define("THREAD_N")) == UPCONV_CU.threads
-
-# The weight gradient splits its pixel reduction until the grid has about this many blocks:
-# two per SM of a 132-SM H100. A function of the shapes only, so results do not depend on
-# the device.
-TARGET_BLOCKS = 264
+declare_modules("upconv.cu")  # every (tile, math) module, so the compile check finds them all
 
 
 # --- cpu ------------------------------------------------------------------------------
@@ -143,8 +134,8 @@ def upconv2x2_forward(x, w, b):
     if runtime is None:
         return _forward_cpu(x, w, b)
     y = runtime.empty((N, K, 2 * H, 2 * W), np.float32)
-    grid, block = _gemm_grid(rows=4 * K, columns=N * H * W)
-    runtime.launch(UPCONV_CU, "upconv2x2_forward", grid, block, (x, w, b, y) + _ints(N, C, H, W, K))
+    module, grid, block = _gemm_launch(runtime, rows=N * H * W, columns=4 * K)
+    runtime.launch(module, "upconv2x2_forward", grid, block, (x, w, b, y) + _ints(N, C, H, W, K))
     return y
 
 
@@ -163,8 +154,8 @@ def upconv2x2_backward_input(dy, w):
     if runtime is None:
         return _backward_input_cpu(dy, w)
     dx = runtime.empty((N, C, H, W), np.float32)
-    grid, block = _gemm_grid(rows=C, columns=N * H * W)
-    runtime.launch(UPCONV_CU, "upconv2x2_backward_input", grid, block, (dy, w, dx) + _ints(N, C, H, W, K))
+    module, grid, block = _gemm_launch(runtime, rows=N * H * W, columns=C)
+    runtime.launch(module, "upconv2x2_backward_input", grid, block, (dy, w, dx) + _ints(N, C, H, W, K))
     return dx
 
 
@@ -190,36 +181,25 @@ def _ints(*values):
     return tuple(np.int32(v) for v in values)
 
 
-def _gemm_grid(rows: int, columns: int, splits: int = 1):
-    """One block per TILE_M x TILE_N tile of the [rows, columns] output (x: columns, y: rows), z: splits."""
-    return (ceil_div(columns, TILE_N), ceil_div(rows, TILE_M), splits), (UPCONV_CU.threads, 1, 1)
-
-
-def split_pixels(C: int, K: int, pixels: int) -> tuple[int, int]:
-    """(splits, chunk) for the weight gradient's reduction over ``pixels`` = N*H*W.
-
-    Enough splits that the grid has about TARGET_BLOCKS blocks, each split a whole number
-    of TILE_K steps; a function of the shapes alone, so every device sums in the same order.
-    """
-    tiles = ceil_div(C, TILE_M) * ceil_div(4 * K, TILE_N)
-    splits = max(1, min(ceil_div(TARGET_BLOCKS, tiles), ceil_div(pixels, TILE_K)))
-    chunk = ceil_div(ceil_div(pixels, splits), TILE_K) * TILE_K
-    return ceil_div(pixels, chunk), chunk
+def _gemm_launch(runtime, rows: int, columns: int, splits: int = 1):
+    """(module, grid, block) for a GEMM of [rows, columns] outputs: one block per tile (x: rows, y: columns), z: splits."""
+    cfg = tile_config(columns)
+    module = gemm_module("upconv.cu", cfg, runtime.math)
+    return module, (ceil_div(rows, cfg.BM), ceil_div(columns, cfg.BN), splits), (cfg.threads, 1, 1)
 
 
 def _backward_params_device(runtime, x, dy):
     N, C, H, W = x.shape
     K = dy.shape[1]
-    splits, chunk = split_pixels(C, K, N * H * W)
+    module, grid, block = _gemm_launch(runtime, rows=C, columns=4 * K)
+    splits, chunk = split_k(N * H * W, C, 4 * K, tile_config(4 * K))
     dw = runtime.empty((C, K, 2, 2), np.float32)
     # With one split the GEMM writes dw directly; otherwise partials, then an ordered sum.
     partial = dw if splits == 1 else runtime.empty((splits, C, K, 2, 2), np.float32)
-    grid, block = _gemm_grid(rows=C, columns=4 * K, splits=splits)
-    runtime.launch(UPCONV_CU, "upconv2x2_backward_params", grid, block, (x, dy, partial) + _ints(N, C, H, W, K, chunk))
+    runtime.launch(module, "upconv2x2_backward_params", grid[:2] + (splits,), block,
+                   (x, dy, partial) + _ints(N, C, H, W, K, chunk))
     if splits > 1:
-        grid, block = grid_1d(dw.size, UPCONV_CU.threads)
-        runtime.launch(UPCONV_CU, "upconv2x2_sum_splits", grid, block, (partial, dw) + _ints(splits, dw.size))
+        runtime.launch(module, "upconv2x2_sum_splits", *grid_1d(dw.size, module.threads), (partial, dw) + _ints(splits, dw.size))
     db = runtime.empty((K,), np.float32)
-    runtime.launch(UPCONV_CU, "upconv2x2_bias_grad", (K, 1, 1), (UPCONV_CU.threads, 1, 1),
-                   (dy, db) + _ints(N, K, 4 * H * W))
+    runtime.launch(module, "upconv2x2_bias_grad", (K, 1, 1), block, (dy, db) + _ints(N, K, 4 * H * W))
     return dw, db
