@@ -19,7 +19,10 @@ machine has (cupy-cuda12x or cupy-cuda13x), and answers every question in one go
 4. ``kernels``: ``python -m benchmarks.kernels --device cuda --json``, every op at the
    paper's shapes (CUDA events, % of peak, the Numba alternates, cuDNN as the peer);
 5. ``train_step``: ``python -m benchmarks.train_step --device cuda --json``, the paper's
-   step, cunet against PyTorch on the same network: images/s and step peak memory.
+   step, cunet against PyTorch on the same network: images/s and step peak memory;
+6. ``kernels_fp32``, ``train_step_fp32``: the GEMM ops and the step again with ``--math
+   fp32`` (4 and 5 ran in the device's default: TF32 tensor cores on sm_80 and newer, with
+   PyTorch's TF32 allowed too), so the report has both and their ratio.
 
 It writes DIR/report.md (for people: pass/fail and the headline numbers at the top) and
 DIR/report.json (for scripts), and each command's whole output under DIR/logs/. A section
@@ -27,7 +30,7 @@ that fails or runs out of time is recorded as such, with its error and the tail 
 output, and the others still run.
 
 Budget. The whole run has ``--budget-s`` seconds (default 480). Each section is offered
-what is left in proportion to its nominal share (SHARES: tests 180 s, sanitizer 90 s,
+what is left in proportion to its nominal share (SHARES: tests 180 s, sanitizer 90 s, the fp32 runs 50 s each,
 kernels 120 s, train step 90 s), so time a quick section leaves over goes to the later
 ones; a command still running at its section's limit is killed with everything it started
 (its process group). A section offered less than it needs to start at all is recorded as
@@ -75,11 +78,14 @@ DEFAULT_BUDGET_S = 480.0
 # Each section's nominal seconds, and the least it can do anything in (start Python, import
 # CuPy and PyTorch, compile kernels). What is left of the budget is shared out in proportion
 # to the nominal seconds of the sections still to run.
+# The kernels and the train step run in the device's default math (TF32 tensor cores on sm_80
+# and newer), then the GEMM ops and the step again with --math fp32, for the ratio.
 SHARES = {"device": (10, 2), "cuda_tests": (180, 20), "sanitizer": (90, 20), "kernels": (120, 20),
-          "train_step": (90, 20)}
+          "train_step": (90, 20), "kernels_fp32": (50, 20), "train_step_fp32": (50, 20)}
 SECTIONS = tuple(SHARES)
 TITLES = {"device": "device", "cuda_tests": "cuda tests", "sanitizer": "compute-sanitizer", "kernels": "kernels",
-          "train_step": "train step"}
+          "train_step": "train step", "kernels_fp32": "kernels, convolutions in fp32",
+          "train_step_fp32": "train step, fp32"}
 RESERVE_S = 5.0  # kept back for writing the report after the last section
 NVIDIA_SMI_TIMEOUT_S = 15.0
 TAIL_CHARS = 3000  # of a failed command's output, in the report (the whole output is in logs/)
@@ -489,9 +495,14 @@ def parse_json_output(stdout: str) -> dict | None:
     return None
 
 
-def section_kernels(ctx: Context) -> dict:
-    """``benchmarks.kernels --device cuda --json``: per op time, rate, % of peak, Numba, PyTorch."""
-    done, record = ctx.run("kernels", [sys.executable, "-m", "benchmarks.kernels", "--device", "cuda", "--json"])
+def section_kernels(ctx: Context, math: str | None = None) -> dict:
+    """``benchmarks.kernels --device cuda --json``: per op time, rate, % of peak, Numba, PyTorch.
+
+    ``math``: None for the device's default (every op); "fp32" for the GEMM ops again on CUDA cores.
+    """
+    extra = [] if math is None else ["--math", math, "--ops", "conv2d,upconv"]
+    done, record = ctx.run("kernels" + (f"-{math}" if math else ""),
+                           [sys.executable, "-m", "benchmarks.kernels", "--device", "cuda", "--json", *extra])
     if done.timed_out:
         return _timed_out(done, record)
     data = parse_json_output(done.stdout)
@@ -510,7 +521,7 @@ def section_kernels(ctx: Context) -> dict:
         headline += (f", PyTorch {harness.fmt_time(totals['torch_s'])} on the ops it has "
                      f"(cunet/PyTorch {totals['cunet_s_on_torch_ops'] / totals['torch_s']:.2f})")
     if compute:
-        headline += f"; convolutions at {min(compute):.0f}-{max(compute):.0f}% of the FP32 peak"
+        headline += f"; convolutions at {min(compute):.0f}-{max(compute):.0f}% of the compute peak"
     result = dict(status=PASS if done.returncode == 0 and not data["failed"] else FAIL, headline=headline,
                   commands=[record], device=data.get("device"), timer=data.get("timer"), config=data.get("config"),
                   peak=data.get("peak"), failed=data["failed"], totals=totals, rows=rows)
@@ -528,9 +539,12 @@ def kernel_row(r: dict) -> dict:
                 cunet_over_torch=t / torch_t if t and torch_t else None)
 
 
-def section_train_step(ctx: Context) -> dict:
-    """``benchmarks.train_step --device cuda --json``: images/s and step peak memory, cunet and PyTorch."""
-    done, record = ctx.run("train_step", [sys.executable, "-m", "benchmarks.train_step", "--device", "cuda", "--json"])
+def section_train_step(ctx: Context, math: str | None = None) -> dict:
+    """``benchmarks.train_step --device cuda --json``: images/s and step peak memory, cunet and PyTorch
+    (PyTorch's convolutions allowed TF32 exactly when cunet's use it). ``math`` as for section_kernels."""
+    extra = [] if math is None else ["--math", math]
+    done, record = ctx.run("train_step" + (f"-{math}" if math else ""),
+                           [sys.executable, "-m", "benchmarks.train_step", "--device", "cuda", "--json", *extra])
     if done.timed_out:
         return _timed_out(done, record)
     data = parse_json_output(done.stdout)
@@ -570,6 +584,8 @@ def _mib(nbytes: float | None) -> str:
 # --- the run: sections within the budget --------------------------------------------------------------------
 
 RUNNERS = {"device": section_device, "cuda_tests": section_cuda_tests, "sanitizer": section_sanitizer,
+           "kernels_fp32": lambda ctx: section_kernels(ctx, "fp32"),
+           "train_step_fp32": lambda ctx: section_train_step(ctx, "fp32"),
            "kernels": section_kernels, "train_step": section_train_step}
 
 
@@ -751,7 +767,8 @@ def _md_kernels(s: dict) -> list[str]:
                ("ratio", "cunet/PyTorch")]
     lines = [f"{s['device']}; {s['timer']}; peak {peak.get('gflops', 0):,.0f} GFLOP/s, {peak.get('gbps', 0):,.0f} GB/s "
              f"({peak.get('gflops_source')}).", "", _code(harness.format_table(columns, rows, left=2)), "",
-             "% peak: C = of the FP32 compute peak, M = of the memory bandwidth; n = times a step runs this shape; "
+             "% peak: C = of the compute peak (TF32 tensor cores for the convolutions when they ran in TF32, else FP32), "
+             "M = of the memory bandwidth; n = times a step runs this shape; "
              "Numba = the Numba CUDA alternate of the same op."]
     failed = [r for r in s["rows"] if not r["validated"]]
     lines += [f"- FAILED validation: `{r['op']}` {r['shapes']}: {r['error']}" for r in failed]
@@ -780,6 +797,7 @@ def _md_train_step(s: dict) -> list[str]:
 
 
 SECTION_MARKDOWN = {"device": _md_device, "cuda_tests": _md_cuda_tests, "sanitizer": _md_sanitizer,
+                    "kernels_fp32": _md_kernels, "train_step_fp32": _md_train_step,
                     "kernels": _md_kernels, "train_step": _md_train_step}
 
 
@@ -879,7 +897,7 @@ def main(argv=None, probe: Callable[[], dict] = probe_gpu, tools: Tools | None =
     print(f"{_status_word(report['status'])}: {out / 'report.md'}, {out / 'report.json'}")
     for name, s in report["summary"].items():
         if s["status"] != NOT_SELECTED:
-            print(f"  {TITLES[name]:<18} {_status_word(s['status']):<13} {s['headline']}")
+            print(f"  {TITLES[name]:<30} {_status_word(s['status']):<13} {s['headline']}")
     return 0 if report["status"] == PASS else 1
 
 

@@ -278,7 +278,8 @@ def repeat(timer, fn, warmup: int, repeats: int) -> list[float]:
 
 @dataclass
 class Peaks:
-    """The device's ceilings: FP32 GFLOP/s and memory GB/s, and how each was obtained."""
+    """The device's ceilings: FP32 GFLOP/s and memory GB/s, and how each was obtained; the TF32
+    tensor-core GFLOP/s where the GPU is known to have them."""
 
     gflops: float
     gbps: float
@@ -286,6 +287,7 @@ class Peaks:
     gbps_source: str
     measured: bool = True
     extra: dict = field(default_factory=dict)
+    tf32_gflops: float | None = None
 
 
 def measure_cpu_peaks(gemm_n: int = 2048, copy_bytes: int = 512 << 20, repeats: int = 5) -> Peaks:
@@ -386,7 +388,8 @@ def cuda_peaks(cupy) -> Peaks:
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     spec = gpu_spec_for(name)
     if spec is not None:
-        return Peaks(spec["gflops"], spec["gbps"], spec["source"], spec["source"], measured=False, extra=dict(gpu=name))
+        return Peaks(spec["gflops"], spec["gbps"], spec["source"], spec["source"], measured=False, extra=dict(gpu=name),
+                     tf32_gflops=spec["tf32_gflops"])
     major, minor = props["major"], props["minor"]
     lanes = FP32_LANES_PER_SM_86_89 if (major, minor) in ((8, 6), (8, 9)) else FP32_LANES_PER_SM.get(major, 64)
     # CUDA 13 dropped clockRate and memoryClockRate from the properties; the attributes remain.

@@ -582,7 +582,7 @@ def run_cases(cases, device, timer, args, peaks, torch=None, cupy=None, log=None
             continue
         times, others = timed(timer, lambda: case.run(dev), args)
         r.update(times_s=times, median_s=harness.median(times), others_share=others)
-        r.update(_rates(case, r["median_s"], peaks))
+        r.update(_rates(case, r["median_s"], peaks, tensor_cores=runtime is not None and runtime.math == "tf32"))
         if runtime is not None and case.numba and getattr(runtime, "name", "") == "cuda":
             r.update(time_numba_alternate(case, device, host, timer, args, log))
         if device.name == "cpu" and case.gemm is not None and not args.no_ceiling:
@@ -657,11 +657,14 @@ class TorchCudaTimer:
         return start.elapsed_time(end) / 1e3
 
 
-def _rates(case: Case, seconds: float, peaks) -> dict:
+def _rates(case: Case, seconds: float, peaks, tensor_cores: bool = False) -> dict:
+    """GFLOP/s, GB/s, and the fraction of the peak that bounds the op: a GEMM op on TF32 tensor
+    cores against the TF32 peak (where the GPU's is known), other compute-bound ops against FP32."""
     gflops = case.flops / seconds / 1e9
     gbps = case.bytes / seconds / 1e9
-    fraction = gflops / peaks.gflops if case.bound == "compute" else gbps / peaks.gbps
-    return dict(gflops=gflops, gbps=gbps, peak_fraction=fraction)
+    compute_peak = peaks.tf32_gflops if tensor_cores and case.gemm_operands and peaks.tf32_gflops else peaks.gflops
+    fraction = gflops / compute_peak if case.bound == "compute" else gbps / peaks.gbps
+    return dict(gflops=gflops, gbps=gbps, peak_fraction=fraction, compute_peak_gflops=compute_peak)
 
 
 def _progress_line(r: dict) -> str:

@@ -212,7 +212,12 @@ def test_full_report_with_canned_outputs(tmp_path, benchmark_outputs):
     assert code == 1 and report["status"] == "fail"  # a failing test and two synccheck errors
     assert list(sections) == list(gpu_check.SECTIONS)
     assert {name: s["status"] for name, s in sections.items()} == {
-        "device": "pass", "cuda_tests": "fail", "sanitizer": "fail", "kernels": "pass", "train_step": "pass"}
+        "device": "pass", "cuda_tests": "fail", "sanitizer": "fail", "kernels": "pass", "train_step": "pass",
+        "kernels_fp32": "pass", "train_step_fp32": "pass"}
+    # the fp32 sections ran the same programs with --math fp32 (the GEMM ops only for the kernels)
+    fp32_commands = [c["cmd"] for c in lab.calls if "--math" in c["cmd"]]
+    assert len(fp32_commands) == 2 and all(cmd[cmd.index("--math") + 1] == "fp32" for cmd in fp32_commands)
+    assert any("--ops" in cmd and "conv2d,upconv" in cmd for cmd in fp32_commands)
     assert report["summary"]["train_step"]["status"] == "pass"
 
     # device: from the probe (CUDA 13 properties without clock rates) and nvidia-smi
@@ -312,7 +317,7 @@ def test_budget_spent_skips_the_remaining_sections(tmp_path, benchmark_outputs):
     code, report, md = run_check(tmp_path, lab, "--budget-s", "300")
     statuses = {name: s["status"] for name, s in report["sections"].items()}
     assert statuses == {"device": "pass", "cuda_tests": "fail", "sanitizer": "skipped", "kernels": "skipped",
-                        "train_step": "skipped"}
+                        "train_step": "skipped", "kernels_fp32": "skipped", "train_step_fp32": "skipped"}
     assert "not enough time left" in report["sections"]["kernels"]["headline"]
     assert [c["key"] for c in lab.calls] == ["nvidia-smi", "pytest"]
     assert code == 1 and "## kernels: SKIPPED" in md
