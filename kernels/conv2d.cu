@@ -94,8 +94,7 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_forward(
     GLOBAL const float* RESTRICT x, GLOBAL const float* RESTRICT w, GLOBAL const float* RESTRICT bias,
     GLOBAL float* RESTRICT y, int batch, int C, int H, int W, int K, int relu)
 {
-    __shared__ float As[BK * LDA];
-    __shared__ float Bs[BK * LDB];
+    GEMM_TILES;
     const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW;
     const int M = batch * OHW, KG = C * FF;
     const int t = threadIdx.x;
@@ -115,26 +114,20 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_forward(
     float acc[GEMM_ACC];
     gemm_zero(acc);
 
-    for (int k0 = 0; k0 < KG; k0 += BK) {
-UNROLL
-        for (int i = 0; i < A_LOADS; ++i) {
-            int col = a_col + i * (THREADS / BM), kk = k0 + col;
-            float v = 0.0f;
-            if (a_live && kk < KG) {
-                int c = kk / FF, rs = kk - c * FF, r = rs / FILTER, s = rs - r * FILTER;
-                v = x[a_base + c * H * W + r * W + s];
-            }
-            As[col * LDA + a_row] = v;
-        }
-UNROLL
-        for (int i = 0; i < B_LOADS; ++i) {
-            int col = b_col + i * (THREADS / BK), k = n0 + col, kk = k0 + b_kk;
-            Bs[b_kk * LDB + col] = (k < K && kk < KG) ? w[k * KG + kk] : 0.0f;
-        }
-        __syncthreads();
-        gemm_tile_product(As, Bs, acc, t);
-        __syncthreads();
-    }
+#define FORWARD_SLICE(K0, AS, BS)                                                                     \
+    do {                                                                                              \
+        UNROLL for (int i = 0; i < A_LOADS; ++i) {                                                    \
+            int col = a_col + i * (THREADS / BM), kk = (K0) + col;                                    \
+            int c = kk / FF, rs = kk - c * FF, r = rs / FILTER, s = rs - r * FILTER;                  \
+            gemm_stage(&(AS)[col * LDA + a_row], x + a_base + c * H * W + r * W + s, a_live && kk < KG); \
+        }                                                                                             \
+        UNROLL for (int i = 0; i < B_LOADS; ++i) {                                                    \
+            int col = b_col + i * (THREADS / BK), k = n0 + col, kk = (K0) + b_kk;                     \
+            gemm_stage(&(BS)[b_kk * LDB + col], w + k * KG + kk, k < K && kk < KG);                   \
+        }                                                                                             \
+    } while (0)
+    GEMM_MAIN_LOOP(0, KG, FORWARD_SLICE);
+#undef FORWARD_SLICE
 
     /* Epilogue: bias, optional ReLU, store. Row m = (n, p) goes to y[n, k, p]. */
 UNROLL
@@ -161,8 +154,7 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_input(
     GLOBAL const float* RESTRICT dy, GLOBAL const float* RESTRICT w, GLOBAL float* RESTRICT dx,
     int batch, int C, int H, int W, int K)
 {
-    __shared__ float As[BK * LDA];
-    __shared__ float Bs[BK * LDB];
+    GEMM_TILES;
     const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW, HW = H * W;
     const int M = batch * HW, KG = K * FF;
     const int t = threadIdx.x;
@@ -183,32 +175,23 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_input(
     float acc[GEMM_ACC];
     gemm_zero(acc);
 
-    for (int k0 = 0; k0 < KG; k0 += BK) {
-UNROLL
-        for (int i = 0; i < A_LOADS; ++i) {
-            int col = a_col + i * (THREADS / BM), kk = k0 + col;
-            float v = 0.0f;
-            if (a_live && kk < KG) {
-                int k = kk / FF, rs = kk - k * FF, r = rs / FILTER, s = rs - r * FILTER;
-                int oh = a_h - r, ow = a_w - s;
-                if (oh >= 0 && oh < OH && ow >= 0 && ow < OW) v = dy[a_base + k * OHW + oh * OW + ow];
-            }
-            As[col * LDA + a_row] = v;
-        }
-UNROLL
-        for (int i = 0; i < B_LOADS; ++i) {
-            int col = b_col + i * (THREADS / BK), c = n0 + col, kk = k0 + b_kk;
-            float v = 0.0f;
-            if (c < C && kk < KG) {
-                int k = kk / FF, rs = kk - k * FF;
-                v = w[(k * C + c) * FF + rs];
-            }
-            Bs[b_kk * LDB + col] = v;
-        }
-        __syncthreads();
-        gemm_tile_product(As, Bs, acc, t);
-        __syncthreads();
-    }
+#define BACKWARD_INPUT_SLICE(K0, AS, BS)                                                              \
+    do {                                                                                              \
+        UNROLL for (int i = 0; i < A_LOADS; ++i) {                                                    \
+            int col = a_col + i * (THREADS / BM), kk = (K0) + col;                                    \
+            int k = kk / FF, rs = kk - k * FF, r = rs / FILTER, s = rs - r * FILTER;                  \
+            int oh = a_h - r, ow = a_w - s;                                                           \
+            bool inside = a_live && kk < KG && oh >= 0 && oh < OH && ow >= 0 && ow < OW;              \
+            gemm_stage(&(AS)[col * LDA + a_row], dy + a_base + k * OHW + oh * OW + ow, inside);       \
+        }                                                                                             \
+        UNROLL for (int i = 0; i < B_LOADS; ++i) {                                                    \
+            int col = b_col + i * (THREADS / BK), c = n0 + col, kk = (K0) + b_kk;                     \
+            int k = kk / FF, rs = kk - k * FF;                                                        \
+            gemm_stage(&(BS)[b_kk * LDB + col], w + (k * C + c) * FF + rs, c < C && kk < KG);         \
+        }                                                                                             \
+    } while (0)
+    GEMM_MAIN_LOOP(0, KG, BACKWARD_INPUT_SLICE);
+#undef BACKWARD_INPUT_SLICE
 
 UNROLL
     for (int e = 0; e < GEMM_ACC; ++e) {
@@ -237,8 +220,7 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_params(
     GLOBAL const float* RESTRICT x, GLOBAL const float* RESTRICT dy, GLOBAL float* RESTRICT partial,
     int batch, int C, int H, int W, int K, int chunk)
 {
-    __shared__ float As[BK * LDA];
-    __shared__ float Bs[BK * LDB];
+    GEMM_TILES;
     const int OH = H - FILTER + 1, OW = W - FILTER + 1, OHW = OH * OW, HW = H * W;
     const int J = C * FF + 1, P = batch * OHW;
     const int t = threadIdx.x;
@@ -250,38 +232,32 @@ KERNEL void LAUNCH_BOUNDS(THREADS) conv2d_backward_params(
     float acc[GEMM_ACC];
     gemm_zero(acc);
 
-    for (int k0 = p_begin; k0 < p_end; k0 += BK) {
-        int p = k0 + l_p;
-        bool p_live = p < p_end;
-        int x_base = 0, dy_base = 0;
-        if (p_live) {
-            int n = p / OHW, q = p - n * OHW, oh = q / OW, ow = q - oh * OW;
-            x_base = n * C * HW + oh * W + ow;
-            dy_base = n * K * OHW + q;
-        }
-UNROLL
-        for (int i = 0; i < A_LOADS; ++i) {
-            int col = l_col + i * (THREADS / BK), j = m0 + col;
-            float v = 0.0f;
-            if (p_live && j < J) {
-                if (j == J - 1) {
-                    v = 1.0f;   /* the bias row */
-                } else {
-                    int c = j / FF, rs = j - c * FF, r = rs / FILTER, s = rs - r * FILTER;
-                    v = x[x_base + c * HW + r * W + s];
-                }
-            }
-            As[l_p * LDA + col] = v;
-        }
-UNROLL
-        for (int i = 0; i < B_LOADS; ++i) {
-            int col = l_col + i * (THREADS / BK), k = n0 + col;
-            Bs[l_p * LDB + col] = (p_live && k < K) ? dy[dy_base + k * OHW] : 0.0f;
-        }
-        __syncthreads();
-        gemm_tile_product(As, Bs, acc, t);
-        __syncthreads();
-    }
+#define BACKWARD_PARAMS_SLICE(K0, AS, BS)                                                             \
+    do {                                                                                              \
+        int p = (K0) + l_p;                                                                           \
+        bool p_live = p < p_end;                                                                      \
+        int x_base = 0, dy_base = 0;                                                                  \
+        if (p_live) {                                                                                 \
+            int n = p / OHW, q = p - n * OHW, oh = q / OW, ow = q - oh * OW;                          \
+            x_base = n * C * HW + oh * W + ow;                                                        \
+            dy_base = n * K * OHW + q;                                                                \
+        }                                                                                             \
+        UNROLL for (int i = 0; i < A_LOADS; ++i) {                                                    \
+            int col = l_col + i * (THREADS / BK), j = m0 + col;                                       \
+            if (j == J - 1) {                                                                         \
+                gemm_stage_value(&(AS)[l_p * LDA + col], p_live ? 1.0f : 0.0f);   /* the bias row */  \
+            } else {                                                                                  \
+                int c = j / FF, rs = j - c * FF, r = rs / FILTER, s = rs - r * FILTER;                \
+                gemm_stage(&(AS)[l_p * LDA + col], x + x_base + c * HW + r * W + s, p_live && j < J); \
+            }                                                                                         \
+        }                                                                                             \
+        UNROLL for (int i = 0; i < B_LOADS; ++i) {                                                    \
+            int col = l_col + i * (THREADS / BK), k = n0 + col;                                       \
+            gemm_stage(&(BS)[l_p * LDB + col], dy + dy_base + k * OHW, p_live && k < K);              \
+        }                                                                                             \
+    } while (0)
+    GEMM_MAIN_LOOP(p_begin, p_end, BACKWARD_PARAMS_SLICE);
+#undef BACKWARD_PARAMS_SLICE
 
 UNROLL
     for (int e = 0; e < GEMM_ACC; ++e) {

@@ -16,7 +16,9 @@
  *
  * Shared tiles are reduction-major: As[r * LDA + m], Bs[r * LDB + n]. Each row is padded
  * by SMEM_PAD words, so a loader that walks r across neighbouring threads (storing down a
- * column) hits distinct banks.
+ * column) hits distinct banks. In TF32 there are two of each (GEMM_TILES): the main loop
+ * (GEMM_MAIN_LOOP) fills one while it multiplies the other, and on sm_80 and newer the
+ * fill is cp.async, a copy the SM carries out in the background (gemm_stage below).
  *
  * Defines (-D): BM, BN, BK the block tile; TM, TN the FP32 thread tile; MATH_TF32 0 or 1;
  * with MATH_TF32=1 also WARPS_M, the warps along the tile's rows.
@@ -112,6 +114,97 @@ DEVICE float tf32_round(float v)
     return as_float((u + 0x1000u) & 0xffffe000u);
 #endif
 }
+
+/* ------------------- filling the shared tiles: staged copies ------------------------
+ * A kernel's loaders move one element at a time with gemm_stage(dst, src, valid):
+ * dst = valid ? *src : 0 (a padding element, or one past the matrix's edge, reads as 0 and
+ * adds nothing). In the tensor-core kernels on sm_80 and newer that is cp.async with a
+ * source size of 4 or 0 bytes (0: nothing is read, the 4 bytes are zero-filled): the thread
+ * issues it and moves on, so the next slice's loads overlap this slice's mma's, which
+ * finish too fast to hide them otherwise. Elsewhere it is a plain load and store, the
+ * pipeline's steps are the same, and the tests run this portable path (Oclgrind checks
+ * the double buffer's barriers). The FP32 kernels stage synchronously into one buffer
+ * (GEMM_STAGES below says why).
+ * Why not 128-bit vector loads: the operands are gathers (a 3x3 window of x, a strided
+ * filter, an interleaved up-convolution output): four consecutive elements of a tile row
+ * are rarely four consecutive, 16-byte-aligned floats in memory. */
+#if defined(CUNET_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && MATH_TF32
+DEVICE void gemm_stage(SHARED float* dst, GLOBAL const float* src, bool valid)
+{
+    unsigned int shared_address = (unsigned int)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(shared_address), "l"(src), "r"(valid ? 4 : 0));
+}
+DEVICE void gemm_stage_commit(void) { asm volatile("cp.async.commit_group;"); }
+DEVICE void gemm_stage_wait_previous(void) { asm volatile("cp.async.wait_group 1;"); }
+#else
+DEVICE void gemm_stage(SHARED float* dst, GLOBAL const float* src, bool valid) { *dst = valid ? *src : 0.0f; }
+DEVICE void gemm_stage_commit(void) {}
+DEVICE void gemm_stage_wait_previous(void) {}
+#endif
+
+/* A value that is not a load (the weight gradient's bias row of ones), into a staged tile. */
+DEVICE void gemm_stage_value(SHARED float* dst, float v) { *dst = v; }
+
+/*
+ * The shared tiles, declared at the kernel's top scope (prelude rule 4): two of each in
+ * the tensor-core kernels (a double buffer), one in the FP32 ones. Measured with the
+ * compile check: double-buffering the FP32 128x64 tile made ptxas hold the next slice's
+ * loads in registers across the FMAs, 209-254 registers instead of ~120 (occupancy 12%
+ * instead of 25%), for a loop whose 64 FMAs per step already hide its loads; the
+ * tensor-core loop does 64 accumulators' worth of work in 16 mma's and needs the overlap.
+ */
+#if MATH_TF32
+#define GEMM_STAGES 2
+#else
+#define GEMM_STAGES 1
+#endif
+#define GEMM_TILES                                   \
+    __shared__ float As[GEMM_STAGES * BK * LDA];     \
+    __shared__ float Bs[GEMM_STAGES * BK * LDB]
+
+/*
+ * The main loop over the reduction [begin, end), BK at a time. LOAD_SLICE(k0, As_, Bs_) is
+ * the kernel's loader (a macro, because it reads the kernel's own variables): it stages
+ * the slice of A and B that starts at reduction index k0 into the tiles As_, Bs_. The
+ * kernel provides `t` (its thread index) and `acc` (its accumulators).
+ *
+ * One buffer (FP32):   each step: stage the slice; barrier; multiply; barrier.
+ * Two buffers (TF32):  before: stage slice 0 into half 0; commit.
+ *                      each step: stage the next slice (if any) into the other half; commit;
+ *                      wait until this slice's copies have landed; barrier (everyone's copies
+ *                      are visible); multiply this half; barrier (nobody still reads it when
+ *                      the next step refills it).
+ * Every thread commits a group in every step (an empty one at the end), so "wait for all
+ * but the newest group" always means "this slice has landed". The bounds are the same for
+ * every thread of the block: everyone reaches every barrier (prelude rule 5).
+ */
+#if GEMM_STAGES == 1
+#define GEMM_MAIN_LOOP(begin, end, LOAD_SLICE)                                                        \
+    do {                                                                                              \
+        for (int k0_ = (begin); k0_ < (end); k0_ += BK) {                                             \
+            LOAD_SLICE(k0_, As, Bs);                                                                  \
+            __syncthreads();                                                                          \
+            gemm_tile_product(As, Bs, acc, t);                                                        \
+            __syncthreads();                                                                          \
+        }                                                                                             \
+    } while (0)
+#else
+#define GEMM_MAIN_LOOP(begin, end, LOAD_SLICE)                                                        \
+    do {                                                                                              \
+        int half_ = 0;                                                                                \
+        LOAD_SLICE((begin), As, Bs);                                                                  \
+        gemm_stage_commit();                                                                          \
+        for (int k0_ = (begin); k0_ < (end); k0_ += BK) {                                             \
+            if (k0_ + BK < (end)) LOAD_SLICE(k0_ + BK, As + (1 - half_) * BK * LDA, Bs + (1 - half_) * BK * LDB); \
+            gemm_stage_commit();                                                                      \
+            gemm_stage_wait_previous();                                                               \
+            __syncthreads();                                                                          \
+            gemm_tile_product(As + half_ * BK * LDA, Bs + half_ * BK * LDB, acc, t);                  \
+            __syncthreads();                                                                          \
+            half_ = 1 - half_;                                                                        \
+        }                                                                                             \
+    } while (0)
+#endif
 
 #if MATH_TF32 == 0
 /* ----------------------------- FP32 on CUDA cores ----------------------------------- */

@@ -66,34 +66,31 @@ KERNEL void LAUNCH_BOUNDS(THREADS) upconv2x2_forward(GLOBAL const float* RESTRIC
                                                      GLOBAL const float* RESTRICT b, GLOBAL float* RESTRICT y,
                                                      int N, int C, int H, int W, int K)
 {
-    __shared__ float As[BK * LDA];
-    __shared__ float Bs[BK * LDB];
+    GEMM_TILES;
     const int t = threadIdx.x, M = 4 * K, P = H * W, Q = N * P;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
 
     const int a_row = t % BM, a_col = t / BM;     /* the pixel this thread loads for A, every step */
     const int q_load = m0 + a_row;
-    const int x_column = q_load < Q ? (q_load / P) * C * P + q_load % P : 0;  /* x[n, 0, i, j] */
+    const bool a_live = q_load < Q;
+    GLOBAL const float* x_column = x + (a_live ? (q_load / P) * C * P + q_load % P : 0);  /* &x[n, 0, i, j] */
 
     float acc[GEMM_ACC];
     gemm_zero(acc);
 
-    for (int r0 = 0; r0 < C; r0 += BK) {
-UNROLL
-        for (int l = 0; l < A_LOADS; ++l) {
-            int r = a_col + l * (THREADS / BM), c = r0 + r;
-            As[r * LDA + a_row] = (c < C && q_load < Q) ? x[x_column + c * P] : 0.0f;
-        }
-UNROLL
-        for (int l = 0; l < B_LOADS; ++l) {
-            int e = t + l * THREADS, r = e / BN, col = e % BN;
-            int c = r0 + r, m = n0 + col;
-            Bs[r * LDB + col] = (c < C && m < M) ? w[c * M + m] : 0.0f;
-        }
-        __syncthreads();
-        gemm_tile_product(As, Bs, acc, t);
-        __syncthreads();
-    }
+#define FORWARD_SLICE(R0, AS, BS)                                                                     \
+    do {                                                                                              \
+        UNROLL for (int l = 0; l < A_LOADS; ++l) {                                                    \
+            int r = a_col + l * (THREADS / BM), c = (R0) + r;                                         \
+            gemm_stage(&(AS)[r * LDA + a_row], x_column + c * P, a_live && c < C);                    \
+        }                                                                                             \
+        UNROLL for (int l = 0; l < B_LOADS; ++l) {                                                    \
+            int e = t + l * THREADS, r = e / BN, col = e % BN, c = (R0) + r, m = n0 + col;            \
+            gemm_stage(&(BS)[r * LDB + col], w + c * M + m, c < C && m < M);                          \
+        }                                                                                             \
+    } while (0)
+    GEMM_MAIN_LOOP(0, C, FORWARD_SLICE);
+#undef FORWARD_SLICE
 
 UNROLL
     for (int e = 0; e < GEMM_ACC; ++e) {
@@ -116,8 +113,7 @@ UNROLL
 KERNEL void LAUNCH_BOUNDS(THREADS) upconv2x2_backward_input(GLOBAL const float* RESTRICT dy, GLOBAL const float* RESTRICT w,
                                                             GLOBAL float* RESTRICT dx, int N, int C, int H, int W, int K)
 {
-    __shared__ float As[BK * LDA];
-    __shared__ float Bs[BK * LDB];
+    GEMM_TILES;
     const int t = threadIdx.x, R = 4 * K, P = H * W, Q = N * P;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
 
@@ -133,22 +129,19 @@ KERNEL void LAUNCH_BOUNDS(THREADS) upconv2x2_backward_input(GLOBAL const float* 
     float acc[GEMM_ACC];
     gemm_zero(acc);
 
-    for (int r0 = 0; r0 < R; r0 += BK) {
-UNROLL
-        for (int l = 0; l < A_LOADS; ++l) {
-            int r = a_col + l * (THREADS / BM), m = r0 + r;
-            int k = m / 4, a = (m / 2) % 2, ee = m % 2;
-            As[r * LDA + a_row] = (m < R && q_load < Q) ? dy[dy_column + (k * 2 * H + a) * 2 * W + ee] : 0.0f;
-        }
-UNROLL
-        for (int l = 0; l < B_LOADS; ++l) {
-            int col = b_col + l * (THREADS / BK), c = n0 + col;
-            Bs[b_r * LDB + col] = (c < C && r0 + b_r < R) ? w[c * R + r0 + b_r] : 0.0f;
-        }
-        __syncthreads();
-        gemm_tile_product(As, Bs, acc, t);
-        __syncthreads();
-    }
+#define BACKWARD_INPUT_SLICE(R0, AS, BS)                                                              \
+    do {                                                                                              \
+        UNROLL for (int l = 0; l < A_LOADS; ++l) {                                                    \
+            int r = a_col + l * (THREADS / BM), m = (R0) + r, k = m >> 2, a = (m >> 1) & 1, ee = m & 1; \
+            gemm_stage(&(AS)[r * LDA + a_row], dy + dy_column + (k * 2 * H + a) * 2 * W + ee, m < R && q_load < Q); \
+        }                                                                                             \
+        UNROLL for (int l = 0; l < B_LOADS; ++l) {                                                    \
+            int col = b_col + l * (THREADS / BK), c = n0 + col;                                       \
+            gemm_stage(&(BS)[b_r * LDB + col], w + c * R + (R0) + b_r, c < C && (R0) + b_r < R);      \
+        }                                                                                             \
+    } while (0)
+    GEMM_MAIN_LOOP(0, R, BACKWARD_INPUT_SLICE);
+#undef BACKWARD_INPUT_SLICE
 
 UNROLL
     for (int e = 0; e < GEMM_ACC; ++e) {
@@ -169,8 +162,7 @@ KERNEL void LAUNCH_BOUNDS(THREADS) upconv2x2_backward_params(GLOBAL const float*
                                                              GLOBAL float* RESTRICT partial, int N, int C, int H, int W,
                                                              int K, int chunk)
 {
-    __shared__ float As[BK * LDA];
-    __shared__ float Bs[BK * LDB];
+    GEMM_TILES;
     const int t = threadIdx.x, M = 4 * K, P = H * W, Q = N * P;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int begin = blockIdx.z * chunk, end = min(begin + chunk, Q);
@@ -179,26 +171,24 @@ KERNEL void LAUNCH_BOUNDS(THREADS) upconv2x2_backward_params(GLOBAL const float*
     float acc[GEMM_ACC];
     gemm_zero(acc);
 
-    for (int r0 = begin; r0 < end; r0 += BK) {
-        int pixel = r0 + l_r, live = pixel < end;
-        int n = live ? pixel / P : 0, p = live ? pixel % P : 0;
-        int x_row = n * C * P + p;                                                  /* x[n, 0, i, j] */
-        int dy_row = (n * K * 2 * H + 2 * (p / W)) * 2 * W + 2 * (p % W);          /* dy[n, 0, 2i, 2j] */
-UNROLL
-        for (int l = 0; l < A_LOADS; ++l) {
-            int col = l_col + l * (THREADS / BK), c = m0 + col;
-            As[l_r * LDA + col] = (live && c < C) ? x[x_row + c * P] : 0.0f;
-        }
-UNROLL
-        for (int l = 0; l < B_LOADS; ++l) {
-            int col = l_col + l * (THREADS / BK), m = n0 + col;
-            int k = m / 4, a = (m / 2) % 2, ee = m % 2;
-            Bs[l_r * LDB + col] = (live && m < M) ? dy[dy_row + (k * 2 * H + a) * 2 * W + ee] : 0.0f;
-        }
-        __syncthreads();
-        gemm_tile_product(As, Bs, acc, t);
-        __syncthreads();
-    }
+#define BACKWARD_PARAMS_SLICE(R0, AS, BS)                                                             \
+    do {                                                                                              \
+        int pixel = (R0) + l_r;                                                                       \
+        bool live = pixel < end;                                                                      \
+        int n = live ? pixel / P : 0, p = live ? pixel % P : 0;                                       \
+        int x_row = n * C * P + p;                                             /* x[n, 0, i, j] */    \
+        int dy_row = (n * K * 2 * H + 2 * (p / W)) * 2 * W + 2 * (p % W);     /* dy[n, 0, 2i, 2j] */ \
+        UNROLL for (int l = 0; l < A_LOADS; ++l) {                                                    \
+            int col = l_col + l * (THREADS / BK), c = m0 + col;                                       \
+            gemm_stage(&(AS)[l_r * LDA + col], x + x_row + c * P, live && c < C);                     \
+        }                                                                                             \
+        UNROLL for (int l = 0; l < B_LOADS; ++l) {                                                    \
+            int col = l_col + l * (THREADS / BK), m = n0 + col, k = m >> 2, a = (m >> 1) & 1, ee = m & 1; \
+            gemm_stage(&(BS)[l_r * LDB + col], dy + dy_row + (k * 2 * H + a) * 2 * W + ee, live && m < M); \
+        }                                                                                             \
+    } while (0)
+    GEMM_MAIN_LOOP(begin, end, BACKWARD_PARAMS_SLICE);
+#undef BACKWARD_PARAMS_SLICE
 
     GLOBAL float* out = partial + blockIdx.z * C * M;
 UNROLL

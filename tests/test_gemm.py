@@ -170,18 +170,19 @@ def oclgrind_case_planted(device):
 
 @pytest.mark.oclgrind
 def test_a_missing_barrier_is_a_race_under_oclgrind(tmp_path, monkeypatch):
-    """Without the barrier after the tile product, the next slice's loads overwrite the shared
-    tiles while other work-items still read their fragments: Oclgrind must report the race."""
-    source = (cunet.kernels.KERNEL_DIR / "conv2d.cu").read_text()
-    forward = source[source.index("conv2d_forward("):source.index("conv2d_backward_input(")]
-    barrier = "        gemm_tile_product(As, Bs, acc, t);\n        __syncthreads();\n"
-    assert barrier in forward
-    planted = planted_kernel_dir(tmp_path, "conv2d.cu", forward, forward.replace(barrier, barrier.split("\n")[0] + "\n"))
+    """Without the barrier after the tile product, the next step's loads refill the half of the
+    shared tiles that other work-items still read their fragments from: Oclgrind must report
+    the race (and the real sources, on the same case, must be clean)."""
+    lines = (cunet.kernels.KERNEL_DIR / "gemm.h").read_text().splitlines(keepends=True)
+    product = next(i for i, line in enumerate(lines) if "gemm_tile_product(As + half_" in line)
+    barrier = lines[product + 1]
+    assert "__syncthreads();" in barrier
+    planted = planted_kernel_dir(tmp_path, "gemm.h", lines[product] + barrier, lines[product])
     monkeypatch.setenv("CUNET_KERNEL_DIR", str(planted))
     log = run_under_oclgrind("test_gemm", "oclgrind_case_planted", tmp_path, math="tf32")
     assert re.search(r"race", log), log[:2000]
     with pytest.raises(AssertionError, match="Oclgrind reported"):
         assert_oclgrind_clean(log)
-    # and the real sources are clean on the same case
     monkeypatch.setenv("CUNET_KERNEL_DIR", str(cunet.kernels.KERNEL_DIR))
+    (tmp_path / "real").mkdir()
     assert_oclgrind_clean(run_under_oclgrind("test_gemm", "oclgrind_case_planted", tmp_path / "real", math="tf32"))

@@ -64,7 +64,7 @@ class TileConfig:
 # narrowest a tensor-core tile (16 x 8) allows.
 TILE_CONFIGS = (
     TileConfig("128x64", BM=128, BN=64, BK=8, TM=8, TN=8, warps_m=2),
-    TileConfig("64x16", BM=64, BN=16, BK=16, TM=4, TN=4, warps_m=2),
+    TileConfig("64x16", BM=64, BN=16, BK=8, TM=4, TN=4, warps_m=2),
     TileConfig("64x8", BM=64, BN=8, BK=16, TM=4, TN=2, warps_m=2),
 )
 
