@@ -186,3 +186,24 @@ def test_a_missing_barrier_is_a_race_under_oclgrind(tmp_path, monkeypatch):
     monkeypatch.setenv("CUNET_KERNEL_DIR", str(cunet.kernels.KERNEL_DIR))
     (tmp_path / "real").mkdir()
     assert_oclgrind_clean(run_under_oclgrind("test_gemm", "oclgrind_case_planted", tmp_path / "real", math="tf32"))
+
+
+def test_math_default_and_refusal_on_cuda_by_compute_capability():
+    """cuda: tf32 by default from sm_80 on (as cuDNN and PyTorch do for convolutions), fp32
+    before; asking for tf32 on a GPU without TF32 tensor cores is a clear error."""
+    from types import SimpleNamespace
+
+    from cunet.device import Device, choose_math
+
+    def gpu(sm):
+        return Device("cuda", SimpleNamespace(compute_capability=lambda: sm, math="fp32"))
+
+    for sm, default in ((70, "fp32"), (75, "fp32"), (80, "tf32"), (90, "tf32")):
+        device = gpu(sm)
+        choose_math(device, None)
+        assert device.runtime.math == default, sm
+    device = gpu(90)
+    choose_math(device, "fp32")
+    assert device.runtime.math == "fp32"
+    with pytest.raises(ValueError, match="needs TF32 tensor cores .sm_80 and newer.; this GPU is sm_75: use --math fp32"):
+        choose_math(gpu(75), "tf32")

@@ -244,6 +244,15 @@ def test_invalid_tile_names_valid_sizes(capsys):
     assert "use 556 or 572" in capsys.readouterr().err
 
 
+def test_math_option(tmp_path, capsys):
+    """--math tf32 trains on opencl's tensor-core emulation; on the cpu it is a clear error."""
+    code, out = run_main(tmp_path, "--steps", "1", "--device", "opencl", "--math", "tf32", name="tf32")
+    assert code == 0 and load_checkpoint(out / "checkpoint.npz").step == 1
+    assert "convolutions in emulated TF32" in capsys.readouterr().out
+    assert train.main([*TINY, "--steps", "1", "--device", "cpu", "--math", "tf32", "--out", str(tmp_path / "x")]) == 2
+    assert "the cpu device computes in FP32" in capsys.readouterr().err
+
+
 def test_trains_on_opencl(tmp_path):
     code, out = run_main(tmp_path, "--steps", "2", "--device", "opencl")
     assert code == 0 and load_checkpoint(out / "checkpoint.npz").step == 2
