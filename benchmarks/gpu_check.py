@@ -495,19 +495,30 @@ def parse_json_output(stdout: str) -> dict | None:
     return None
 
 
+def run_benchmark(ctx: Context, program: str, math: str | None, extra: list[str] = ()) -> tuple:
+    """``python -m benchmarks.<program> --device cuda --json`` (with ``--math`` when given, then
+    ``extra``): (what it did, its record, its JSON report, None), or (..., None, the failed
+    section's dict) when it timed out or printed no report."""
+    options = (["--math", math] if math else []) + list(extra)
+    done, record = ctx.run(program + (f"-{math}" if math else ""),
+                           [sys.executable, "-m", f"benchmarks.{program}", "--device", "cuda", "--json", *options])
+    if done.timed_out:
+        return done, record, None, _timed_out(done, record)
+    data = parse_json_output(done.stdout)
+    if data is None:
+        return done, record, None, _error(f"benchmarks.{program} printed no JSON report (exit code {done.returncode})",
+                                          done, [record])
+    return done, record, data, None
+
+
 def section_kernels(ctx: Context, math: str | None = None) -> dict:
     """``benchmarks.kernels --device cuda --json``: per op time, rate, % of peak, Numba, PyTorch.
 
     ``math``: None for the device's default (every op); "fp32" for the GEMM ops again on CUDA cores.
     """
-    extra = [] if math is None else ["--math", math, "--ops", "conv2d,upconv"]
-    done, record = ctx.run("kernels" + (f"-{math}" if math else ""),
-                           [sys.executable, "-m", "benchmarks.kernels", "--device", "cuda", "--json", *extra])
-    if done.timed_out:
-        return _timed_out(done, record)
-    data = parse_json_output(done.stdout)
-    if data is None:
-        return _error(f"benchmarks.kernels printed no JSON report (exit code {done.returncode})", done, [record])
+    done, record, data, failed = run_benchmark(ctx, "kernels", math, ["--ops", "conv2d,upconv"] if math else [])
+    if failed:
+        return failed
     rows = [kernel_row(r) for r in data["results"]]
     timed = [r for r in rows if r["median_s"]]
     with_torch = [r for r in timed if r["torch_median_s"]]
@@ -542,14 +553,9 @@ def kernel_row(r: dict) -> dict:
 def section_train_step(ctx: Context, math: str | None = None) -> dict:
     """``benchmarks.train_step --device cuda --json``: images/s and step peak memory, cunet and PyTorch
     (PyTorch's convolutions allowed TF32 exactly when cunet's use it). ``math`` as for section_kernels."""
-    extra = [] if math is None else ["--math", math]
-    done, record = ctx.run("train_step" + (f"-{math}" if math else ""),
-                           [sys.executable, "-m", "benchmarks.train_step", "--device", "cuda", "--json", *extra])
-    if done.timed_out:
-        return _timed_out(done, record)
-    data = parse_json_output(done.stdout)
-    if data is None:
-        return _error(f"benchmarks.train_step printed no JSON report (exit code {done.returncode})", done, [record])
+    done, record, data, failed = run_benchmark(ctx, "train_step", math)
+    if failed:
+        return failed
     batch = data["config"]["batch"]
     frameworks = {}
     for name, t in data["time"].items():

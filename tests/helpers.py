@@ -16,6 +16,17 @@ ROOT = TESTS.parent
 OCLGRIND_ERROR_WORDS = ("Invalid", "race", "error", "Error", "divergence", "Uninitialized")
 
 
+def has_gpu() -> bool:
+    """Whether CuPy finds a GPU here (tests of the no-GPU paths skip where one is)."""
+    from cunet.device import DeviceUnavailableError, get_device
+
+    try:
+        get_device("cuda")
+    except DeviceUnavailableError:
+        return False
+    return True
+
+
 def gemm_reference_inputs(device, *arrays):
     """The GEMM ops' operands as the device multiplies them: rounded to TF32 where its math is
     tf32 (the reference then sums them exactly, in float64), unchanged otherwise."""

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import has_gpu
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside cunet, not inside it
 
@@ -27,16 +29,6 @@ def run_cli(*args, timeout=120):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def has_gpu() -> bool:
-    from cunet.device import DeviceUnavailableError, get_device
-
-    try:
-        get_device("cuda")
-    except DeviceUnavailableError:
-        return False
-    return True
 
 
 def has_torch() -> bool:

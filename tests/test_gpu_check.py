@@ -28,20 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside cunet, not inside it
 
 from benchmarks import gpu_check  # noqa: E402
+from helpers import has_gpu  # noqa: E402
 
 
 def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
-def has_gpu() -> bool:
-    from cunet.device import DeviceUnavailableError, get_device
-
-    try:
-        get_device("cuda")
-    except DeviceUnavailableError:
-        return False
-    return True
 
 
 # --- canned outputs -------------------------------------------------------------------------------------

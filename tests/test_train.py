@@ -20,6 +20,20 @@ def run_main(tmp_path, *args, name="run"):
     return train.main([*TINY, "--out", str(out), *args]), out
 
 
+def poison_the_loss_of_step(step, monkeypatch):
+    """Make the loss of the ``step``-th training step NaN (after it is computed, as an overflow would)."""
+    real, calls = train.weighted_cross_entropy, {"n": 0}
+
+    def poisoned(logits, labels, weights):
+        calls["n"] += 1
+        loss = real(logits, labels, weights)
+        if calls["n"] == step:
+            loss.data[...] = np.nan
+        return loss
+
+    monkeypatch.setattr(train, "weighted_cross_entropy", poisoned)
+
+
 def steps_logged(out):
     return [json.loads(line) for line in open(out / "log.jsonl") if '"loss"' in line]
 
@@ -118,16 +132,7 @@ def test_losses_are_read_back_every_sync_every_steps(tmp_path, monkeypatch):
 def test_a_nan_found_late_still_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     """With --sync-every 4 the NaN of step 3 is seen at step 4, when the checkpoint falls due:
     the error names step 3 and the checkpoint of step 2 is kept."""
-    real, calls = train.weighted_cross_entropy, {"n": 0}
-
-    def poisoned(logits, labels, weights):
-        calls["n"] += 1
-        loss = real(logits, labels, weights)
-        if calls["n"] == 3:
-            loss.data[...] = np.nan
-        return loss
-
-    monkeypatch.setattr(train, "weighted_cross_entropy", poisoned)
+    poison_the_loss_of_step(3, monkeypatch)
     code, out = run_main(tmp_path, "--steps", "8", "--device", "cpu", "--checkpoint-every", "2", "--sync-every", "4")
     assert code == 1
     assert "the loss became nan at step 3" in capsys.readouterr().err
@@ -181,17 +186,7 @@ def test_checkpoint_with_wrong_shapes_is_a_clear_error(tmp_path, capsys):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    real = train.weighted_cross_entropy
-    calls = {"n": 0}
-
-    def poisoned(logits, labels, weights):
-        calls["n"] += 1
-        loss = real(logits, labels, weights)
-        if calls["n"] == 3:
-            loss.data[...] = np.nan
-        return loss
-
-    monkeypatch.setattr(train, "weighted_cross_entropy", poisoned)
+    poison_the_loss_of_step(3, monkeypatch)
     code, out = run_main(tmp_path, "--steps", "5", "--device", "cpu", "--checkpoint-every", "1")
     assert code == 1
     err = capsys.readouterr().err
