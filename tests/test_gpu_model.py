@@ -9,7 +9,6 @@ prediction independent of the tile size.
 import copy
 
 import numpy as np
-import pytest
 
 from cunet import predict, train
 from cunet.autograd import Tensor
