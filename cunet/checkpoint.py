@@ -5,7 +5,10 @@ One ``.npz`` file holds the weights (``param/<name>``), the momentum buffers
 random-number state of the data sampler and the drop-out call counter, and the loss of
 the last step. It is written to a temporary file in the same folder, flushed to disk and
 renamed over the old one, so a crash at any moment leaves either the old checkpoint or
-the new one, never half of one.
+the new one, never half of one. A SIGKILL between the two leaves the temporary file
+(``checkpoint.npz.<random>.tmp``): :func:`remove_stale_temporaries` clears them when a run
+starts in that folder. The file gets the mode the umask gives any new file (as ``open``
+would), not mkstemp's private 0600.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from cunet.runlog import current_umask
 
 FORMAT = "cunet-checkpoint-1"
 
@@ -53,6 +58,7 @@ def save_checkpoint(path, params: dict[str, np.ndarray], velocities: list[np.nda
     arrays["meta"] = np.frombuffer(json.dumps(dict(meta, format=FORMAT)).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -62,6 +68,15 @@ def save_checkpoint(path, params: dict[str, np.ndarray], velocities: list[np.nda
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the temporary files an interrupted save_checkpoint(path) left (only its own pattern)."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f"{path.name}.*.tmp"))
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -79,6 +94,10 @@ def load_checkpoint(path) -> Checkpoint:
     meta = json.loads(arrays.pop("meta").tobytes().decode())
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {meta.get('format')!r}; this cunet reads {FORMAT!r}")
+    missing = [key for key in ("step", "config") if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)} in its metadata: it was not written by "
+                              "python -m cunet.train, or it was edited")
     params = {k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}
     n_velocities = sum(k.startswith("velocity/") for k in arrays)
     velocities = [arrays[f"velocity/{i}"] for i in range(n_velocities)]

@@ -9,9 +9,11 @@ is a function of (seed, k), drawn ahead by ``--workers`` processes), runs the fo
 the weighted cross-entropy, the backward pass and one SGD-with-momentum update. On a GPU
 the loop never waits for the device within a step: losses and step times (CUDA events)
 are read back every ``--sync-every`` steps, and checked for divergence there. Every step
-is logged to ``<out>/log.jsonl``; ``<out>/checkpoint.npz`` is written
-atomically every ``--checkpoint-every`` steps, at the end, and on Ctrl-C; ``--resume``
-continues a run exactly (on ``cpu``, bit for bit). Validation metrics on held-out images
+is logged to ``<out>/log.jsonl`` (cunet.runlog: whole lines; at resume the log is cut back
+to the checkpoint's step and marked); ``<out>/checkpoint.npz`` is written atomically every
+``--checkpoint-every`` steps, at the end, and on Ctrl-C or SIGTERM; ``--resume`` continues a
+run exactly (on ``cpu``, bit for bit). A folder that holds a run is never reused by a new
+one: ``--out`` must be new or empty. Validation metrics on held-out images
 are printed before training, every ``--val-every`` steps and at the end, and the loss
 curve is saved as ``<out>/loss.png``.
 """
@@ -24,19 +26,20 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from cunet.autograd import Tensor
-from cunet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cunet.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from cunet.data import BatchStream, TrainingSampler, load_dataset, make_split, make_synthetic
 from cunet.device import DEVICE_NAMES, Device, add_math_argument, get_device
 from cunet.loss import weighted_cross_entropy
 from cunet.metrics import basic_metrics
 from cunet.optim import SGD
 from cunet.predict import USER_ERRORS, predict_probabilities
+from cunet.runlog import append_record, cut_log_at, read_log
 from cunet.unet import UNet, check_input_size, input_size_for_output, output_size
 
 # The paper's network: what a GPU runs by default. The learning rate is cunet's: with the
@@ -146,6 +149,8 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
                                            "val_every", "checkpoint_every", "data", "synthetic_images")
              if getattr(args, k) is not None}
     config = TrainConfig(**chosen, **extra, notes=notes)
+    if config.data is not None:  # stored resolved, so the run can be resumed from any directory
+        config.data = str(Path(config.data).resolve())
     validate_config(config)
     return config
 
@@ -153,9 +158,13 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
 def validate_config(c: TrainConfig) -> None:
     """Refuse settings that cannot work, saying what would."""
     check_input_size(c.tile, c.depth)
-    for name in ("steps", "batch", "base"):
+    for name in ("steps", "batch", "base", "checkpoint_every"):
         if getattr(c, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(c, name)}")
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+    if c.val_every < 0:
+        raise ValueError(f"--val-every must be 0 (validate only before and after) or a number of steps, got {c.val_every}")
+    if not (c.w0 >= 0 and c.sigma > 0):
+        raise ValueError(f"the weight map needs --w0 >= 0 and --sigma > 0 (pixels), got {c.w0} and {c.sigma}")
     if c.data is None and c.synthetic_images < 2:
         raise ValueError(f"--synthetic-images must be at least 2 (one to train on, one held out), got {c.synthetic_images}")
     if not (c.lr > 0 and 0 <= c.momentum < 1 and c.weight_decay >= 0 and 0 <= c.dropout < 1):
@@ -183,6 +192,9 @@ def load_data(c: TrainConfig) -> Data:
         dataset = load_dataset(c.data)
         images, labels, instances, names = dataset.images, dataset.labels, None, dataset.names
         source = f"{dataset.source} ({len(dataset)} slices)"
+        if len(images) < 2:
+            raise ValueError(f"--data {c.data} holds {len(images)} image(s); training needs at least 2 "
+                             "(the last 20% are held out for validation)")
     # The last slices are held out (for ISBI's 25: train on 0-19, validate on 20-24), so
     # `python -m cunet.evaluate --slices 20-24` scores exactly the images training never saw.
     split = make_split(len(images), val_fraction=c.val_fraction, names=names)
@@ -216,21 +228,25 @@ def validate(model: UNet, data: Data) -> dict[str, float]:
 
 
 class StopRequest:
-    """The first Ctrl-C asks the loop to stop after the current step (and save); a second one aborts."""
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step (and save); a second one aborts."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort)", file=sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: finishing this step and saving a checkpoint (again to abort)", file=sys.stderr)
 
     def restore(self) -> None:
-        """Put the previous SIGINT handler back."""
-        signal.signal(signal.SIGINT, self._previous)
+        """Put the previous handlers back."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class Run:
@@ -251,6 +267,7 @@ class Run:
         self.last_loss = None
         out.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = out / "checkpoint.npz"
+        remove_stale_temporaries(self.checkpoint_path)  # what a SIGKILL during a save left
 
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> Path:
@@ -276,6 +293,7 @@ class Run:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from exc
         self.model.dropout.calls = ckpt.meta["dropout_calls"]
         self.step, self.last_loss = ckpt.step, ckpt.meta.get("loss")
+        cut_log_at(self.out / "log.jsonl", self.step)  # the steps after the checkpoint will run again
 
     # ----------------------------------------------------------------- training
     def train_step(self, batch):
@@ -319,9 +337,8 @@ class Run:
         pending.clear()
 
     def log(self, record: dict) -> None:
-        """Append one JSON line to log.jsonl."""
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append one record to log.jsonl, as one whole line."""
+        append_record(self.out / "log.jsonl", record)
 
     def run(self) -> dict:
         """Train until ``config.steps``; returns a summary dict. Raises Diverged, saving nothing new."""
@@ -356,7 +373,10 @@ class Run:
         self.save()
         after = validate(self.model, self.data)
         self.log(dict(step=self.step, validation=after))
-        plot_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
+        try:
+            plot_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
+        except (OSError, ValueError) as exc:  # the run itself is saved: a plot must never lose it
+            print(f"warning: no loss plot ({exc})", file=sys.stderr)
         return dict(step=self.step, interrupted=stop.requested, before=before, after=after)
 
 
@@ -381,7 +401,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in open(log_path)]
+    records = read_log(log_path)
     steps = [r["step"] for r in records if "loss" in r]
     losses = np.array([r["loss"] for r in records if "loss" in r])
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -404,16 +424,60 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path:
 
 def config_for_resume(args: argparse.Namespace, checkpoint_path: str) -> TrainConfig:
     """The checkpoint's configuration, with the few settings a resumed run may change."""
-    saved = TrainConfig(**load_checkpoint(checkpoint_path).config)
+    ckpt = load_checkpoint(checkpoint_path)
+    unknown = sorted(set(ckpt.config) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise CheckpointError(f"checkpoint {checkpoint_path} has settings this cunet does not know ({', '.join(unknown)}): "
+                              "it was written by a newer version; resume it with that version")
+    saved = TrainConfig(**ckpt.config)
     for key, value in vars(args).items():
         if value is None or not hasattr(saved, key) or key == "notes":
             continue
         if key in RESUMABLE_OVERRIDES:
             setattr(saved, key, value)
+        elif key == "data" and saved.data is not None and _same_path(value, saved.data):
+            continue
         elif value != getattr(saved, key):
             raise CheckpointError(f"--{key.replace('_', '-')} {value} differs from the checkpoint's {getattr(saved, key)}; "
                                   f"a resumed run keeps its configuration (only --steps, --val-every, --checkpoint-every may change)")
+    if saved.steps < ckpt.step:
+        raise CheckpointError(f"--steps {saved.steps} is below the checkpoint's step {ckpt.step}: a resumed run "
+                              f"trains on to --steps (give --steps {ckpt.step} or more)")
+    validate_config(saved)
     return saved
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two paths name the same file or folder (relative ones from here)."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+RUN_FILES = ("checkpoint.npz", "log.jsonl")
+
+
+def check_new_output_folder(out: Path) -> None:
+    """A new run's --out must not hold a run already: its checkpoint and log would be lost."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found:
+        raise ValueError(f"--out {out} already holds a run ({', '.join(found)}); continue it with "
+                         f"--resume {out / 'checkpoint.npz'}, or choose another --out")
+
+
+def _describe_error(exc: BaseException) -> str:
+    """An error for people: OSError's reason and file (``[Errno 28] ...`` says less)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+def _last_checkpoint(run: "Run") -> str:
+    path = run.checkpoint_path
+    return f"{path} (step {load_checkpoint(path).step})" if path.exists() else "none yet"
 
 
 def _format_metrics(m: dict) -> str:
@@ -431,11 +495,12 @@ def main(argv=None) -> int:
         else:
             config = resolve_config(args, device)
             out = Path(args.out) if args.out else Path("runs") / time.strftime("unet-%Y%m%d-%H%M%S")
+            check_new_output_folder(out)
         run = Run(config, device, out, quiet=args.quiet, workers=args.workers, sync_every=args.sync_every)
         if args.resume:
             run.restore(args.resume)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (*USER_ERRORS, OSError) as exc:
+        print(f"error: {_describe_error(exc)}", file=sys.stderr)
         return 2
     c = config
     print(f"device: {device.describe()}")
@@ -451,9 +516,12 @@ def main(argv=None) -> int:
     try:
         result = run.run()
     except Diverged as exc:
-        saved = f"{run.checkpoint_path} (step {load_checkpoint(run.checkpoint_path).step})" if run.checkpoint_path.exists() else "none yet"
-        print(f"error: {exc}; stopped without saving it. Last good checkpoint: {saved}. "
+        print(f"error: {exc}; stopped without saving it. Last good checkpoint: {_last_checkpoint(run)}. "
               f"Try a lower --lr (now {c.lr}).", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a full disk, a folder that went away: the last checkpoint is intact
+        print(f"error: {_describe_error(exc)}; the run stopped. Last good checkpoint: {_last_checkpoint(run)}; "
+              f"continue with --resume {run.checkpoint_path}", file=sys.stderr)
         return 1
     minutes = (time.perf_counter() - t0) / 60
     print(f"validation before: {_format_metrics(result['before'])}")
