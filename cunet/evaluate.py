@@ -8,11 +8,17 @@ scored with every metric in ``cunet.metrics.all_metrics``: pixel error, Rand err
 warping error (the challenge's three), IoU and Dice per class, and SEG. The table shows
 each slice and the mean; ``--json`` prints {"checkpoint", "data", "slices", "per_slice",
 "mean"} with the same keys on every run, for scripts.
+
+``--slices`` takes indices and ascending ranges, comma-separated ('20-24', '3,5,7',
+'0-2,9'); it is checked against the number of slices before any range is expanded, so a
+typo such as '0-999999999' or '5-2' is a one-line error, and a bad input is
+``error: <message>`` with exit code 2 (``cunet.predict.USER_ERRORS``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
@@ -23,24 +29,63 @@ from cunet.metrics import all_metrics
 from cunet.predict import USER_ERRORS, add_inference_arguments, load_for_inference, predict_probabilities, predict_with_tta
 
 
+SLICES_FORMS = "indices and ascending ranges, comma-separated, e.g. '20-24', '3,5,7' or '0-2,9'"
+# One part of --slices: "7" or "20-24" (ASCII digits only: no signs, no spaces inside a number).
+_SLICE_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    """``text`` quoted, cut to ``limit`` characters, so an error message stays one short line."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _slices_error(text: str, problem: str, n: int) -> ValueError:
+    """A short --slices error: what is wrong, the accepted form and the valid range."""
+    valid = f"the data has slices 0..{n - 1}" if n else "the data has no slices"
+    return ValueError(f"--slices {_shorten(text)}: {problem}: expected {SLICES_FORMS}; {valid}")
+
+
+def _index(digits: str) -> int:
+    """The index a run of digits spells; past 18 digits just 10**18, out of range for any data set.
+
+    (int() itself refuses strings of over 4300 digits, with a message about sys settings.)
+    """
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
+def parse_slice_ranges(text: str, n: int) -> list[tuple[int, int]]:
+    """The inclusive (first, last) ranges a --slices spec names, in its order: '0-2,9' -> [(0, 2), (9, 9)].
+
+    Checks every part is an index or an ascending range of non-negative integers, all
+    below the number of slices ``n``. No range is expanded, so '0-999999999' costs
+    nothing. Raises ValueError with a short message.
+    """
+    ranges = []
+    for part in text.split(","):
+        match = _SLICE_PART.fullmatch(part)
+        if match is None:
+            negative = " (indices start at 0)" if part.strip().startswith("-") else ""
+            raise _slices_error(text, f"cannot read {_shorten(part.strip())}{negative}", n)
+        first_digits, last_digits = match.group(1), match.group(2) or match.group(1)
+        first, last = _index(first_digits), _index(last_digits)
+        if last < first:
+            raise _slices_error(text, f"range {_shorten(part.strip())} is descending "
+                                      f"(write {_shorten(f'{last_digits}-{first_digits}')})", n)
+        if last >= n:
+            raise _slices_error(text, f"{_shorten(last_digits)} is out of range", n)
+        ranges.append((first, last))
+    return ranges
+
+
 def parse_slices(text: str | None, n: int) -> list[int]:
-    """'20-24', '0,3,5' or '0-2,7' -> sorted indices (all n slices when text is None)."""
+    """'20-24', '3,5,7' or '0-2,9' -> sorted distinct indices below ``n`` (all n slices when text is None)."""
     if text is None:
         return list(range(n))
-    chosen = set()
-    for part in text.split(","):
-        try:
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-"))
-                chosen.update(range(lo, hi + 1))
-            else:
-                chosen.add(int(part))
-        except ValueError:
-            raise ValueError(f"--slices {text!r}: expected indices like '20-24' or '0,3,5'") from None
-    bad = sorted(i for i in chosen if not 0 <= i < n)
-    if bad:
-        raise ValueError(f"--slices {text!r}: {bad} out of range; the data has slices 0..{n - 1}")
-    return sorted(chosen)
+    chosen = np.zeros(n, bool)  # memory bounded by n: every range has been checked to fit
+    for first, last in parse_slice_ranges(text, n):
+        chosen[first:last + 1] = True
+    return np.flatnonzero(chosen).tolist()
 
 
 def evaluate(model, images, labels, tile: int, batch: int = 1, tta: bool = False) -> list[dict]:
@@ -70,7 +115,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_inference_arguments(p)
     p.add_argument("--data", required=True, help="ISBI folder (train-volume.tif + train-labels.tif) or images/ + labels/")
-    p.add_argument("--slices", help="which slices, e.g. '20-24' or '0,3,5' (default: all)")
+    p.add_argument("--slices", help="which slices: indices and ascending ranges, e.g. '20-24', '3,5,7' or "
+                   "'0-2,9' (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     try:

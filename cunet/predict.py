@@ -11,13 +11,24 @@ bounded by the tile batch plus the output, whatever the image size. Output tiles
 on a grid of 2^(depth-1) pixels, the shifts the max-pools are equivariant to, so the
 stitched result has no seams and does not depend on the tile size.
 
-For each input image ``NAME`` it writes ``NAME.prob.tif`` (float32 class probabilities,
-one page per class), ``NAME.mask.png`` (the arg-max labels; for two classes in the ISBI
-convention: 255 = cell, 0 = membrane) and, with ``--overlay``, ``NAME.overlay.png``.
+Inputs are read exactly as training reads them (``cunet.data.loaders.read_stack``): 8- and
+16-bit greyscale scaled by their range, floats in [0, 1]; a colour image is refused unless
+its channels are equal, and an unreadable file is an error naming it.
+
+Output names. Each input image is named by its full file name, extension included, and
+each page of a multi-page TIFF adds its 3-digit index: ``a.png`` -> ``a.png``, page 2 of
+``stack.tif`` -> ``stack.tif.002``. So ``a.png`` and ``a.tif`` in one folder never share
+an output. For each such ``NAME`` it writes ``NAME.prob.tif`` (float32 class
+probabilities, one page per class), ``NAME.mask.png`` (the arg-max labels; for two classes
+in the ISBI convention: 255 = cell, 0 = membrane) and, with ``--overlay``,
+``NAME.overlay.png``. Existing files are never overwritten: if any output would replace
+one, predict stops before predicting anything and names it (use a new ``--output``
+folder). A bad ``--output`` (a file, or a path under one) is reported before any work.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +36,7 @@ import numpy as np
 
 from cunet.autograd import Tensor, no_grad
 from cunet.checkpoint import CheckpointError, load_checkpoint
-from cunet.data.loaders import IMAGE_SUFFIXES, image_to_float
+from cunet.data.loaders import image_files, image_to_float, read_stack
 from cunet.data.tiling import extract_tile, plan_tiles
 from cunet.device import DEVICE_NAMES, Device, DeviceUnavailableError, add_math_argument, get_device
 from cunet.unet import InvalidSizeError, UNet
@@ -96,42 +107,90 @@ def model_from_checkpoint(path, device: Device) -> tuple[UNet, dict]:
     return model.eval(), c
 
 
-def read_inputs(path) -> list[tuple[str, np.ndarray]]:
-    """(name, float image [H, W]) for one image file, every page of a TIFF stack, or every image in a folder."""
-    import tifffile
-    from PIL import Image
-
+def input_files(path) -> list[Path]:
+    """The image files ``--input`` names: one file, or the PNG/TIFF files of a folder."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images in folder {path}")
-        return [item for f in files for item in read_inputs(f)]
+        return image_files(path)
     if not path.is_file():
         raise FileNotFoundError(f"input {path} does not exist")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        array = tifffile.imread(path)
-    else:
-        array = np.asarray(Image.open(path).convert("L"))
-    if array.ndim == 2:
-        return [(path.stem, image_to_float(array, str(path)))]
-    if array.ndim == 3:
-        return [(f"{path.stem}_{i:03d}", image_to_float(a, f"{path}[{i}]")) for i, a in enumerate(array)]
-    raise ValueError(f"{path}: expected a 2-D image or a stack of them, got shape {array.shape}")
+    return [path]
+
+
+def read_inputs(path) -> list[tuple[str, np.ndarray]]:
+    """(name, float image [H, W]) for one image file, every page of a TIFF stack, or every image in a folder.
+
+    Names are unique: the file name with its extension, plus ``.NNN`` for each page of a stack.
+    """
+    inputs = []
+    for file in input_files(path):
+        stack = read_stack(file)  # the training loaders' reader: same scaling, same refusals
+        if len(stack) == 1:
+            inputs.append((file.name, image_to_float(stack[0], str(file))))
+        else:
+            inputs += [(f"{file.name}.{i:03d}", image_to_float(page, f"{file}[{i}]")) for i, page in enumerate(stack)]
+    return inputs
+
+
+def output_paths(folder: Path, name: str, overlay: bool) -> dict[str, Path]:
+    """The files written for the input ``name``, by kind: prob.tif, mask.png and optionally overlay.png."""
+    kinds = ("prob.tif", "mask.png") + (("overlay.png",) if overlay else ())
+    return {kind: folder / f"{name}.{kind}" for kind in kinds}
+
+
+def check_output_folder(path) -> Path:
+    """``--output`` as a Path, checked before any work: a folder, or one that can be made.
+
+    Raises ValueError when it is a file, lies under a file, or cannot be written to.
+    Nothing is created here: a run that fails later leaves no empty folder behind.
+    """
+    folder = Path(path)
+    # The nearest part of the path that exists ("." or "/" at worst): what mkdir would build on.
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        if existing == folder:
+            raise ValueError(f"--output {folder}: is a file, expected a folder (it is created if missing)")
+        raise ValueError(f"--output {folder}: {existing} is a file, so no folder can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {folder}: {existing} is not writable")
+    return folder
+
+
+def check_no_overwrite(folder: Path, names: list[str], overlay: bool) -> None:
+    """Refuse to start if any output file exists already: earlier results are never replaced."""
+    taken = [p for name in names for p in output_paths(folder, name, overlay).values() if p.exists() or p.is_symlink()]
+    if taken:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise ValueError(
+            f"--output {folder}: {taken[0]} already exists{more}: predict never overwrites; "
+            "choose a new --output folder or move the old results away"
+        )
 
 
 def write_outputs(folder: Path, name: str, image: np.ndarray, probs: np.ndarray, overlay: bool) -> None:
-    """NAME.prob.tif, NAME.mask.png and optionally NAME.overlay.png."""
+    """NAME.prob.tif, NAME.mask.png and optionally NAME.overlay.png, each created new (never overwritten)."""
     import tifffile
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(folder / f"{name}.prob.tif", probs.astype(np.float32))
+    paths = output_paths(folder, name, overlay)
     labels = probs.argmax(axis=0).astype(np.uint8)
     mask = labels * 255 if probs.shape[0] == 2 else labels
-    Image.fromarray(mask).save(folder / f"{name}.mask.png")
+    with _create(paths["prob.tif"]) as f:
+        tifffile.imwrite(f, probs.astype(np.float32))
+    with _create(paths["mask.png"]) as f:
+        Image.fromarray(mask).save(f, format="PNG")
     if overlay:
-        Image.fromarray(overlay_image(image, labels)).save(folder / f"{name}.overlay.png")
+        with _create(paths["overlay.png"]) as f:
+            Image.fromarray(overlay_image(image, labels)).save(f, format="PNG")
+
+
+def _create(path: Path):
+    """Open a new file for writing; a file that appeared since ``check_no_overwrite`` is an error, not replaced."""
+    try:
+        return open(path, "xb")  # "x": exclusive creation, atomic in the file system
+    except FileExistsError:
+        raise ValueError(f"{path} appeared while predicting: predict never overwrites; not replaced") from None
 
 
 def overlay_image(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -175,13 +234,16 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_inference_arguments(p)
     p.add_argument("--input", required=True, help="an image (PNG/TIFF), a TIFF stack, or a folder of images")
-    p.add_argument("--output", required=True, help="folder for NAME.prob.tif, NAME.mask.png, NAME.overlay.png")
+    p.add_argument("--output", required=True, help="folder for NAME.prob.tif, NAME.mask.png, NAME.overlay.png "
+                   "(NAME: the input's file name; existing files are never overwritten)")
     p.add_argument("--overlay", action="store_true", help="also write PNG overlays of the mask on the image")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
+        output = check_output_folder(args.output)
         device, model, tile = load_for_inference(args)
         inputs = read_inputs(args.input)
+        check_no_overwrite(output, [name for name, _ in inputs], args.overlay)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -192,8 +254,12 @@ def main(argv=None) -> int:
         n_tiles = len(plan_tiles(image.shape, tile, model.output_size(tile), 2 ** (model.depth - 1))) * (8 if args.tta else 1)
         with tqdm(total=n_tiles, unit="tile", desc=name, disable=args.quiet) as bar:
             probs = predict(model, image, tile, args.batch, progress=bar.update)
-        write_outputs(Path(args.output), name, image, probs, args.overlay)
-    print(f"wrote {len(inputs)} prediction(s) to {args.output} (device {device.describe()}, tile {tile})")
+        try:
+            write_outputs(output, name, image, probs, args.overlay)
+        except USER_ERRORS as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    print(f"wrote {len(inputs)} prediction(s) to {output} (device {device.describe()}, tile {tile})")
     return 0
 
 

@@ -5,6 +5,8 @@ import tracemalloc
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from cunet import evaluate, predict
@@ -90,11 +92,12 @@ def test_predict_cli_on_an_image_a_stack_and_a_folder(tmp_path, checkpoint, rng)
     assert predict.main(["--checkpoint", str(checkpoint), "--input", str(folder), "--output", str(out),
                          "--device", "cpu", "--overlay", "--quiet"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{n}.{kind}" for n in ("a", "stack_000", "stack_001")
+    # Outputs are named by the input's full file name, plus the page index for a stack.
+    assert names == sorted(f"{n}.{kind}" for n in ("a.png", "stack.tif.000", "stack.tif.001")
                            for kind in ("prob.tif", "mask.png", "overlay.png"))
-    probs = tifffile.imread(out / "a.prob.tif")
+    probs = tifffile.imread(out / "a.png.prob.tif")
     assert probs.shape == (2, 40, 60) and probs.dtype == np.float32
-    mask = np.asarray(Image.open(out / "a.mask.png"))
+    mask = np.asarray(Image.open(out / "a.png.mask.png"))
     np.testing.assert_array_equal(mask, np.where(probs.argmax(0) == 1, 255, 0))
 
 
@@ -107,6 +110,90 @@ def test_predict_cli_errors(tmp_path, checkpoint, capsys):
     assert predict.main(["--checkpoint", str(checkpoint), "--input", str(image), "--output", str(tmp_path),
                          "--device", "cpu", "--tile", "75"]) == 2
     assert "use 72 or 76" in capsys.readouterr().err
+
+
+def run_predict(checkpoint, source, out, *extra):
+    """predict.main on the cpu, quietly; returns the exit code."""
+    return predict.main(["--checkpoint", str(checkpoint), "--input", str(source), "--output", str(out),
+                         "--device", "cpu", "--quiet", *extra])
+
+
+def test_inputs_sharing_a_stem_get_their_own_outputs(tmp_path, checkpoint):
+    """a.png and a.tif in one folder used to overwrite each other while saying "wrote 2"."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(folder / "a.png")
+    tifffile.imwrite(folder / "a.tif", np.full((20, 24), 200, np.uint8))
+    assert run_predict(checkpoint, folder, out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png.mask.png", "a.png.prob.tif", "a.tif.mask.png", "a.tif.prob.tif"]
+    model, _ = predict.model_from_checkpoint(checkpoint, get_device("cpu"))
+    for name, value in (("a.png", 0), ("a.tif", 200)):
+        expected = predict.predict_probabilities(model, np.full((20, 24), value / 255, np.float32), 76)
+        np.testing.assert_allclose(tifffile.imread(out / f"{name}.prob.tif"), expected, atol=1e-6)
+
+
+def test_predict_never_overwrites_earlier_results(tmp_path, checkpoint, capsys):
+    image, out = tmp_path / "a.png", tmp_path / "out"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(image)
+    assert run_predict(checkpoint, image, out) == 0
+    (out / "a.png.mask.png").write_bytes(b"the user's edited mask")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert run_predict(checkpoint, image, out, "--overlay") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output") and "already exists" in err and "a.png.prob.tif" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing added, nothing replaced
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    raw = np.arange(0, 65536, 257, dtype=np.uint16)[:240].reshape(12, 20)
+    Image.fromarray(raw).save(tmp_path / "deep.png")
+    [(name, image)] = predict.read_inputs(tmp_path / "deep.png")
+    assert name == "deep.png"
+    np.testing.assert_array_equal(image, (raw / 65535.0).astype(np.float32))  # convert("L") made it all 1.0
+
+
+def test_rgb_tiff_is_one_colour_image_not_a_stack(tmp_path):
+    colour = np.random.default_rng(0).integers(0, 256, size=(128, 20, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", colour, photometric="rgb")
+    with pytest.raises(ValueError, match="rgb.tif: colour image.*convert it to greyscale"):
+        predict.read_inputs(tmp_path / "rgb.tif")  # it was read as 128 slices of 20 x 3
+    grey = np.repeat(colour[..., :1], 3, axis=-1)  # grey stored as RGB loses nothing: accepted
+    tifffile.imwrite(tmp_path / "grey.tif", grey, photometric="rgb")
+    [(name, image)] = predict.read_inputs(tmp_path / "grey.tif")
+    np.testing.assert_array_equal(image, (colour[..., 0] / 255.0).astype(np.float32))
+
+
+def _random_bytes(path):
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes())
+
+
+def _truncated_tiff(path):
+    tifffile.imwrite(path, np.zeros((320, 256), np.uint8))
+    path.write_bytes(path.read_bytes()[:2000])  # "failed to read 81920 bytes, got 1744"
+
+
+@pytest.mark.parametrize("name, make", [("noise.png", _random_bytes), ("cut.tif", _truncated_tiff)])
+def test_unreadable_input_is_an_error_naming_the_file(tmp_path, checkpoint, capsys, name, make):
+    make(tmp_path / name)
+    assert run_predict(checkpoint, tmp_path / name, tmp_path / "out") == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / name}: cannot be read")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["under a file", "is a file"])
+def test_bad_output_is_found_before_any_work(tmp_path, checkpoint, capsys, monkeypatch, where):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    out = tmp_path / "notes.txt" / "pred" if where == "under a file" else tmp_path / "notes.txt"
+
+    def no_work(*args):
+        raise AssertionError("started work before checking --output")
+
+    monkeypatch.setattr(predict, "load_for_inference", no_work)
+    monkeypatch.setattr(predict, "read_inputs", no_work)
+    assert run_predict(checkpoint, tmp_path / "any.png", out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --output {out}: ") and "notes.txt" in err and "is a file" in err
 
 
 def fixture_folder(tmp_path, rng, n=3, size=40):
@@ -134,10 +221,99 @@ def test_evaluate_cli_json_is_stable(tmp_path, checkpoint, rng, capsys):
 
 def test_evaluate_slices_parsing():
     assert evaluate.parse_slices("0-2,7", 10) == [0, 1, 2, 7]
+    assert evaluate.parse_slices(" 3 , 5,3,4-5", 10) == [3, 4, 5]  # spaces, repeats and overlaps are fine
+    assert evaluate.parse_slices(None, 3) == [0, 1, 2]
     with pytest.raises(ValueError, match="out of range"):
         evaluate.parse_slices("8-12", 10)
     with pytest.raises(ValueError, match="expected indices"):
         evaluate.parse_slices("a-b", 10)
+    with pytest.raises(ValueError, match=r"'5-2' is descending \(write '2-5'\).*slices 0\.\.9"):
+        evaluate.parse_slices("5-2", 10)  # was an empty selection, then an IndexError
+    with pytest.raises(ValueError, match=r"cannot read '-1' \(indices start at 0\)"):
+        evaluate.parse_slices("-1", 10)
+
+
+def test_huge_slice_range_is_refused_without_building_it():
+    """'0-999999999' grew past 15 GB and listed every index in its message."""
+    tracemalloc.start()
+    with pytest.raises(ValueError) as info:
+        evaluate.parse_slices("0-999999999", 25)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20 and len(str(info.value)) < 250
+    assert "'999999999' is out of range" in str(info.value) and "slices 0..24" in str(info.value)
+    with pytest.raises(ValueError, match=r"'9999.*\.\.\.' is out of range.*slices 0\.\.24"):
+        evaluate.parse_slices("0-" + "9" * 5000, 25)  # past int()'s own 4300-digit limit
+    assert evaluate.parse_slices("0" * 5000 + "3", 25) == [3]
+
+
+@st.composite
+def slice_parts(draw, n, max_size=6):
+    """Valid --slices parts for n slices, as (text, indices) pairs."""
+    parts = []
+    for _ in range(draw(st.integers(0, max_size))):
+        first = draw(st.integers(0, n - 1))
+        last = draw(st.integers(first, n - 1))
+        pad = draw(st.sampled_from(["", " "]))
+        if draw(st.booleans()):
+            parts.append((f"{pad}{first}{pad}", [first]))
+        else:
+            parts.append((f"{pad}{first}-{last}{pad}", list(range(first, last + 1))))
+    return parts
+
+
+@st.composite
+def valid_slice_specs(draw):
+    n = draw(st.integers(1, 60))
+    parts = draw(slice_parts(n, max_size=6).filter(bool))
+    return n, ",".join(text for text, _ in parts), sorted({i for _, indices in parts for i in indices})
+
+
+@given(valid_slice_specs())
+def test_valid_slice_specs_give_their_indices(spec):
+    n, text, expected = spec
+    assert evaluate.parse_slices(text, n) == expected
+
+
+def _bad_slice_part(n):
+    """One part that no number of slices n makes valid: past the end, descending, negative or unreadable."""
+    big = st.integers(n, 10**30)
+    return st.one_of(
+        big.map(str),
+        st.tuples(st.integers(0, n - 1), big).map(lambda t: f"{t[0]}-{t[1]}"),
+        st.integers(1, 10**12).flatmap(lambda hi: st.integers(0, hi - 1).map(lambda lo: f"{hi}-{lo}")),
+        st.integers(0, 10**12).map(lambda k: f"-{k}"),
+        st.sampled_from(["", " ", "a", "1-", "-", "1--2", "1-2-3", "0x1", "1.5", "+1", "\u0663", "1 2"]),
+        st.text(alphabet="abc-+.x ", min_size=1, max_size=500),  # no digits: never valid, maybe long
+    )
+
+
+@st.composite
+def invalid_slice_specs(draw):
+    n = draw(st.integers(1, 60))
+    good = [text for text, _ in draw(slice_parts(n, max_size=3))]
+    at = draw(st.integers(0, len(good)))
+    return n, ",".join(good[:at] + [draw(_bad_slice_part(n))] + good[at:])
+
+
+@given(invalid_slice_specs())
+def test_invalid_slice_specs_give_a_short_error(spec):
+    n, text = spec
+    with pytest.raises(ValueError) as info:
+        evaluate.parse_slices(text, n)
+    message = str(info.value)
+    assert message.startswith("--slices ") and "expected indices and ascending ranges" in message
+    assert f"the data has slices 0..{n - 1}" in message and len(message) < 300
+
+
+@given(st.text(max_size=200), st.integers(0, 40))
+def test_any_slice_text_gives_indices_or_a_short_value_error(text, n):
+    try:
+        chosen = evaluate.parse_slices(text, n)
+    except ValueError as exc:
+        assert len(str(exc)) < 300
+    else:
+        assert chosen == sorted(set(chosen)) and all(0 <= i < n for i in chosen)
 
 
 def test_predict_and_evaluate_on_opencl(tmp_path, checkpoint, rng, capsys):

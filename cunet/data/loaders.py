@@ -12,16 +12,32 @@ Whatever the layout, the result is the same: images as float32 in [0, 1], shape
 [N, H, W], scaled by the range of their dtype (uint8 / 255, uint16 / 65535); labels as
 uint8 class indices, shape [N, H, W].
 
+Reading files. One reader (``read_stack``) serves training, evaluation and
+``python -m cunet.predict``, so every command reads an image the same way. Only what can
+be read faithfully is accepted: single-channel greyscale (8- or 16-bit, bool, or floats
+in [0, 1]). A colour file (RGB/RGBA PNG, RGB TIFF) is accepted only when its colour
+channels are all equal and any alpha channel is fully opaque, i.e. when it is a grey
+image stored as colour; otherwise it is refused with a request to convert it to
+greyscale. Every failure (a truncated or corrupt file, an I/O error, NaN pixels) raises
+ValueError or FileNotFoundError with a message that starts with the file's name.
+
 Label convention. ISBI 2012 masks are "in-out": 255 = cell interior, 0 = membrane. They
 become class 1 (cell) and class 0 (membrane). A mask that already holds class indices
-0..C-1 is kept as it is. Anything else (grey levels from a resized or JPEG-compressed
-mask, negative or fractional values, a mix of both conventions) is refused with an error
-that names the file, because silently guessing would train the network on wrong targets.
+0..C-1 is kept as it is. Masks are checked against ``n_classes``, which defaults to 2,
+the U-Net's classes: a binary mask must hold 0/1 or 0/255. Anything else (a third class,
+grey levels from a resized or JPEG-compressed mask, negative or fractional values, a mix
+of both conventions) is refused with an error that names the file, because silently
+guessing would train the network on wrong targets. A mask holding only one class is
+accepted with a ``SingleClassLabelWarning``: it is legal, but teaches nothing about the
+other class, and is often an empty or inverted mask by mistake.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +48,13 @@ ISBI_VOLUME = "train-volume.tif"
 ISBI_LABELS = "train-labels.tif"
 #: File types a folder data set may hold (compared case-insensitively).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+#: The U-Net's classes: 0 = membrane, 1 = cell (what the loaders check masks against by default).
+N_CLASSES = 2
+CLASS_NAMES = ("membrane", "cell")
+
+
+class SingleClassLabelWarning(UserWarning):
+    """A mask holds a single class: legal, but it shows the network no example of the others."""
 
 
 @dataclass(frozen=True)
@@ -73,16 +96,29 @@ def image_to_float(array: np.ndarray, source: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.unsignedinteger):
         return (array.astype(np.float64) / np.iinfo(array.dtype).max).astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
-            raise ValueError(
-                f"{source}: floating-point image must hold finite values in [0, 1], "
-                f"found range [{np.nanmin(array)}, {np.nanmax(array)}]"
-            )
+        _check_unit_range(array, source)
         return array.astype(np.float32)
     raise ValueError(
         f"{source}: image dtype {array.dtype} has no known intensity range; "
         "expected unsigned integers (uint8, uint16), bool, or floats in [0, 1]"
     )
+
+
+def _check_unit_range(array: np.ndarray, source: str) -> None:
+    """Refuse a float image holding NaN or infinite pixels (saying how many and where) or values outside [0, 1]."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        n_nan = int(np.count_nonzero(np.isnan(array)))
+        n_inf = int(finite.size - np.count_nonzero(finite)) - n_nan
+        first = np.unravel_index(np.argmin(finite), array.shape)  # argmin of a bool array: the first False
+        raise ValueError(
+            f"{source}: {n_nan} NaN and {n_inf} infinite pixel(s), the first at index {tuple(int(i) for i in first)}: "
+            "a floating-point image must hold finite values in [0, 1]"
+        )
+    if array.size and (array.min() < 0 or array.max() > 1):
+        raise ValueError(
+            f"{source}: floating-point image must hold values in [0, 1], found range [{array.min()}, {array.max()}]"
+        )
 
 
 # --------------------------------------------------------------------------- labels
@@ -123,16 +159,21 @@ def label_convention(array: np.ndarray, source: str) -> str:
     )
 
 
-def normalise_labels(labels: list[np.ndarray], sources: list[str], n_classes: int | None = None) -> list[np.ndarray]:
+def normalise_labels(labels: list[np.ndarray], sources: list[str], n_classes: int | None = N_CLASSES) -> list[np.ndarray]:
     """Turn a data set's masks into uint8 class indices, all in one convention.
 
     ISBI in-out masks map 255 -> 1 (cell) and 0 -> 0 (membrane); index masks stay as
     they are. Mixing the conventions within one data set is an error (a {0, 1} mask next
-    to a {0, 255} one means one of them is wrong). With ``n_classes`` given every value
-    must be below it; without it the values used across the data set must be exactly
-    0..C-1 with none missing, which catches grey-level masks such as {0, 128}.
+    to a {0, 255} one means one of them is wrong). Every value must be a class index
+    below ``n_classes`` (default 2, the U-Net's classes, so a binary mask holds 0/1 or
+    0/255); with ``n_classes=None`` the values used across the data set must instead be
+    exactly 0..C-1 with none missing, which catches grey-level masks such as {0, 128}.
+    A mask holding one class only is kept, with a ``SingleClassLabelWarning`` naming it.
     """
     conventions = [label_convention(a, s) for a, s in zip(labels, sources)]
+    out = [(a == 255).astype(np.uint8) if c == "in-out" else a.astype(np.uint8) for a, c in zip(labels, conventions)]
+    present = [np.unique(a) for a in out]  # the classes each mask holds
+    _check_classes(present, sources, n_classes)  # first: "values [0, 1, 2]" says more than "mixed"
     used = {c for c in conventions if c != "blank"}
     if len(used) > 1:
         first = {c: sources[conventions.index(c)] for c in used}
@@ -141,20 +182,28 @@ def normalise_labels(labels: list[np.ndarray], sources: list[str], n_classes: in
             + "; ".join(f"{first[c]} uses {c}" for c in sorted(used))
             + ": expected all masks in one convention (0/255 in-out, or class indices 0..C-1)"
         )
-    out = [(a == 255).astype(np.uint8) if c == "in-out" else a.astype(np.uint8) for a, c in zip(labels, conventions)]
-    _check_classes(out, sources, n_classes)
+    _warn_single_class(present, sources, n_classes)
     return out
 
 
-def _check_classes(labels: list[np.ndarray], sources: list[str], n_classes: int | None) -> None:
-    """Check class indices against ``n_classes``, or for gaps when it is not given."""
-    per_file = [np.unique(a) for a in labels]
+def _expected_labels(n_classes: int) -> str:
+    """What masks for ``n_classes`` classes may hold, in words for an error message."""
+    if n_classes == 2:
+        return "a binary mask: 0/1, or 0/255 (ISBI in-out: 0 = membrane, 255 = cell)"
+    return f"class indices 0..{n_classes - 1}"
+
+
+def _check_classes(present: list[np.ndarray], sources: list[str], n_classes: int | None) -> None:
+    """Check each mask's classes against ``n_classes``, or the data set's for gaps when it is None."""
     if n_classes is not None:
-        for values, source in zip(per_file, sources):
+        for values, source in zip(present, sources):
             if values.size and values.max() >= n_classes:
-                raise ValueError(f"{source}: label value {values.max()} is not a class index below n_classes={n_classes}")
+                shown = values[:8].tolist() + (["..."] if values.size > 8 else [])
+                raise ValueError(
+                    f"{source}: label values {shown} for n_classes={n_classes}: expected {_expected_labels(n_classes)}"
+                )
         return
-    used = set(np.concatenate(per_file).tolist()) if per_file else set()
+    used = set(np.concatenate(present).tolist()) if present else set()
     missing = sorted(set(range(max(used, default=0) + 1)) - used)
     if missing:
         raise ValueError(
@@ -163,32 +212,85 @@ def _check_classes(labels: list[np.ndarray], sources: list[str], n_classes: int 
         )
 
 
+def _warn_single_class(present: list[np.ndarray], sources: list[str], n_classes: int | None) -> None:
+    """Warn about every mask that holds one class only (all membrane, or all cell)."""
+    for values, source in zip(present, sources):
+        if values.size == 1:
+            c = int(values[0])
+            name = f" ({CLASS_NAMES[c]})" if n_classes == N_CLASSES else ""
+            warnings.warn(
+                f"{source}: every pixel is class {c}{name}: this mask shows the network no example of "
+                "the other class(es) (an empty or inverted mask?)",
+                SingleClassLabelWarning,
+                stacklevel=3,
+            )
+
+
 # --------------------------------------------------------------------------- files
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """Read a TIFF file, turning any reader failure into an error that names the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+@contextmanager
+def _reading(path: Path, kind: str):
+    """Turn any failure of a third-party reader into a ValueError that names the file.
+
+    Pillow and tifffile raise many types for a bad file: OSError for truncated data or a
+    failing disk, UnidentifiedImageError, TiffFileError, ValueError ("failed to read
+    81920 bytes"), DecompressionBombError, ... A user needs to know which file and why,
+    never a traceback. MemoryError passes through: it says nothing about the file.
+    """
     try:
-        return tifffile.imread(path)
-    except Exception as exc:  # tifffile raises several types for corrupt files
-        raise ValueError(f"{path}: cannot be read as a TIFF file ({type(exc).__name__}: {exc})") from exc
+        yield
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot be read as a {kind} file ({type(exc).__name__}: {exc})") from exc
+
+
+def _what(is_label: bool) -> str:
+    """What a file holds, for error messages."""
+    return "mask" if is_label else "image"
+
+
+def _opaque(dtype: np.dtype):
+    """The value of a fully opaque alpha channel of this dtype."""
+    return np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 1
+
+
+def _greyscale(array: np.ndarray, n_colour: int, path: Path, is_label: bool) -> np.ndarray:
+    """The single channel of a grey image stored with channels (last axis: colours, then alpha).
+
+    Accepted only when nothing is lost: all ``n_colour`` colour channels equal, and every
+    further (alpha) channel fully opaque. A real colour image has no one right grey
+    conversion (luma weights? one channel?), so it is refused rather than guessed.
+    """
+    colour, extra = array[..., :n_colour], array[..., n_colour:]
+    if extra.size and not np.all(extra == _opaque(extra.dtype)):
+        raise ValueError(
+            f"{path}: {_what(is_label)} has a transparency (alpha) channel that is not fully opaque: "
+            "save it as single-channel greyscale"
+        )
+    if not np.all(colour == colour[..., :1]):
+        raise ValueError(
+            f"{path}: colour {_what(is_label)} ({n_colour} channels that differ): convert it to greyscale "
+            "(one channel) first"
+        )
+    return colour[..., 0]
+
+
+# Pillow modes with channels: the number of colour channels (the rest are alpha).
+_PNG_CHANNELS = {"RGB": 3, "RGBA": 3, "LA": 1}
 
 
 def _read_png(path: Path, is_label: bool) -> np.ndarray:
-    """Read a single-channel PNG with Pillow (palette PNGs only as labels: their indices are classes)."""
-    from PIL import Image, UnidentifiedImageError
+    """A PNG's pixels via Pillow: greyscale as it is; palette PNGs only as labels (their indices are classes)."""
+    from PIL import Image
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{path}: cannot be read as a PNG file ({type(exc).__name__}: {exc})") from exc
+    with _reading(path, "PNG"), Image.open(path) as img:
+        if img.mode in ("P", "PA") and not is_label:
+            img = img.convert("RGBA")  # an image's palette entries are its colours: check them as RGB
+        mode, array = img.mode, np.asarray(img)  # asarray decodes: a truncated file fails here
+    if mode in _PNG_CHANNELS:
+        return _greyscale(array, _PNG_CHANNELS[mode], path, is_label)
     single_channel = {"1", "L", "I", "F"} | ({"P"} if is_label else set())
     if mode not in single_channel and not mode.startswith("I;16"):
         kind = "label (class indices)" if is_label else "greyscale image"
@@ -198,34 +300,97 @@ def _read_png(path: Path, is_label: bool) -> np.ndarray:
     return array
 
 
-def read_slice(path: Path, is_label: bool = False) -> np.ndarray:
-    """Read one 2-D image or mask file (PNG or TIFF), erroring clearly on anything else."""
-    path = Path(path)
-    array = _read_png(path, is_label) if path.suffix.lower() == ".png" else _read_tiff(path)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise ValueError(f"{path}: shape {array.shape}: expected one 2-D single-channel slice")
+class _ErrorLog(logging.Handler):
+    """Collects the ERROR records a logger emits (tifffile logs corruption rather than raising)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _read_tiff(path: Path, is_label: bool) -> np.ndarray:
+    """A TIFF's first series via tifffile as [H, W] or [N, H, W]; samples per pixel (RGB) must be grey."""
+    P = tifffile.PHOTOMETRIC
+    # A truncated stack can come back with fewer slices: tifffile logs "invalid page offset"
+    # and returns the pages it found. Any error it logs makes the file unreadable here.
+    log, logger = _ErrorLog(), logging.getLogger("tifffile")
+    logger.addHandler(log)
+    try:
+        with _reading(path, "TIFF"), tifffile.TiffFile(path) as tif:
+            if not tif.pages or not tif.series:
+                array = None
+            else:
+                series = tif.series[0]
+                array, axes, photometric = series.asarray(), series.axes, tif.pages[0].photometric
+    finally:
+        logger.removeHandler(log)
+    if log.messages:
+        raise ValueError(f"{path}: cannot be read as a TIFF file (corrupt or truncated: {log.messages[0]})")
+    if array is None or array.size == 0:
+        raise ValueError(f"{path}: holds no image data (an empty or truncated TIFF file)")
+    # Palette values are indices into a colour table: intensities only for a label.
+    allowed = {P.MINISBLACK, P.RGB} | ({P.PALETTE} if is_label else set())
+    if photometric not in allowed:
+        raise ValueError(
+            f"{path}: TIFF photometric {getattr(photometric, 'name', photometric)}: "
+            f"expected a single-channel greyscale (MINISBLACK) {_what(is_label)}"
+        )
+    if "S" in axes:  # samples per pixel: RGB(A), or grey plus extra samples
+        n_colour = 3 if photometric == P.RGB else 1
+        array = _greyscale(np.moveaxis(array, axes.index("S"), -1), n_colour, path, is_label)
     return array
 
 
-def _read_stack(path: Path) -> np.ndarray:
-    """Read a multi-page TIFF as [N, H, W] (a single page becomes N = 1)."""
-    array = _read_tiff(path)
+def read_stack(path, is_label: bool = False) -> np.ndarray:
+    """Read a PNG or TIFF file as single-channel slices [N, H, W] (one 2-D image: N = 1).
+
+    The one reader behind the loaders and ``python -m cunet.predict``. Values keep the
+    file's dtype (``image_to_float`` scales images); errors name the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: not a PNG or TIFF file: expected a name ending in {', '.join(IMAGE_SUFFIXES)}")
+    array = _read_png(path, is_label) if suffix == ".png" else _read_tiff(path, is_label)
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
-        raise ValueError(f"{path}: shape {array.shape}: expected a stack of 2-D single-channel slices [N, H, W]")
+        raise ValueError(f"{path}: shape {array.shape}: expected a 2-D single-channel image or a stack of them [N, H, W]")
     return array
+
+
+def read_slice(path, is_label: bool = False) -> np.ndarray:
+    """Read one 2-D image or mask file (PNG or TIFF) as [H, W], erroring clearly on anything else."""
+    stack = read_stack(path, is_label)
+    if len(stack) != 1:
+        raise ValueError(f"{path}: shape {stack.shape}: expected one 2-D single-channel slice")
+    return stack[0]
+
+
+def image_files(folder) -> list[Path]:
+    """The PNG/TIFF files of a folder in natural order (``s2`` before ``s10``), hidden files skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    files = [p for p in folder.iterdir()
+             if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        raise FileNotFoundError(f"{folder}: found no image files: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
+    return sorted(files, key=lambda p: (_natural_key(p.name), p.name))
 
 
 # --------------------------------------------------------------------------- layouts
 
 
-def load_isbi(volume_path, labels_path, n_classes: int | None = None) -> Dataset:
+def load_isbi(volume_path, labels_path, n_classes: int | None = N_CLASSES) -> Dataset:
     """Load an ISBI-style pair of multi-page TIFFs (raw slices + masks) as a Dataset."""
     volume_path, labels_path = Path(volume_path), Path(labels_path)
-    volume, masks = _read_stack(volume_path), _read_stack(labels_path)
+    volume, masks = read_stack(volume_path), read_stack(labels_path, is_label=True)
     if len(volume) != len(masks):
         raise ValueError(
             f"slice count mismatch: {volume_path} has {len(volume)} slices, {labels_path} has {len(masks)}: "
@@ -249,18 +414,12 @@ def _natural_key(name: str):
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
-    """Map file stem -> path for the image files of a folder (hidden files skipped)."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
+    """Map file stem -> path for the image files of a folder (two files with one stem are an error)."""
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            continue
+    for path in image_files(folder):
         if path.stem in found:
             raise ValueError(f"{folder}: two files share the name {path.stem!r} ({found[path.stem].name}, {path.name})")
         found[path.stem] = path
-    if not found:
-        raise FileNotFoundError(f"{folder}: found no image files: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
     return found
 
 
@@ -276,37 +435,38 @@ def _match_pairs(images: dict[str, Path], labels: dict[str, Path], image_dir: Pa
     return sorted(images, key=_natural_key)
 
 
-def load_folder(path, images_dir: str = "images", labels_dir: str = "labels", n_classes: int | None = None) -> Dataset:
+def load_folder(path, images_dir: str = "images", labels_dir: str = "labels", n_classes: int | None = N_CLASSES) -> Dataset:
     """Load a folder holding ``images/`` and ``labels/`` with one file per slice, matched by name."""
     root = Path(path)
     image_dir, label_dir = root / images_dir, root / labels_dir
-    image_files, label_files = _files_by_stem(image_dir), _files_by_stem(label_dir)
-    names = _match_pairs(image_files, label_files, image_dir, label_dir)
+    image_paths, label_paths = _files_by_stem(image_dir), _files_by_stem(label_dir)
+    names = _match_pairs(image_paths, label_paths, image_dir, label_dir)
     images, masks = [], []
     for name in names:
-        image, mask = read_slice(image_files[name]), read_slice(label_files[name], is_label=True)
+        image, mask = read_slice(image_paths[name]), read_slice(label_paths[name], is_label=True)
         if image.shape != mask.shape:
             raise ValueError(
-                f"shape mismatch: {image_files[name]} is {image.shape}, {label_files[name]} is {mask.shape}: "
+                f"shape mismatch: {image_paths[name]} is {image.shape}, {label_paths[name]} is {mask.shape}: "
                 "expected a mask of the image's shape"
             )
         if images and image.shape != images[0].shape:
             raise ValueError(
-                f"{image_files[name]} is {image.shape} but {image_files[names[0]]} is {images[0].shape}: "
+                f"{image_paths[name]} is {image.shape} but {image_paths[names[0]]} is {images[0].shape}: "
                 "expected all slices of a data set to share one shape"
             )
-        images.append(image_to_float(image, str(image_files[name])))
+        images.append(image_to_float(image, str(image_paths[name])))
         masks.append(mask)
-    labels = normalise_labels(masks, [str(label_files[n]) for n in names], n_classes)
+    labels = normalise_labels(masks, [str(label_paths[n]) for n in names], n_classes)
     return Dataset(np.stack(images), np.stack(labels), tuple(names), str(root))
 
 
-def load_dataset(path, n_classes: int | None = None) -> Dataset:
+def load_dataset(path, n_classes: int | None = N_CLASSES) -> Dataset:
     """Load a data set folder in either layout (ISBI stacks, or images/ + labels/).
 
     Looks first for ``train-volume.tif`` + ``train-labels.tif``, then for the ``images/``
     and ``labels/`` sub-folders; raises FileNotFoundError saying what it looked for when
-    neither is there (or when only one half of a layout is).
+    neither is there (or when only one half of a layout is). ``n_classes`` (default 2,
+    the U-Net's) is what the masks are checked against; see ``normalise_labels``.
     """
     root = Path(path)
     if not root.exists():
