@@ -47,7 +47,8 @@ class MaxPool2x2Fn(Function):
         return y
 
     def backward(self, dy):
-        return (ops.maxpool2x2_backward(dy, self.argmax, self.input_shape),)
+        # the argmax came from maxpool2x2_forward: no need to copy it back to check its codes
+        return (ops.maxpool2x2_backward(dy, self.argmax, self.input_shape, checked=True),)
 
 
 class UpConv2x2Fn(Function):

@@ -13,6 +13,8 @@ import numpy as np
 from cunet.autograd import Tensor
 from cunet.device import Device, get_device
 from cunet.functions import Conv2dFn, CropConcatFn, DropoutFn, MaxPool2x2Fn, ReLUFn, UpConv2x2Fn
+from cunet.ops.common import check_int, check_real
+from cunet.ops.random import SEED_LIMIT
 
 
 class Parameter(Tensor):
@@ -164,9 +166,10 @@ class Dropout(Module):
     """
 
     def __init__(self, p: float, seed: int):
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p, self.seed, self.calls = p, seed, 0
+        # Checked now, not at the first training step: the same rules as ops.dropout_forward.
+        self.p = check_real("Dropout", "p", p, 0.0, 1.0)
+        self.seed = check_int("Dropout", "seed", seed, 0, SEED_LIMIT)
+        self.calls = 0
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:

@@ -7,6 +7,10 @@ For each layer: input and output shape, parameters, multiply-accumulates (MACs; 
 is two FLOPs) and the memory of its output activation in float32. Parameter counts come
 from a real ``UNet`` instance; shapes follow the same size arithmetic as ``cunet.unet``.
 The paper's network (572 / 64 / 5) is about 150 GMAC forward and 31.0 M parameters.
+
+Any bad input (an option out of range, a size the network cannot take, ``--valid`` with
+no valid size up to ``--size``) ends with exit status 2 and an ``error:`` line on stderr
+that names the option and what would be valid.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
-from cunet.unet import InvalidSizeError, UNet, check_input_size, valid_input_sizes
+from cunet.unet import MAX_DEPTH, UNet, check_input_size, smallest_valid_input_size, valid_input_sizes
 
 
 @dataclass
@@ -41,7 +45,7 @@ class Row:
 def layer_table(input_size: int, base: int = 64, depth: int = 5, in_channels: int = 1, n_classes: int = 2,
                 batch: int = 1) -> list[Row]:
     """The rows of the summary for one configuration (raises InvalidSizeError for a bad size)."""
-    check_input_size(input_size, depth)
+    check_input_size(input_size, depth, "layer_table")
     model = UNet(in_channels, n_classes, base, depth, dropout=0.5)
     rows: list[Row] = []
     shape = (batch, in_channels, input_size, input_size)
@@ -96,27 +100,57 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+def _int_at_least(minimum: int, below: int | None = None):
+    """An argparse type: an integer >= ``minimum`` (and < ``below``); argparse names the option in its error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum or (below is not None and value >= below):
+            accepted = f">= {minimum}" if below is None else f"in [{minimum}, {below})"
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {value}")
+        return value
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, each range-checked: a bad one exits with status 2 and ``error: argument --name: ...``."""
     parser = argparse.ArgumentParser(prog="python -m cunet.summary", description="U-Net layer table and size calculator.")
-    parser.add_argument("--size", type=int, default=572, help="input tile size (default 572, the paper's)")
-    parser.add_argument("--base", type=int, default=64, help="channels of the first level (default 64)")
-    parser.add_argument("--depth", type=int, default=5, help="number of levels (default 5)")
-    parser.add_argument("--in-channels", type=int, default=1)
-    parser.add_argument("--classes", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=_int_at_least(1), default=572,
+                        help="input tile size (default 572, the paper's); with --valid, the largest size listed")
+    parser.add_argument("--base", type=_int_at_least(1), default=64, help="channels of the first level (default 64)")
+    parser.add_argument("--depth", type=_int_at_least(2, MAX_DEPTH), default=5, help="number of levels (default 5)")
+    parser.add_argument("--in-channels", type=_int_at_least(1), default=1)
+    parser.add_argument("--classes", type=_int_at_least(2), default=2)
+    parser.add_argument("--batch", type=_int_at_least(1), default=1)
     parser.add_argument("--valid", action="store_true", help="list the valid input sizes up to --size and exit")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def error(message: str) -> int:
+    """Report a bad input the way argparse does (``error: ...`` on stderr); returns exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2, with an ``error:`` line, for any bad input)."""
+    args = parse_args(argv)
     if args.valid:
         sizes = valid_input_sizes(args.depth, args.size)
+        if not sizes:  # an empty list would print nothing at all
+            smallest = smallest_valid_input_size(args.depth)
+            return error(f"no valid input size up to --size {args.size} at --depth {args.depth}; the smallest "
+                         f"is {smallest} (pass --size {smallest} or more)")
         print(json.dumps(sizes) if args.json else " ".join(map(str, sizes)))
         return 0
     try:
+        check_input_size(args.size, args.depth, "--size")
         rows = layer_table(args.size, args.base, args.depth, args.in_channels, args.classes, args.batch)
-    except InvalidSizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # an invalid size, or a network too wide for 32-bit kernel indexing
+        return error(str(exc))
     if args.json:
         print(json.dumps([asdict(r) | {"activation_bytes": r.activation_bytes} for r in rows], indent=1))
     else:

@@ -157,7 +157,7 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
 
 def validate_config(c: TrainConfig) -> None:
     """Refuse settings that cannot work, saying what would."""
-    check_input_size(c.tile, c.depth)
+    check_input_size(c.tile, c.depth, asker="--tile")
     for name in ("steps", "batch", "base", "checkpoint_every"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")

@@ -64,6 +64,7 @@
 #define __int_as_float(i) as_float(i)
 #define __float_as_int(f) as_int(f)
 #define INFINITY_F INFINITY
+#define NAN_F NAN
 
 #else
 /* ------------------------------- CUDA (NVRTC) ----------------------------------- */
@@ -75,6 +76,7 @@
 #define DEVICE __device__ __forceinline__
 #define RESTRICT __restrict__
 #define INFINITY_F __int_as_float(0x7f800000)
+#define NAN_F __int_as_float(0x7fc00000)
 typedef unsigned int uint;
 #endif
 

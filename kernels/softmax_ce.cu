@@ -6,7 +6,9 @@
  *     dloss/dz_k(x) = w(x) * (p_k(x) - [k == l(x)]) / (N*H*W)
  *
  * z = logits [N, K, H, W], l = labels [N, H, W] (int32, checked to lie in [0, K) on the
- * host before launch: the kernels trust them), w = weights [N, H, W] (the paper's weight
+ * host before launch; a caller that skips the check, checked=True, still gets memory
+ * safety: a label outside [0, K) is never used as an index, and that pixel's loss and
+ * gradient are NaN, as on the cpu), w = weights [N, H, W] (the paper's weight
  * map: class balance plus the border term). The normalisation is a mean over all N*H*W
  * pixels of the batch, so the gradient's size, and hence a good learning rate, does not
  * depend on the tile size. (A sum would scale the gradient, and so the right learning
@@ -110,7 +112,9 @@ KERNEL void LAUNCH_BOUNDS(SOFTMAX_CE_BLOCK) softmax_ce_forward(
         for (int k = 0; k < classes; ++k) {
             probs[base + k * plane] = expf(logits[base + k * plane] - st.max) * inv_sum;
         }
-        float z_label = logits[base + labels[q] * plane];
+        int label = labels[q];
+        /* one unsigned compare catches negatives too; a bad label poisons the loss, never indexes */
+        float z_label = (unsigned int)label < (unsigned int)classes ? logits[base + label * plane] : NAN_F;
         loss = weights[q] * ((st.max - z_label) + logf(st.sum));
     }
     float block_total = block_sum(buf, loss);
@@ -145,7 +149,7 @@ KERNEL void LAUNCH_BOUNDS(SOFTMAX_CE_BLOCK) softmax_ce_backward(
         int n = q / plane;
         int base = n * classes * plane + (q - n * plane);
         int label = labels[q];
-        float g = scale * weights[q];
+        float g = (unsigned int)label < (unsigned int)classes ? scale * weights[q] : NAN_F;
         for (int k = 0; k < classes; ++k) {
             float p = probs[base + k * plane];
             dlogits[base + k * plane] = g * (k == label ? p - 1.0f : p);

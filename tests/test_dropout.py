@@ -140,9 +140,9 @@ def refuse_launches(device, monkeypatch):
 def test_bad_input(device, rng, refuse_launches):
     x = device.to_device(rng.standard_normal((4, 4)).astype(np.float32))
     for p in (-0.1, 1.0, 1.5, float("nan"), 1 - 1e-9):  # 1 - 1e-9 rounds to 1 in float32
-        with pytest.raises(ValueError, match=r"dropout_forward: drop probability p must be in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"dropout_forward: p must be in \[0, 1\)"):
             dropout_forward(x, p, seed=0)
-    with pytest.raises(TypeError, match="dropout_backward: p must be a number"):
+    with pytest.raises(TypeError, match="dropout_backward: p must be a real number"):
         dropout_backward(x, True, seed=0)
     with pytest.raises(ValueError, match=r"dropout_forward: seed must be in \[0, 2\*\*64\)"):
         dropout_forward(x, 0.5, seed=2**64)
@@ -150,8 +150,55 @@ def test_bad_input(device, rng, refuse_launches):
         dropout_mask((4,), 0.5, seed=0, stream=-1, runtime=device.runtime)
     with pytest.raises(TypeError, match="dropout_forward: x has dtype int32"):
         dropout_forward(device.to_device(np.zeros(4, np.int32)), 0.5, seed=0)
-    with pytest.raises(ValueError, match="dropout_mask: shape"):
+    with pytest.raises(ValueError, match=r"dropout_mask: shape\[1\] must be in \[0, 2\*\*31\), got -1"):
         dropout_mask((2, -1), 0.5, seed=0, runtime=device.runtime)
+
+
+@pytest.mark.parametrize("p,seed,stream", [
+    (np.float64(0.3), np.int64(7), np.int64(1)),     # NumPy 64-bit scalars
+    (np.float32(0.3), np.uint64(7), np.uint32(1)),
+])
+def test_numpy_scalars_give_the_python_numbers_mask(device, p, seed, stream):
+    x = device.to_device(np.ones((5, 9), np.float32))
+    expected = device.to_host(dropout_forward(x, float(np.float32(p)), int(seed), int(stream)))
+    np.testing.assert_array_equal(device.to_host(dropout_forward(x, p, seed, stream)), expected)
+
+
+def test_seeds_above_32_bits_work(device):
+    """A seed is 64 bits (two Philox key words): 2**33 + 5 is a valid seed, not an overflow."""
+    seed = 2**33 + 5
+    got = device.to_host(dropout_mask((100,), 0.5, seed, 2, device.runtime))
+    np.testing.assert_array_equal(got, keep_reference(100, 0.5, seed, 2).astype(np.uint8))
+
+
+@pytest.mark.parametrize("op", ["dropout_forward", "dropout_backward", "dropout_mask"])
+@pytest.mark.parametrize("name,value,error,message", [
+    ("p", True, TypeError, "p must be a real number .*got True \\(bool\\)"),
+    ("p", "0.5", TypeError, "p must be a real number"),
+    ("seed", 1.5, TypeError, "seed must be an integer in \\[0, 2\\*\\*64\\), got 1.5 \\(float\\)"),  # was a bare TypeError
+    ("seed", 3.0, TypeError, "seed must be an integer"),
+    ("seed", True, TypeError, "seed must be an integer .*got True \\(bool\\)"),           # was accepted as 1
+    ("seed", -1, ValueError, "seed must be in \\[0, 2\\*\\*64\\), got -1"),
+    ("stream", 2.0, TypeError, "stream must be an integer"),                            # was accepted as 2
+    ("stream", 2**32, ValueError, "stream must be in \\[0, 2\\*\\*32\\), got 4294967296"),
+    ("stream", np.int64(-1), ValueError, "stream must be in"),
+])
+def test_bad_scalars_name_the_op_argument_and_value(device, refuse_launches, op, name, value, error, message):
+    args = dict(p=0.5, seed=1, stream=0) | {name: value}
+    x = device.to_device(np.ones(8, np.float32))
+    call = {"dropout_forward": lambda: dropout_forward(x, **args), "dropout_backward": lambda: dropout_backward(x, **args),
+            "dropout_mask": lambda: dropout_mask((8,), runtime=device.runtime, **args)}[op]
+    with pytest.raises(error, match=f"{op}: {message}"):
+        call()
+
+
+def test_mask_shape_must_be_integers(device):
+    with pytest.raises(TypeError, match=r"dropout_mask: shape\[0\] must be an integer .*got 2.5"):  # was truncated to 2
+        dropout_mask((2.5, 4), 0.5, seed=0, runtime=device.runtime)
+    with pytest.raises(TypeError, match="dropout_mask: shape must be a sequence of integers"):
+        dropout_mask(8, 0.5, seed=0, runtime=device.runtime)
+    with pytest.raises(ValueError, match="dropout_mask: mask would have shape"):
+        dropout_mask((2**16, 2**16), 0.5, seed=0, runtime=device.runtime)
 
 
 def oclgrind_case_dropout(device):

@@ -156,6 +156,41 @@ def test_maxpool_bad_input(device):
             maxpool2x2_backward(y, device.to_host(argmax), (1, 2, 4, 6))
 
 
+@pytest.mark.parametrize("code", [4, 7, 255])
+def test_argmax_codes_above_3_are_refused(device, code):
+    """A code outside 0..3 is not a window position: an error naming it, never a silently zero gradient."""
+    rng = np.random.default_rng(code)
+    y, argmax = maxpool2x2_forward(device.to_device(rng.standard_normal((2, 3, 4, 6)).astype(np.float32)))
+    bad = device.to_host(argmax).copy()
+    bad[1, 2, 0, 1] = code
+    with pytest.raises(ValueError, match=rf"maxpool2x2_backward: argmax must hold window positions 0..3.*1 hold "
+                                         rf"other values, e.g. argmax\[1, 2, 0, 1\] = {code}"):
+        maxpool2x2_backward(y, device.to_device(bad), (2, 3, 4, 6))
+
+
+def test_checked_argmax_skips_the_device_copy_and_stays_memory_safe(gpu_device, monkeypatch):
+    """checked=True: no copy to the host for the check, and a bad code still only routes the gradient nowhere."""
+    dy = np.full((1, 2, 3, 4), np.float32(7))
+    argmax = (np.arange(dy.size) % 4).astype(np.uint8).reshape(dy.shape)
+    argmax[0, 1, 2, 3] = 200
+    dy_dev, argmax_dev = gpu_device.to_device(dy), gpu_device.to_device(argmax)
+    copies = []
+    original = gpu_device.runtime.to_host
+    monkeypatch.setattr(gpu_device.runtime, "to_host", lambda a: (copies.append(a.dtype), original(a))[1])
+    dx = maxpool2x2_backward(dy_dev, argmax_dev, (1, 2, 6, 8), checked=True)
+    assert copies == []
+    monkeypatch.undo()
+    expected = maxpool_backward_reference(dy, np.where(argmax < 4, argmax, 0))
+    expected[0, 1, 4:6, 6:8] = 0  # the bad window: no gradient anywhere in it, and nothing outside it touched
+    np.testing.assert_array_equal(gpu_device.to_host(dx), expected)
+
+
+def test_input_shape_must_be_integers(device):
+    y, argmax = maxpool2x2_forward(device.to_device(np.zeros((1, 2, 4, 6), np.float32)))
+    with pytest.raises(TypeError, match=r"maxpool2x2_backward: input_shape\[2\] must be an integer .*got 4.5"):
+        maxpool2x2_backward(y, argmax, (1, 2, 4.5, 6))
+
+
 def oclgrind_case_maxpool(device):
     """Forward and backward over 270 windows: two blocks, the second mostly idle."""
     rng = np.random.default_rng(0)

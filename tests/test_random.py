@@ -58,6 +58,36 @@ def test_bad_seed():
         philox_bits(4, seed=-1)
 
 
+def test_integer_scalars_of_any_width_that_fit_work():
+    """NumPy integers and Python ints above 2**32 are valid seeds; the bits are the reference's."""
+    expected = philox_bits(3, 2**33 + 1, 5)
+    np.testing.assert_array_equal(philox_bits(np.int64(3), np.uint64(2**33 + 1), np.uint32(5)), expected)
+    assert tuple(expected[2]) == philox_reference((2, 5, 0, 0), split_seed(2**33 + 1))
+
+
+@pytest.mark.parametrize("name,value,error,message", [
+    ("n_counters", 2.0, TypeError, r"n_counters must be an integer in \[0, 2\*\*31\), got 2.0 \(float\)"),
+    ("n_counters", True, TypeError, "n_counters must be an integer .*got True"),
+    ("n_counters", -1, ValueError, "n_counters must be in"),
+    ("n_counters", 2**40, ValueError, "n_counters must be in"),          # was a 32 TiB MemoryError
+    ("n_counters", 2**30, ValueError, r"out would have shape \(1073741824, 4\)"),  # 4 words each: over int32
+    ("seed", 1.5, TypeError, r"seed must be an integer in \[0, 2\*\*64\), got 1.5"),  # was a bare TypeError
+    ("seed", -1, ValueError, r"seed must be in \[0, 2\*\*64\), got -1"),
+    ("seed", 2**64, ValueError, "seed must be in"),
+    ("stream", 2**32, ValueError, r"stream must be in \[0, 2\*\*32\)"),
+    ("stream", "1", TypeError, "stream must be an integer"),
+])
+def test_bad_scalars_name_the_argument(name, value, error, message):
+    args = dict(n_counters=4, seed=1, stream=0) | {name: value}
+    with pytest.raises(error, match=f"philox_bits: {message}"):
+        philox_bits(**args)
+
+
+def test_split_seed_names_its_caller():
+    with pytest.raises(ValueError, match="dropout_forward: seed must be in"):
+        split_seed(-1, "dropout_forward")
+
+
 def oclgrind_case_philox(device):
     device.to_host(philox_bits(300, 99, 1, device.runtime))
 

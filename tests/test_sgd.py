@@ -62,8 +62,72 @@ def test_sgd_bad_input(device):
     p = device.to_device(np.zeros(8, np.float32))
     with pytest.raises(ValueError, match="sgd_momentum_update: shapes must match"):
         sgd_momentum_update(p, device.to_device(np.zeros(8, np.float32)), device.to_device(np.zeros(7, np.float32)), 0.1, 0.9)
-    with pytest.raises(ValueError, match="0 <= momentum < 1"):
+    with pytest.raises(ValueError, match=r"sgd_momentum_update: momentum must be in \[0, 1\), got 1.5"):
         sgd_momentum_update(p, device.to_device(np.zeros(8, np.float32)), device.to_device(np.zeros(8, np.float32)), 0.1, 1.5)
+
+
+def sgd_case(device, rng):
+    """(param, velocity, grad) on the device, fresh for each call."""
+    return tuple(device.to_device(rng.standard_normal(40).astype(np.float32)) for _ in range(3))
+
+
+@pytest.mark.parametrize("lr,momentum,weight_decay", [
+    (np.float64(0.01), np.float64(0.9), np.float64(5e-4)),   # NumPy 64-bit scalars
+    (np.float32(0.01), np.float32(0.9), np.float32(5e-4)),
+    (0, 0, 0),                                                # plain ints
+    (np.int64(0), np.int8(0), np.uint64(0)),
+])
+def test_sgd_takes_any_numeric_scalar_that_fits_float32(device, lr, momentum, weight_decay):
+    """The kernels take float32: every real scalar type whose value fits gives the Python float's result."""
+    p, v, g = sgd_case(device, np.random.default_rng(1))
+    p_ref, v_ref, _ = sgd_case(device, np.random.default_rng(1))
+    sgd_momentum_update(p, v, g, lr, momentum, weight_decay)
+    sgd_momentum_update(p_ref, v_ref, g, float(lr), float(momentum), float(weight_decay))
+    np.testing.assert_array_equal(device.to_host(p), device.to_host(p_ref))
+    np.testing.assert_array_equal(device.to_host(v), device.to_host(v_ref))
+
+
+@pytest.mark.parametrize("name,value,error,message", [
+    ("lr", True, TypeError, "lr must be a real number"),                       # a bool is not a rate
+    ("lr", "0.1", TypeError, "lr must be a real number .* got '0.1' \\(str\\)"),
+    ("lr", np.array([0.1]), TypeError, "lr must be a real number"),          # was a Numba TypingError
+    ("weight_decay", None, TypeError, "weight_decay must be a real number"),
+    ("lr", float("nan"), ValueError, "lr must be finite and >= 0, got nan"),
+    ("lr", float("inf"), ValueError, "lr must be finite and >= 0, got inf"),  # was accepted
+    ("lr", 1e300, ValueError, "lr must be finite and >= 0 in float32.*rounds to inf"),  # was accepted
+    ("lr", -0.1, ValueError, "lr must be finite and >= 0"),
+    ("momentum", 1, ValueError, r"momentum must be in \[0, 1\), got 1"),
+    ("momentum", np.float64(1 - 1e-9), ValueError, "momentum must be in .* in float32"),
+    ("weight_decay", -1, ValueError, "weight_decay must be finite and >= 0"),
+])
+def test_sgd_bad_scalars_name_the_argument_and_value(device, name, value, error, message):
+    p, v, g = sgd_case(device, np.random.default_rng(2))
+    before = device.to_host(p).copy()
+    hyper = dict(lr=0.01, momentum=0.9, weight_decay=0.0) | {name: value}
+    with pytest.raises(error, match=f"sgd_momentum_update: {message}"):
+        sgd_momentum_update(p, v, g, **hyper)
+    np.testing.assert_array_equal(device.to_host(p), before)  # refused before anything was written
+
+
+def test_sgd_read_only_grad_works_read_only_state_is_refused(rng):
+    """grad is only read (a read-only array is fine); param and velocity are written in place."""
+    p, v, g = (rng.standard_normal(10).astype(np.float32) for _ in range(3))
+    g.setflags(write=False)
+    p_ref, v_ref = p.copy(), v.copy()
+    sgd_momentum_update(p, v, g, 0.1, 0.9)
+    sgd_momentum_update(p_ref, v_ref, g.copy(), 0.1, 0.9)
+    np.testing.assert_array_equal(p, p_ref)
+    for name in ("param", "velocity"):
+        arrays = dict(param=p.copy(), velocity=v.copy())
+        arrays[name].setflags(write=False)
+        with pytest.raises(ValueError, match=f"sgd_momentum_update: {name} is read-only"):  # was a Numba TypingError
+            sgd_momentum_update(arrays["param"], arrays["velocity"], g, 0.1, 0.9)
+
+
+def test_sgd_refuses_param_and_velocity_in_one_array(rng):
+    p = rng.standard_normal(10).astype(np.float32)
+    with pytest.raises(ValueError, match="sgd_momentum_update: param and velocity share memory"):
+        sgd_momentum_update(p, p, np.ones_like(p), 0.1, 0.9)
 
 
 def oclgrind_case_sgd(device):

@@ -190,6 +190,53 @@ def test_checked_inputs_give_the_same_results(device, rng):
         softmax_ce_backward(probs, prepared[:1], w, checked=True)   # shapes are still checked
 
 
+# A script that runs softmax_ce_forward and _backward with checked=True on labels holding
+# one bad value, in a fresh interpreter: an out-of-bounds access may kill the process, and
+# then it is this test that fails, not pytest that dies.
+UNCHECKED_LABEL_SCRIPT = """
+import sys
+import numpy as np
+from cunet.device import get_device
+from cunet.ops import softmax_ce_backward, softmax_ce_check, softmax_ce_forward
+device = get_device(sys.argv[1], **({"opencl_platform": "pocl"} if sys.argv[1] == "opencl" else {}))
+rng = np.random.default_rng(0)
+logits, weights = rng.standard_normal((2, 3, 4, 5)).astype(np.float32), np.ones((2, 4, 5), np.float32)
+z, w = device.to_device(logits), device.to_device(weights)
+labels, _ = softmax_ce_check(z, np.zeros((2, 4, 5), np.uint8), w)
+host = device.to_host(labels)
+host[1, 2, 3] = int(sys.argv[2])  # what the check would have refused
+labels = device.to_device(host)
+loss, probs = softmax_ce_forward(z, labels, w, checked=True)
+dlogits = device.to_host(softmax_ce_backward(probs, labels, w, checked=True))
+print(float(device.to_host(loss)[0]), int(np.isnan(dlogits).sum()), int(np.isnan(dlogits[1, :, 2, 3]).sum()))
+"""
+
+
+def run_unchecked_label(device_name: str, label: int) -> str:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", UNCHECKED_LABEL_SCRIPT, device_name, str(label)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"an unchecked label of {label} crashed the process (status {proc.returncode}):\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize("label", [3, 5, -1, 2**30, -(2**31)])
+def test_unchecked_labels_out_of_range_give_nan_not_a_crash(label):
+    """checked=True skips the value check, not memory safety: an out-of-range label poisons its
+    pixel (loss NaN, its 3 gradient entries NaN, nothing else) instead of reading or writing
+    outside the arrays (2**30 segfaulted; 5 gave a finite, wrong loss)."""
+    loss, nan_entries, nan_in_pixel = run_unchecked_label("cpu", label).split()
+    assert loss == "nan" and nan_entries == "3" and nan_in_pixel == "3"
+
+
+@pytest.mark.parametrize("label", [5, -1, 2**30])
+def test_unchecked_labels_on_opencl(label):
+    loss, nan_entries, _ = run_unchecked_label("opencl", label).split()
+    assert loss == "nan" and nan_entries == "3"
+
+
 def count_copies(runtime, monkeypatch):
     """Record the dtype of every array the runtime copies to the host or to the device."""
     copies = {"to_host": [], "to_device": []}

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from cunet.unet import InvalidSizeError, UNet, check_input_size, output_size, valid_input_sizes
+from cunet.unet import (InvalidSizeError, UNet, check_input_size, input_size_for_output, is_valid_input_size,
+                        nearest_valid_sizes, output_size, smallest_valid_input_size, valid_input_sizes)
 
 
 def test_paper_sizes():
@@ -27,9 +28,73 @@ def naive_valid(size, depth):
     return size > 0
 
 
-@pytest.mark.parametrize("depth", [2, 3, 4, 5, 6])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6])
 def test_valid_sizes_match_a_hand_trace(depth):
     assert valid_input_sizes(depth, 700) == [s for s in range(1, 701) if naive_valid(s, depth)]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6, 7])
+def test_nearest_sizes_and_size_for_output_match_a_search(depth):
+    """The closed-form lattice against a plain search, for every size up to 900."""
+    valid = [s for s in range(1, 1800) if naive_valid(s, depth)]
+    assert smallest_valid_input_size(depth) == valid[0]
+    for size in range(-3, 900):
+        below = [s for s in valid if s < size]
+        assert nearest_valid_sizes(size, depth) == (below[-1] if below else None, next(s for s in valid if s > size))
+    for wanted in range(-2, 200, 7):
+        assert input_size_for_output(wanted, depth) == next(s for s in valid if output_size(s, depth) >= wanted)
+
+
+def test_deep_networks_answer_at_once():
+    """Depth 30 starts at 12 * 2**29 - 4: found by formula, where a search would take minutes."""
+    with pytest.raises(InvalidSizeError, match=rf"use {12 * 2**29 - 4} \(the smallest valid size\)"):
+        check_input_size(100, 30)
+    assert valid_input_sizes(9, 100) == [] and smallest_valid_input_size(9) == 3068
+    size = input_size_for_output(10**9)  # a search would try 6e7 sizes
+    assert output_size(size) >= 10**9 > output_size(size - 16)
+
+
+SIZE_FUNCTIONS = {
+    "output_size": lambda depth: output_size(572, depth),
+    "is_valid_input_size": lambda depth: is_valid_input_size(572, depth),
+    "valid_input_sizes": lambda depth: valid_input_sizes(depth, 600),
+    "nearest_valid_sizes": lambda depth: nearest_valid_sizes(572, depth),
+    "input_size_for_output": lambda depth: input_size_for_output(388, depth),
+    "smallest_valid_input_size": lambda depth: smallest_valid_input_size(depth),
+    "check_input_size": lambda depth: check_input_size(572, depth),
+}
+
+
+@pytest.mark.parametrize("fn", SIZE_FUNCTIONS)
+@pytest.mark.parametrize("depth", [0, -1])
+def test_every_size_function_refuses_depth_below_one(fn, depth):
+    """output_size(572, 0) was 568 and is_valid_input_size(572, 0) True: a depth-0 network does not exist."""
+    with pytest.raises(InvalidSizeError, match=rf"{fn}: depth must be at least 1 .*got {depth}"):
+        SIZE_FUNCTIONS[fn](depth)
+
+
+@pytest.mark.parametrize("fn", SIZE_FUNCTIONS)
+@pytest.mark.parametrize("depth", [5.0, True, "5", None])
+def test_every_size_function_refuses_a_non_integer_depth(fn, depth):
+    with pytest.raises(TypeError, match=f"{fn}: depth must be an integer"):
+        SIZE_FUNCTIONS[fn](depth)
+
+
+@pytest.mark.parametrize("call,fn,arg", [
+    (lambda: output_size(572.0), "output_size", "input_size"),    # was 388.0
+    (lambda: output_size(True, 1), "output_size", "input_size"),
+    (lambda: check_input_size("572"), "check_input_size", "input_size"),
+    (lambda: is_valid_input_size(571.5), "is_valid_input_size", "input_size"),
+    (lambda: valid_input_sizes(5, 600.0), "valid_input_sizes", "up_to"),
+    (lambda: input_size_for_output(None), "input_size_for_output", "min_output"),
+])
+def test_sizes_must_be_integers(call, fn, arg):
+    with pytest.raises(TypeError, match=f"{fn}: {arg} must be an integer"):
+        call()
+
+
+def test_numpy_integer_sizes_work_and_give_ints():
+    assert output_size(np.int64(572), np.int32(5)) == 388 and type(output_size(np.int64(572))) is int
 
 
 def test_invalid_size_names_the_nearest_valid_ones():
@@ -50,6 +115,41 @@ def test_small_inputs_of_deep_networks_name_the_smallest_valid_size(depth):
 def test_depth_below_one_is_refused():
     with pytest.raises(InvalidSizeError, match="depth must be at least 1"):
         check_input_size(572, 0)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(input_mean=float("nan")), ValueError, "input_mean must be finite, got nan"),   # was accepted
+    (dict(input_mean=float("inf")), ValueError, "input_mean must be finite, got inf"),   # was accepted
+    (dict(input_mean=1e39), ValueError, "input_mean must be finite in float32"),
+    (dict(input_std=float("nan")), ValueError, "input_std must be finite and > 0, got nan"),
+    (dict(input_std=float("inf")), ValueError, "input_std must be finite and > 0, got inf"),  # was accepted
+    (dict(input_std=0.0), ValueError, "input_std must be finite and > 0, got 0.0"),
+    (dict(input_std=-1), ValueError, "input_std must be finite and > 0"),
+    (dict(input_std="1"), TypeError, "input_std must be a real number"),
+    (dict(depth=1), ValueError, r"depth must be in \[2, 32\), got 1"),
+    (dict(depth=2.0), TypeError, "depth must be an integer"),
+    (dict(base=0), ValueError, "base must be in"),
+    (dict(base=True), TypeError, "base must be an integer"),
+    (dict(n_classes=1), ValueError, "n_classes must be in"),
+    (dict(in_channels=0), ValueError, "in_channels must be in"),
+    (dict(dropout=float("nan")), ValueError, r"dropout must be in \[0, 1\), got nan"),
+    (dict(dropout="0.5"), TypeError, "dropout must be a real number"),
+    (dict(seed=-1), ValueError, r"seed must be in \[0, 2\*\*64\), got -1"),
+    (dict(seed=1.5), TypeError, "seed must be an integer"),
+    (dict(base=2**20, depth=12), ValueError, "base 1048576 and depth 12 give the bottom level 2147483648 channels"),
+])
+def test_unet_refuses_bad_arguments_by_name(kwargs, error, message):
+    with pytest.raises(error, match=f"UNet: {message}"):
+        UNet(**{"base": 2, "depth": 2} | kwargs)
+
+
+def test_unet_config_holds_plain_numbers():
+    """NumPy scalars are accepted (a mean measured with NumPy) and stored as Python numbers."""
+    model = UNet(base=np.int64(2), depth=np.int32(2), input_mean=np.float32(0.5), input_std=np.float64(0.25),
+                 seed=np.uint64(3))
+    assert model.config == dict(in_channels=1, n_classes=2, base=2, depth=2, dropout=0.5, seed=3, input_mean=0.5,
+                                input_std=0.25)
+    assert all(type(v) in (int, float) for v in model.config.values())
 
 
 def count_by_hand(base, depth, c_in=1, classes=2):

@@ -5,7 +5,7 @@ import numpy as np
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, grid_1d
+from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, check_writable, grid_1d
 
 ADD_CU = kernel_module("add.cu", threads=256)
 
@@ -13,6 +13,7 @@ ADD_CU = kernel_module("add.cu", threads=256)
 def add_inplace(y, x) -> None:
     """Add ``x`` into ``y`` in place (same shape, dtype and device)."""
     check_float_array("add_inplace", "y", y)
+    check_writable("add_inplace", "y", y)
     check_float_array("add_inplace", "x", x)
     check_same_shape("add_inplace", y=y, x=x)
     check_same_dtype("add_inplace", y=y, x=x)

@@ -21,7 +21,7 @@ import numpy as np
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d
+from .common import check_float_array, check_output_size, check_same_device, check_same_dtype, check_shape, grid_1d
 
 CROP_CONCAT_CU = kernel_module("crop_concat.cu", threads=256)
 
@@ -74,7 +74,7 @@ def crop_concat_backward(dy, skip_shape):
     """dy [N, Cs + Cu, H, W] -> (dskip [N, Cs, Hs, Ws] = skip_shape, zero outside the window; dup [N, Cu, H, W])."""
     op = "crop_concat_backward"
     runtime = check_float_array(op, "dy", dy, 4, "N, Cs + Cu, H, W")
-    skip_shape = tuple(int(s) for s in skip_shape)
+    skip_shape = check_shape(op, "skip_shape", skip_shape)
     if len(skip_shape) != 4 or not 0 <= skip_shape[1] <= dy.shape[1]:
         raise ValueError(f"{op}: skip_shape must be [N, Cs, Hs, Ws] with Cs <= dy's {dy.shape[1]} channels, got {skip_shape}")
     _check_margins(op, skip_shape, dy.shape, "dy")

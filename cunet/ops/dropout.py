@@ -29,8 +29,9 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import ceil_div, check_float_array, grid_1d, njit_serial_or_parallel
-from .random import philox4x32_10, split_seed, unit_float
+from .common import (ceil_div, check_float_array, check_output_size, check_real, check_shape, grid_1d,
+                     njit_serial_or_parallel)
+from .random import check_stream, philox4x32_10, split_seed, unit_float
 
 DROPOUT_CU = kernel_module("dropout.cu", threads=256)
 WORDS_PER_CALL = 4  # one Philox4x32 call gives four 32-bit words: four elements
@@ -101,25 +102,17 @@ def dropout_grid(n: int):
     return grid_1d(ceil_div(n, WORDS_PER_CALL), DROPOUT_CU.threads)
 
 
-def _check_rate(op: str, p, seed: int, stream: int) -> tuple[np.float32, int, int]:
-    """Validate (p, seed, stream); returns (p as float32, key0, key1)."""
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{op}: p must be a number in [0, 1), got {type(p).__name__}")
-    if not (0.0 <= p < 1.0) or not np.float32(p) < 1.0:  # also false for NaN
-        raise ValueError(f"{op}: drop probability p must be in [0, 1) (and below 1 in float32), got {p}")
-    if not 0 <= stream < 2**32:
-        raise ValueError(f"{op}: stream must be in [0, 2**32), got {stream}")
-    try:
-        key0, key1 = split_seed(seed)
-    except ValueError as exc:
-        raise ValueError(f"{op}: {exc}") from None
-    return np.float32(p), key0, key1
+def _check_rate(op: str, p, seed, stream) -> tuple[np.float32, int, int, int]:
+    """Validate (p, seed, stream); returns (p as float32, key0, key1, stream)."""
+    p = check_real(op, "p", p, low=0.0, high=1.0)  # 1 - p divides: p < 1, in float32 too
+    key0, key1 = split_seed(seed, op)
+    return np.float32(p), key0, key1, check_stream(op, stream)
 
 
 def _apply(op: str, name: str, x, p, seed: int, stream: int):
     """The arithmetic forward and backward share: out = x * keep * (1 / (1 - p))."""
     runtime = check_float_array(op, name, x)
-    p32, key0, key1 = _check_rate(op, p, seed, stream)
+    p32, key0, key1, stream = _check_rate(op, p, seed, stream)
     scale = 1.0 / (1.0 - float(p))
     if runtime is None:
         out = np.empty_like(x)
@@ -143,6 +136,8 @@ def dropout_forward(x, p: float, seed: int, stream: int = 0):
 
     ``p`` in [0, 1) is the drop probability (p = 0 gives y == x); ``seed`` in [0, 2**64);
     ``stream`` in [0, 2**32) tells apart masks drawn from one seed (e.g. one per layer).
+    Any Python or NumPy number whose value is in range works (p must stay below 1 in
+    float32); a bool, a float seed or an out-of-range value is refused by name.
     Returns a new array on x's device, of x's shape and dtype.
     """
     return _apply("dropout_forward", "x", x, p, seed, stream)
@@ -160,10 +155,9 @@ def dropout_mask(shape, p: float, seed: int, stream: int = 0, runtime=None):
     ``dropout_mask`` kernel of kernels/dropout.cu does (a device array). Both are identical.
     """
     op = "dropout_mask"
-    shape = tuple(int(s) for s in shape)
-    if min(shape, default=1) < 0 or math.prod(shape) >= 2**31:
-        raise ValueError(f"{op}: shape {shape} must be non-negative with fewer than 2**31 elements")
-    p32, key0, key1 = _check_rate(op, p, seed, stream)
+    shape = check_shape(op, "shape", shape)
+    check_output_size(op, "mask", shape)
+    p32, key0, key1, stream = _check_rate(op, p, seed, stream)
     n = math.prod(shape)
     if runtime is None:
         mask = np.empty(shape, np.uint8)

@@ -10,6 +10,14 @@ kernels, and kernels/maxpool.cu spells the same comparison, so every device pick
 same argmax. The argmax is stored as uint8 (a quarter of the traffic of an int32 index);
 the backward needs only it and the input shape, not the input.
 
+The backward trusts nothing but the argmax codes' range: a code outside 0..3 (not one
+maxpool2x2_forward wrote) is refused with a ValueError. The cpu loop counts such codes
+as it goes (one comparison per window, no extra pass); a device's argmax is copied to
+the host for the check unless the caller passes ``checked=True`` (the argmax came from
+maxpool2x2_forward). Either way the loops are memory-safe: a code only selects which of
+its window's four positions gets the gradient, never an address, so a bad one routes the
+gradient nowhere.
+
 H and W must be even. The U-Net's size arithmetic guarantees it (a valid input size
 makes every pooled map even), so an odd size here is a bug upstream, and refused rather
 than silently cropped.
@@ -25,9 +33,11 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_output_size, check_same_device, grid_1d, njit_serial_or_parallel
+from .common import (check_float_array, check_output_size, check_same_device, check_shape, grid_1d,
+                     njit_serial_or_parallel)
 
 MAXPOOL_CU = kernel_module("maxpool.cu", threads=256)
+WINDOW = 4  # positions per 2x2 window: argmax codes are 0..WINDOW-1
 
 
 # --- per-window math, shared by the CPU loops and the Numba CUDA kernels -------------
@@ -78,16 +88,24 @@ def _forward_cpu(x, y, argmax):
 
 @njit_serial_or_parallel()
 def _backward_cpu(dy, argmax, dx):
-    """dy, argmax [planes, H/2, W/2] -> dx [planes, H, W], every element written."""
+    """dy, argmax [planes, H/2, W/2] -> dx [planes, H, W], every element written.
+
+    Returns how many argmax codes lie outside 0..3 (their windows get dx = 0): counted
+    here, in the loop that reads them anyway, rather than in a second pass.
+    """
     planes, Ho, Wo = dy.shape
+    invalid = 0
     for p in prange(planes):
         for i in range(Ho):
             for j in range(Wo):
                 g, where = dy[p, i, j], argmax[p, i, j]
+                if where >= WINDOW:
+                    invalid += 1  # a prange reduction: summed over the threads after the loop
                 dx[p, 2 * i, 2 * j] = routed(g, where, 0)
                 dx[p, 2 * i, 2 * j + 1] = routed(g, where, 1)
                 dx[p, 2 * i + 1, 2 * j] = routed(g, where, 2)
                 dx[p, 2 * i + 1, 2 * j + 1] = routed(g, where, 3)
+    return invalid
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -125,8 +143,14 @@ def maxpool2x2_forward(x):
     return y, argmax
 
 
-def maxpool2x2_backward(dy, argmax, input_shape):
-    """dy, argmax [N, C, H/2, W/2] -> dx [N, C, H, W] (input_shape), dy routed to each argmax."""
+def maxpool2x2_backward(dy, argmax, input_shape, checked: bool = False):
+    """dy, argmax [N, C, H/2, W/2] -> dx [N, C, H, W] (input_shape), dy routed to each argmax.
+
+    ``argmax`` holds window positions 0..3, as maxpool2x2_forward returns them; any other
+    code is a ValueError. ``checked=True`` says the argmax comes straight from
+    maxpool2x2_forward, which skips the device's copy to the host for that check (the cpu
+    checks inside its loop, for free, either way); the kernels stay memory-safe regardless.
+    """
     op = "maxpool2x2_backward"
     runtime = check_float_array(op, "dy", dy, 4, "N, C, H/2, W/2")
     _check_argmax(op, argmax, dy)
@@ -135,9 +159,13 @@ def maxpool2x2_backward(dy, argmax, input_shape):
     check_output_size(op, "dx", input_shape)
     if runtime is None:
         dx = np.empty(input_shape, dy.dtype)
-        _backward_cpu(dy.reshape(_planes(dy.shape)), argmax.reshape(_planes(dy.shape)), dx.reshape(_planes(input_shape)),
-                      work=dx.size)
+        invalid = _backward_cpu(dy.reshape(_planes(dy.shape)), argmax.reshape(_planes(dy.shape)),
+                                dx.reshape(_planes(input_shape)), work=dx.size)
+        if invalid:
+            _check_argmax_codes(op, argmax)
         return dx
+    if not checked:
+        _check_argmax_codes(op, runtime.to_host(argmax))
     dx = runtime.empty(input_shape, np.float32)
     _launch(runtime, "maxpool2x2_backward", (dy, argmax, dx), input_shape)
     return dx
@@ -152,8 +180,18 @@ def _check_argmax(op: str, argmax, dy) -> None:
         raise ValueError(f"{op}: argmax must be C-contiguous (got a strided view); copy it first")
 
 
+def _check_argmax_codes(op: str, argmax: np.ndarray) -> None:
+    """Host argmax codes lie in 0..3; else a ValueError naming how many do not, and the first."""
+    bad = argmax >= WINDOW
+    if not bad.any():
+        return
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(f"{op}: argmax must hold window positions 0..{WINDOW - 1}, as maxpool2x2_forward returns them; "
+                     f"{int(bad.sum())} hold other values, e.g. argmax[{', '.join(map(str, first))}] = {argmax[first]}")
+
+
 def _check_input_shape(op: str, input_shape, dy_shape) -> tuple[int, int, int, int]:
-    input_shape = tuple(int(s) for s in input_shape)
+    input_shape = check_shape(op, "input_shape", input_shape)
     expected = (dy_shape[0], dy_shape[1], 2 * dy_shape[2], 2 * dy_shape[3])
     if input_shape != expected:
         raise ValueError(f"{op}: input_shape {input_shape} does not match dy shape {tuple(dy_shape)}; expected {expected}")

@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import grid_1d, njit_serial_or_parallel
+from .common import INT32_LIMIT, check_int, check_output_size, grid_1d, njit_serial_or_parallel
 
 RANDOM_CU = kernel_module("random.cu", threads=256)
 
@@ -43,11 +43,18 @@ def unit_float(u):
     return np.float32(u >> 8) * np.float32(1.0 / 16777216.0)
 
 
-def split_seed(seed: int) -> tuple[int, int]:
-    """A non-negative seed < 2^64 as the generator's two 32-bit key words."""
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+SEED_LIMIT, STREAM_LIMIT = 2**64, 2**32  # a seed is the two key words, a stream one counter word
+
+
+def split_seed(seed: int, op: str = "split_seed") -> tuple[int, int]:
+    """A seed in [0, 2**64) as the generator's two 32-bit key words (``op`` names the caller in errors)."""
+    seed = check_int(op, "seed", seed, 0, SEED_LIMIT)
     return seed & MASK32, seed >> 32
+
+
+def check_stream(op: str, stream) -> int:
+    """A stream number in [0, 2**32): the counter word that tells apart masks drawn from one seed."""
+    return check_int(op, "stream", stream, 0, STREAM_LIMIT)
 
 
 @njit_serial_or_parallel(1 << 10)  # counters; four words each, so the same point as dropout.PHILOX_MIN_WORK
@@ -62,11 +69,14 @@ def philox_bits(n_counters: int, seed: int, stream: int = 0, runtime=None):
     """Words of Philox4x32-10 for counters {i, stream, 0, 0}, i < n_counters: uint32 [n_counters, 4].
 
     On ``runtime`` (a device runtime) the kernel in kernels/random.cu makes them; with
-    ``runtime=None`` the CPU does. Both give the same bits.
+    ``runtime=None`` the CPU does. Both give the same bits. ``seed`` in [0, 2**64) and
+    ``stream`` in [0, 2**32) are Python or NumPy integers.
     """
-    if n_counters < 0 or not 0 <= stream < 2**32:
-        raise ValueError(f"philox_bits: need n_counters >= 0 and 0 <= stream < 2**32, got {n_counters}, {stream}")
-    key0, key1 = split_seed(seed)
+    op = "philox_bits"
+    n_counters = check_int(op, "n_counters", n_counters, 0, INT32_LIMIT)
+    check_output_size(op, "out", (n_counters, 4))  # the kernel writes out[4 i + j] with 32-bit i
+    key0, key1 = split_seed(seed, op)
+    stream = check_stream(op, stream)
     if runtime is None:
         out = np.empty((n_counters, 4), np.int64)
         _philox_bits_cpu(out, key0, key1, stream, work=n_counters)

@@ -17,7 +17,8 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, grid_1d, njit_serial_or_parallel
+from .common import (check_float_array, check_same_device, check_same_dtype, check_same_shape, check_writable, grid_1d,
+                     njit_serial_or_parallel)
 
 RELU_CU = kernel_module("relu.cu", threads=256)
 
@@ -82,6 +83,7 @@ def relu_backward(y, dy, out=None):
     runtime = check_same_device("relu_backward", y=y, dy=dy)
     if out is not None:
         check_float_array("relu_backward", "out", out)
+        check_writable("relu_backward", "out", out)
         check_same_shape("relu_backward", y=y, out=out)
         check_same_dtype("relu_backward", y=y, out=out)
         check_same_device("relu_backward", y=y, out=out)

@@ -5,7 +5,9 @@ Caffe's convention (the U-Net paper trained with Caffe):
     v <- momentum * v - lr * (g + weight_decay * p)
     p <- p + v
 
-``param`` and ``velocity`` are updated in place; ``grad`` is only read.
+``param`` and ``velocity`` are updated in place (so they must be writable); ``grad`` is
+only read (a read-only array is fine). The hyper-parameters may be any Python or NumPy
+real number whose value fits a float32: lr >= 0, 0 <= momentum < 1, weight_decay >= 0.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from numba import njit, prange
 
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, grid_1d, njit_serial_or_parallel
+from .common import (check_float_array, check_real, check_same_device, check_same_dtype, check_same_shape,
+                     check_writable, grid_1d, njit_serial_or_parallel)
 
 SGD_CU = kernel_module("sgd.cu", threads=256)
 
@@ -41,8 +44,13 @@ def sgd_momentum_update(param, velocity, grad, lr: float, momentum: float, weigh
     check_same_shape(op, param=param, velocity=velocity, grad=grad)
     check_same_dtype(op, param=param, velocity=velocity, grad=grad)
     runtime = check_same_device(op, param=param, velocity=velocity, grad=grad)
-    if not (lr >= 0 and 0 <= momentum < 1 and weight_decay >= 0):
-        raise ValueError(f"{op}: need lr >= 0, 0 <= momentum < 1, weight_decay >= 0; got {lr}, {momentum}, {weight_decay}")
+    check_writable(op, "param", param)
+    check_writable(op, "velocity", velocity)
+    if runtime is None and np.may_share_memory(param, velocity):  # each element's p and v are one store apart
+        raise ValueError(f"{op}: param and velocity share memory; the update needs two separate arrays")
+    lr = check_real(op, "lr", lr, low=0.0)
+    momentum = check_real(op, "momentum", momentum, low=0.0, high=1.0)
+    weight_decay = check_real(op, "weight_decay", weight_decay, low=0.0)
     if runtime is None:
         scalar = param.dtype.type  # do the arithmetic in the parameters' precision
         _sgd_cpu(param.reshape(-1), velocity.reshape(-1), grad.reshape(-1), scalar(lr), scalar(momentum), scalar(weight_decay),

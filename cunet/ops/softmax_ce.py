@@ -25,6 +25,12 @@ microseconds per step, the price of an error message instead of a silently wrong
 A caller that runs forward and backward on the same inputs validates once with
 softmax_ce_check and passes ``checked=True`` to both (cunet/functions.py does).
 
+Unchecked labels are still memory-safe: ``checked=True`` skips looking at the values,
+never the bounds. A pixel whose label lies outside [0, K) reads and writes nothing
+outside its own K entries; its loss is NaN (so the mean loss is NaN) and its K gradient
+entries are NaN, visibly wrong rather than a crash or a plausible number. The guard is
+one integer comparison per pixel inside the loops, not a second pass over the labels.
+
 Determinism: the loss is summed in a fixed order everywhere. cpu: a float64 partial per
 image row, then np.sum over the rows. cuda/opencl: per-block tree sums, then one block
 adds the partials (kernels/softmax_ce.cu explains the two passes).
@@ -44,7 +50,7 @@ from numba import njit, prange
 from cunet.device import runtime_of
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_same_device, check_same_dtype, grid_1d, njit_serial_or_parallel
+from .common import check_float_array, check_real, check_same_device, check_same_dtype, grid_1d, njit_serial_or_parallel
 
 BLOCK = 256  # threads per block; a power of two (the tree reduction halves it)
 SOFTMAX_CE_CU = kernel_module("softmax_ce.cu", threads=BLOCK, SOFTMAX_CE_BLOCK=BLOCK)
@@ -78,7 +84,11 @@ def softmax_step(m, s, v):
 
 @njit(cache=True, inline="always")
 def pixel_forward(logits, labels, weights, probs, q, classes, plane):
-    """Write pixel q's K probabilities; return its weighted loss w * -log p_label = w * ((m - z_l) + log s)."""
+    """Write pixel q's K probabilities; return its weighted loss w * -log p_label = w * ((m - z_l) + log s).
+
+    A label outside [0, K) (possible only with checked=True) gives a NaN loss and is never
+    used as an index.
+    """
     base = pixel_offset(q, classes, plane)
     m, s = logits[base], np.float32(1)  # exp(z_0 - m) = 1 with m = z_0
     for k in range(1, classes):
@@ -87,16 +97,25 @@ def pixel_forward(logits, labels, weights, probs, q, classes, plane):
     for k in range(classes):
         i = base + k * plane
         probs[i] = math.exp(logits[i] - m) * inv_sum
-    z_label = logits[base + labels[q] * plane]
+    label = labels[q]
+    if 0 <= label < classes:
+        z_label = logits[base + label * plane]
+    else:  # unchecked and out of range: poison the loss instead of reading another pixel's (or no) memory
+        z_label = np.float32(math.nan)
     return weights[q] * ((m - z_label) + math.log(s))
 
 
 @njit(cache=True, inline="always")
 def pixel_backward(probs, labels, weights, dlogits, q, classes, plane, scale):
-    """dlogits of pixel q: scale * w * (p_k - [k == label]), scale = grad_loss / (N*H*W)."""
+    """dlogits of pixel q: scale * w * (p_k - [k == label]), scale = grad_loss / (N*H*W).
+
+    A label outside [0, K) (possible only with checked=True) makes the pixel's K entries NaN.
+    """
     base = pixel_offset(q, classes, plane)
     label = labels[q]
     g = scale * weights[q]
+    if not 0 <= label < classes:  # no index is formed from the label here; NaN so the error shows
+        g = g * np.float32(math.nan)
     for k in range(classes):
         i = base + k * plane
         p = probs[i]
@@ -282,7 +301,8 @@ def softmax_ce_forward(logits, labels, weights, checked: bool = False):
     loss = mean over the N*H*W pixels of w(x) * -log softmax(logits)_{l(x)}(x): shape (1,),
     the logits' dtype, on their device. probs = softmax over axis 1, like logits.
     ``checked=True``: labels come from :func:`softmax_ce_check` and the values are not
-    validated again.
+    validated again (shapes, dtypes and devices still are). The loops stay memory-safe for
+    any label: one outside [0, K) makes its pixel's loss, and so the returned loss, NaN.
     """
     op = "softmax_ce_forward"
     runtime, labels = _check_loss_inputs(op, "logits", logits, labels, weights, checked)
@@ -300,13 +320,12 @@ def softmax_ce_backward(probs, labels, weights, grad_loss: float = 1.0, checked:
     """dlogits [N, K, H, W] = grad_loss * w(x) * (probs - onehot(labels)) / (N*H*W).
 
     ``probs`` is softmax_ce_forward's second output; ``grad_loss`` is dL/dloss (1 when the
-    loss is the objective itself); ``checked`` as in :func:`softmax_ce_forward`.
+    loss is the objective itself, any finite real number); ``checked`` as in
+    :func:`softmax_ce_forward`: an unchecked label outside [0, K) makes its pixel's K
+    gradient entries NaN.
     """
     op = "softmax_ce_backward"
-    if isinstance(grad_loss, (bool, np.bool_)) or not isinstance(grad_loss, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{op}: grad_loss must be a number, got {type(grad_loss).__name__}")
-    if not math.isfinite(grad_loss):
-        raise ValueError(f"{op}: grad_loss must be finite, got {grad_loss}")
+    grad_loss = check_real(op, "grad_loss", grad_loss)
     runtime, labels = _check_loss_inputs(op, "probs", probs, labels, weights, checked)
     n, classes, h, w = probs.shape
     scale = float(grad_loss) / (n * h * w)
