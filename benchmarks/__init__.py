@@ -6,6 +6,7 @@
     python -m benchmarks.threshold                               serial vs parallel CPU loops
     python -m benchmarks.conv2d_cpu   --base 16|64               every convolution, cunet vs PyTorch
     python -m benchmarks.gpu_check    --out DIR                  on a GPU: every GPU check in one report
+    python -m benchmarks.ladder       conv2d                     the conv kernel from naive to tensor cores
 
 benchmarks/README.md says what each one measures, how, and what it printed here.
 """

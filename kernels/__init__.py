@@ -81,7 +81,8 @@ def kernel_module(file: str, threads: int = 256, min_sm: int | None = None, **de
 
 
 def registered_modules() -> list[KernelModule]:
-    """Every kernel module the op code declares (importing cunet.ops declares them all)."""
+    """Every kernel module the op code and the teaching ladder declare (importing them declares them all)."""
+    import cunet.kernels.ladder  # noqa: F401  (the ladder's rungs, so they are compiled and checked too)
     import cunet.ops  # noqa: F401  (importing the ops registers their modules)
 
     return list(_REGISTRY)

@@ -115,6 +115,16 @@ DEVICE float tf32_round(float v)
 #endif
 }
 
+/* Shared-tile buffers: 2 (a double buffer, filled with cp.async on sm_80+) in the tensor-core
+ * kernels, 1 in the FP32 ones (GEMM_TILES below says why). */
+#ifndef GEMM_STAGES  /* -DGEMM_STAGES=2 double-buffers the FP32 loop too: the teaching ladder's v5 */
+#if MATH_TF32
+#define GEMM_STAGES 2
+#else
+#define GEMM_STAGES 1
+#endif
+#endif
+
 /* ------------------- filling the shared tiles: staged copies ------------------------
  * A kernel's loaders move one element at a time with gemm_stage(dst, src, valid):
  * dst = valid ? *src : 0 (a padding element, or one past the matrix's edge, reads as 0 and
@@ -124,11 +134,11 @@ DEVICE float tf32_round(float v)
  * finish too fast to hide them otherwise. Elsewhere it is a plain load and store, the
  * pipeline's steps are the same, and the tests run this portable path (Oclgrind checks
  * the double buffer's barriers). The FP32 kernels stage synchronously into one buffer
- * (GEMM_STAGES below says why).
+ * (GEMM_TILES below says why).
  * Why not 128-bit vector loads: the operands are gathers (a 3x3 window of x, a strided
  * filter, an interleaved up-convolution output): four consecutive elements of a tile row
  * are rarely four consecutive, 16-byte-aligned floats in memory. */
-#if defined(CUNET_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && MATH_TF32
+#if defined(CUNET_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && GEMM_STAGES == 2
 DEVICE void gemm_stage(SHARED float* dst, GLOBAL const float* src, bool valid)
 {
     unsigned int shared_address = (unsigned int)__cvta_generic_to_shared(dst);
@@ -153,11 +163,6 @@ DEVICE void gemm_stage_value(SHARED float* dst, float v) { *dst = v; }
  * instead of 25%), for a loop whose 64 FMAs per step already hide its loads; the
  * tensor-core loop does 64 accumulators' worth of work in 16 mma's and needs the overlap.
  */
-#if MATH_TF32
-#define GEMM_STAGES 2
-#else
-#define GEMM_STAGES 1
-#endif
 #define GEMM_TILES                                   \
     __shared__ float As[GEMM_STAGES * BK * LDA];     \
     __shared__ float Bs[GEMM_STAGES * BK * LDB]
