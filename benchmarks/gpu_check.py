@@ -22,7 +22,9 @@ machine has (cupy-cuda12x or cupy-cuda13x), and answers every question in one go
    step, cunet against PyTorch on the same network: images/s and step peak memory;
 6. ``kernels_fp32``, ``train_step_fp32``: the GEMM ops and the step again with ``--math
    fp32`` (4 and 5 ran in the device's default: TF32 tensor cores on sm_80 and newer, with
-   PyTorch's TF32 allowed too), so the report has both and their ratio.
+   PyTorch's TF32 allowed too), so the report has both and their ratio;
+7. ``ladder``: ``python -m benchmarks.ladder conv2d --device cuda --json``, the teaching
+   ladder's rungs v1..v6 validated and timed at the paper's first-level layer.
 
 It writes DIR/report.md (for people: pass/fail and the headline numbers at the top) and
 DIR/report.json (for scripts), and each command's whole output under DIR/logs/. A section
@@ -81,11 +83,11 @@ DEFAULT_BUDGET_S = 480.0
 # The kernels and the train step run in the device's default math (TF32 tensor cores on sm_80
 # and newer), then the GEMM ops and the step again with --math fp32, for the ratio.
 SHARES = {"device": (10, 2), "cuda_tests": (180, 20), "sanitizer": (90, 20), "kernels": (120, 20),
-          "train_step": (90, 20), "kernels_fp32": (50, 20), "train_step_fp32": (50, 20)}
+          "train_step": (90, 20), "kernels_fp32": (50, 20), "train_step_fp32": (50, 20), "ladder": (40, 15)}
 SECTIONS = tuple(SHARES)
 TITLES = {"device": "device", "cuda_tests": "cuda tests", "sanitizer": "compute-sanitizer", "kernels": "kernels",
           "train_step": "train step", "kernels_fp32": "kernels, convolutions in fp32",
-          "train_step_fp32": "train step, fp32"}
+          "train_step_fp32": "train step, fp32", "ladder": "the conv ladder"}
 RESERVE_S = 5.0  # kept back for writing the report after the last section
 NVIDIA_SMI_TIMEOUT_S = 15.0
 TAIL_CHARS = 3000  # of a failed command's output, in the report (the whole output is in logs/)
@@ -583,6 +585,27 @@ def section_train_step(ctx: Context, math: str | None = None) -> dict:
     return result
 
 
+def section_ladder(ctx: Context) -> dict:
+    """``benchmarks.ladder conv2d --device cuda --json``: each rung's time, GFLOP/s and share of peak."""
+    done, record = ctx.run("ladder", [sys.executable, "-m", "benchmarks.ladder", "conv2d", "--device", "cuda", "--json"])
+    if done.timed_out:
+        return _timed_out(done, record)
+    data = parse_json_output(done.stdout)
+    if data is None:
+        return _error(f"benchmarks.ladder printed no JSON report (exit code {done.returncode})", done, [record])
+    rows = data["rows"]
+    failed = [r["rung"] for r in rows if r["status"].startswith("FAILED")]
+    timed = ", ".join(f"{r['rung']} {harness.fmt_time(r['median_s'])}" + (
+        f" ({100 * r['peak_fraction']:.0f}%)" if r.get("peak_fraction") is not None else "")
+        for r in rows if r.get("median_s"))
+    headline = (f"FAILED validation: {', '.join(failed)}; " if failed else "") + (timed or "no rung timed")
+    result = dict(status=FAIL if failed or done.returncode else PASS, headline=headline, commands=[record],
+                  device=data.get("device"), shape=data.get("shape"), rows=rows)
+    if result["status"] != PASS:
+        result["output_tail"] = done.tail()
+    return result
+
+
 def _mib(nbytes: float | None) -> str:
     return "-" if nbytes is None else f"{nbytes / 2**20:,.0f} MiB"
 
@@ -591,7 +614,7 @@ def _mib(nbytes: float | None) -> str:
 
 RUNNERS = {"device": section_device, "cuda_tests": section_cuda_tests, "sanitizer": section_sanitizer,
            "kernels_fp32": lambda ctx: section_kernels(ctx, "fp32"),
-           "train_step_fp32": lambda ctx: section_train_step(ctx, "fp32"),
+           "train_step_fp32": lambda ctx: section_train_step(ctx, "fp32"), "ladder": section_ladder,
            "kernels": section_kernels, "train_step": section_train_step}
 
 
@@ -781,6 +804,14 @@ def _md_kernels(s: dict) -> list[str]:
     return lines
 
 
+def _md_ladder(s: dict) -> list[str]:
+    if "rows" not in s:
+        return []
+    from .ladder import format_rows
+
+    return [f"{s['device']}; shape {s['shape']}.", "", _code(format_rows(s["rows"], "cuda"))]
+
+
 def _md_train_step(s: dict) -> list[str]:
     if "frameworks" not in s:
         return []
@@ -803,7 +834,7 @@ def _md_train_step(s: dict) -> list[str]:
 
 
 SECTION_MARKDOWN = {"device": _md_device, "cuda_tests": _md_cuda_tests, "sanitizer": _md_sanitizer,
-                    "kernels_fp32": _md_kernels, "train_step_fp32": _md_train_step,
+                    "kernels_fp32": _md_kernels, "train_step_fp32": _md_train_step, "ladder": _md_ladder,
                     "kernels": _md_kernels, "train_step": _md_train_step}
 
 

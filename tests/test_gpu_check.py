@@ -43,7 +43,8 @@ def benchmark_outputs() -> dict:
     """stdout of the real benchmarks with --quick --json on cpu (run side by side, ~10 s), with
     the keys their cuda paths add (test_cuda_only_keys_are_the_benchmarks_own checks the names)."""
     commands = {"kernels": ["benchmarks.kernels", "--quick", "--json", "--ops", "conv2d,relu", "--layers", "down0"],
-                "train_step": ["benchmarks.train_step", "--quick", "--json"]}
+                "train_step": ["benchmarks.train_step", "--quick", "--json"],
+                "ladder": ["benchmarks.ladder", "conv2d", "--shape", "1,2,6,7,3", "--repeats", "1", "--json"]}
     children = {name: subprocess.Popen([sys.executable, "-m", *cmd], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True) for name, cmd in commands.items()}
     reports = {}
@@ -56,6 +57,8 @@ def benchmark_outputs() -> dict:
             r["numba_median_s"] = 1.5 * r["median_s"]
     for name, memory in reports["train_step"]["memory"].items():  # child_main's device-side peak on cuda
         memory["gpu_step_peak"] = {"cunet": 300 << 20, "torch": 200 << 20}[name]
+    for row in reports["ladder"]["rows"]:  # run_ladder's share of the peak, on cuda
+        row["peak_fraction"] = row["gflops"] / 19_500
     return reports
 
 
@@ -121,7 +124,7 @@ def command_key(cmd: list[str]) -> str:
         return "nvidia-smi"
     if cmd[0].endswith("compute-sanitizer"):
         return cmd[cmd.index("--tool") + 1]
-    for key in ("pytest", "benchmarks.kernels", "benchmarks.train_step"):
+    for key in ("pytest", "benchmarks.kernels", "benchmarks.train_step", "benchmarks.ladder"):
         if key in cmd:
             return key.removeprefix("benchmarks.")
     raise AssertionError(f"unexpected command {cmd}")
@@ -181,7 +184,8 @@ def default_answers(outputs: dict, **changes) -> dict:
                # exit code 0: the verdict must come from the summary, not only from --error-exitcode
                "synccheck": Canned(20, returncode=0, stdout=SYNCCHECK_TWO_ERRORS),
                "kernels": Canned(70, stdout=json.dumps(outputs["kernels"])),
-               "train_step": Canned(40, stdout=json.dumps(outputs["train_step"]))}
+               "train_step": Canned(40, stdout=json.dumps(outputs["train_step"])),
+               "ladder": Canned(20, stdout=json.dumps(outputs["ladder"]))}
     answers.update(changes)
     return answers
 
@@ -204,7 +208,8 @@ def test_full_report_with_canned_outputs(tmp_path, benchmark_outputs):
     assert list(sections) == list(gpu_check.SECTIONS)
     assert {name: s["status"] for name, s in sections.items()} == {
         "device": "pass", "cuda_tests": "fail", "sanitizer": "fail", "kernels": "pass", "train_step": "pass",
-        "kernels_fp32": "pass", "train_step_fp32": "pass"}
+        "kernels_fp32": "pass", "train_step_fp32": "pass", "ladder": "pass"}
+    assert sections["ladder"]["headline"].startswith("v1 ") and "## the conv ladder: pass" in md
     # the fp32 sections ran the same programs with --math fp32 (the GEMM ops only for the kernels)
     fp32_commands = [c["cmd"] for c in lab.calls if "--math" in c["cmd"]]
     assert len(fp32_commands) == 2 and all(cmd[cmd.index("--math") + 1] == "fp32" for cmd in fp32_commands)
@@ -308,7 +313,8 @@ def test_budget_spent_skips_the_remaining_sections(tmp_path, benchmark_outputs):
     code, report, md = run_check(tmp_path, lab, "--budget-s", "300")
     statuses = {name: s["status"] for name, s in report["sections"].items()}
     assert statuses == {"device": "pass", "cuda_tests": "fail", "sanitizer": "skipped", "kernels": "skipped",
-                        "train_step": "skipped", "kernels_fp32": "skipped", "train_step_fp32": "skipped"}
+                        "train_step": "skipped", "kernels_fp32": "skipped", "train_step_fp32": "skipped",
+                        "ladder": "skipped"}
     assert "not enough time left" in report["sections"]["kernels"]["headline"]
     assert [c["key"] for c in lab.calls] == ["nvidia-smi", "pytest"]
     assert code == 1 and "## kernels: SKIPPED" in md
