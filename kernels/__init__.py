@@ -118,5 +118,5 @@ def _with_includes(file: str, seen: set[str]) -> str:
 
 
 def source_files() -> list[str]:
-    """All kernel source files shipped with the package (not the prelude)."""
-    return sorted(p.name for p in KERNEL_DIR.glob("*.cu"))
+    """All kernel source files shipped with the package (not the headers), relative to KERNEL_DIR."""
+    return sorted(str(p.relative_to(KERNEL_DIR)) for p in KERNEL_DIR.rglob("*.cu"))

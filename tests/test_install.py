@@ -33,7 +33,7 @@ def test_the_wheel_carries_the_kernel_sources(installed, tmp_path):
     assert proc.returncode == 0, proc.stderr
     kernel_dir, files = proc.stdout.splitlines()
     assert kernel_dir == str(installed / "cunet" / "kernels")
-    assert set(files.split()) == {p.name for p in (ROOT / "kernels").glob("*.cu")}
+    assert set(files.split()) == {str(p.relative_to(ROOT / "kernels")) for p in (ROOT / "kernels").rglob("*.cu")}
     assert (installed / "cunet" / "kernels" / "prelude.h").is_file()
 
 
