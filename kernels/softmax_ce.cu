@@ -35,6 +35,12 @@
  * The same shapes give the same bits on every run. (An atomicAdd of per-block sums
  * would land in whatever order the blocks finish.)
  *
+ * The teaching ladder (cunet/kernels/ladder, `python -m benchmarks.ladder softmax_ce`) builds
+ * this file three ways, each rung a define, so the three versions sit side by side here:
+ *   v1  -DSOFTMAX_CE_TWO_PASS=1: m in one pass over the K logits, s in a second;
+ *   v2  the default: one online pass (above);
+ *   v3  -DSOFTMAX_CE_WARP_SUM=1: the block sum with warp shuffles on CUDA (portable tree elsewhere).
+ *
  * Memory traffic per pixel, K classes: forward reads K logits twice (the second pass
  * mostly hits cache) plus the label's logit, the label (4 B) and the weight (4 B), and
  * writes K probabilities: about 8K + 8 B from DRAM, plus 4 B per block of partials.
@@ -48,6 +54,12 @@
 #if (SOFTMAX_CE_BLOCK & (SOFTMAX_CE_BLOCK - 1)) != 0
 #error "SOFTMAX_CE_BLOCK must be a power of two: the tree reduction halves it"
 #endif
+#ifndef SOFTMAX_CE_TWO_PASS
+#define SOFTMAX_CE_TWO_PASS 0
+#endif
+#ifndef SOFTMAX_CE_WARP_SUM
+#define SOFTMAX_CE_WARP_SUM 0
+#endif
 
 typedef struct {
     float max;  /* m = max_k z_k */
@@ -58,6 +70,15 @@ typedef struct {
 DEVICE softmax_stats pixel_softmax_stats(GLOBAL const float* RESTRICT z, int classes, int plane)
 {
     softmax_stats st;
+#if SOFTMAX_CE_TWO_PASS
+    /* Ladder v1, the textbook way: the maximum first, then the sum of exponentials against
+     * it. Each logit is read twice (the second time mostly from cache) and the two loops
+     * cannot overlap. The online pass below does it in one. */
+    st.max = z[0];
+    for (int k = 1; k < classes; ++k) st.max = fmaxf(st.max, z[k * plane]);
+    st.sum = 0.0f;
+    for (int k = 0; k < classes; ++k) st.sum += expf(z[k * plane] - st.max);
+#else
     st.max = z[0];
     st.sum = 1.0f;  /* exp(z_0 - m) with m = z_0 */
     for (int k = 1; k < classes; ++k) {
@@ -69,6 +90,7 @@ DEVICE softmax_stats pixel_softmax_stats(GLOBAL const float* RESTRICT z, int cla
             st.sum += expf(v - st.max);
         }
     }
+#endif
     return st;
 }
 
@@ -81,6 +103,28 @@ DEVICE softmax_stats pixel_softmax_stats(GLOBAL const float* RESTRICT z, int cla
  * Call it once per kernel: a second call would overwrite buf while slow threads may
  * still be reading buf[0] (it would need another barrier first).
  */
+#if defined(CUNET_CUDA) && SOFTMAX_CE_WARP_SUM
+/* Ladder v3: the same sum with warp shuffles. The 32 threads of a warp add their values
+ * through registers (__shfl_down_sync: strides 16, 8, 4, 2, 1), no shared memory and no
+ * barrier; lane 0 of each warp leaves its warp's sum in buf[warp], one barrier, and warp 0
+ * adds those the same way. 2 barriers instead of log2(SOFTMAX_CE_BLOCK) + 1; the order of
+ * the additions is fixed, so the result is as deterministic as the tree's (not the same
+ * bits: another order). OpenCL 1.2 has no shuffles: there the tree below runs. */
+DEVICE float block_sum(SHARED float* buf, float value)
+{
+    int t = threadIdx.x, lane = t % 32, warp = t / 32;
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+    if (lane == 0) buf[warp] = value;
+    __syncthreads();
+    value = t < SOFTMAX_CE_BLOCK / 32 ? buf[t] : 0.0f;
+    if (warp == 0) {
+        for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+        if (lane == 0) buf[0] = value;
+    }
+    __syncthreads();
+    return buf[0];
+}
+#else
 DEVICE float block_sum(SHARED float* buf, float value)
 {
     int t = threadIdx.x;
@@ -94,6 +138,7 @@ DEVICE float block_sum(SHARED float* buf, float value)
     }
     return buf[0];
 }
+#endif
 
 /* Pass 1: probabilities, and each block's sum of w(x) * -log p_l(x) into partial[block]. */
 KERNEL void LAUNCH_BOUNDS(SOFTMAX_CE_BLOCK) softmax_ce_forward(

@@ -1,5 +1,5 @@
-"""The teaching ladder of the convolution (kernels/ladder, benchmarks/ladder.py): every rung
-correct on PoCL and clean under Oclgrind, in the compile check, and the driver catches a wrong rung."""
+"""The teaching ladders (kernels/ladder, benchmarks/ladder.py): the convolution's and the loss's;
+every rung correct on PoCL and clean under Oclgrind, in the compile check, and the driver catches a wrong rung."""
 import sys
 
 import numpy as np
@@ -12,15 +12,16 @@ sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside cunet, not 
 from benchmarks import ladder as driver  # noqa: E402
 from cunet.device import get_device  # noqa: E402
 from cunet.kernels import registered_modules  # noqa: E402
-from cunet.kernels.ladder import CONV2D_RUNGS, run_rung  # noqa: E402
+from cunet.kernels.ladder import CONV2D_RUNGS, SOFTMAX_CE_RUNGS, run_rung  # noqa: E402
 from helpers import assert_oclgrind_clean, run_under_oclgrind  # noqa: E402
 from test_gemm import planted_kernel_dir  # noqa: E402
 
 
 def test_the_rungs_are_numbered_and_all_in_the_compile_check():
     assert [r.name for r in CONV2D_RUNGS] == ["v1", "v2", "v3", "v4", "v5", "v6"]
+    assert [r.name for r in SOFTMAX_CE_RUNGS] == ["v1", "v2", "v3"]
     registered = set(registered_modules())
-    assert all(r.module in registered for r in CONV2D_RUNGS)
+    assert all(r.module in registered for r in CONV2D_RUNGS + SOFTMAX_CE_RUNGS)
     # the tiling's traffic per FMA falls rung by rung until the production tile
     traffic = [r.bytes_per_fma for r in CONV2D_RUNGS]
     assert traffic[:4] == sorted(traffic[:4], reverse=True) and len(set(traffic[:4])) == 4
@@ -32,6 +33,13 @@ def test_the_rungs_are_numbered_and_all_in_the_compile_check():
 def test_every_rung_matches_the_reference_on_pocl(opencl_device, shape):
     rows = driver.run_ladder(CONV2D_RUNGS, opencl_device, shape, repeats=1, log=lambda line: None)
     assert [r["status"] for r in rows] == ["ok"] * len(CONV2D_RUNGS), rows
+
+
+# K = 2 (the U-Net's classes) and 5; pixels over several blocks of 256 with a ragged last one
+@pytest.mark.parametrize("shape", [(1, 2, 7, 9), (2, 5, 30, 11)], ids=lambda s: "x".join(map(str, s)))
+def test_every_softmax_ce_rung_matches_the_reference_on_pocl(opencl_device, shape):
+    rows = driver.run_ladder(SOFTMAX_CE_RUNGS, opencl_device, shape, repeats=1, log=lambda line: None)
+    assert [r["status"] for r in rows] == ["ok"] * len(SOFTMAX_CE_RUNGS), rows
 
 
 def test_a_wrong_rung_is_reported_failed_and_not_timed(tmp_path, monkeypatch):
@@ -50,7 +58,9 @@ def test_the_driver_prints_its_table(capsys):
     out = capsys.readouterr().out
     assert all(f"\nv{i} " in out for i in range(1, 7)) and "MODELLED A100" in out and "say nothing about GPUs" in out
     assert driver.main(["conv2d", "--shape", "1,2,2"]) == 2
-    assert "--shape must be five positive integers" in capsys.readouterr().err
+    assert "--shape for conv2d must be positive integers N,C,H,W,K" in capsys.readouterr().err
+    assert driver.main(["softmax_ce", "--shape", "1,2,5,6", "--repeats", "1"]) == 0
+    assert "softmax cross-entropy" in capsys.readouterr().out
 
 
 def oclgrind_case_ladder(device):
@@ -60,7 +70,13 @@ def oclgrind_case_ladder(device):
     w, b = rng.standard_normal((9, 2, 3, 3)).astype(np.float32), np.zeros(9, np.float32)
     for rung in CONV2D_RUNGS:
         y = device.to_host(run_rung(rung, device.runtime, device.to_device(x), device.to_device(w), device.to_device(b)))
-        np.testing.assert_allclose(y, driver.reference(rung, x, w, b), rtol=1e-4, atol=1e-4, err_msg=rung.name)
+        np.testing.assert_allclose(y, driver.PROBLEMS["conv2d"].reference(rung, x, w, b), rtol=1e-4, atol=1e-4,
+                                   err_msg=rung.name)
+    logits, labels, weights = driver.PROBLEMS["softmax_ce"].inputs(rng, (1, 2, 9, 31))  # two blocks, one ragged
+    for rung in SOFTMAX_CE_RUNGS:
+        loss = device.to_host(run_rung(rung, device.runtime, *(device.to_device(a) for a in (logits, labels, weights))))
+        np.testing.assert_allclose(loss, driver.PROBLEMS["softmax_ce"].reference(rung, logits, labels, weights),
+                                   rtol=1e-5, err_msg=rung.name)
 
 
 @pytest.mark.oclgrind
