@@ -4,11 +4,9 @@
     python -m benchmarks.gpu_model --by-kernel     # one line per kernel name instead of per launch
     python -m benchmarks.gpu_model --json
 
-How. cunet's op code computes every launch (kernel, grid, block, arguments) itself and
-hands it to a runtime. Here the runtime is a recorder: its "device arrays" carry a shape
-and a dtype and no data, and its launch() writes the launch down instead of running it.
-One train step of the real model, through the real op code, on that runtime gives the
-exact list of launches a GPU would run, in order. For each launch:
+How. The launches of one train step come from cunet.trace (``python -m cunet.trace`` lists
+them): the real model and op code run on a recording runtime that writes each launch down
+instead of running it, so the list is exactly what a GPU would run, in order. For each launch:
 
 - FLOPs: the arithmetic of the kernel's loops (a multiply-add is 2 FLOPs);
 - bytes: the minimum DRAM traffic, every array argument read or written once (read and
@@ -21,7 +19,7 @@ exact list of launches a GPU would run, in order. For each launch:
   launch's waves = blocks / (SMs x blocks resident per SM): a launch under one wave
   leaves SMs idle, which the roofline does not see.
 
-GPUs (benchmarks/harness.py GPU_SPECS, from NVIDIA's datasheets): A100 40GB SXM: FP32 19.5
+GPUs (cunet/trace.py GPU_SPECS, from NVIDIA's datasheets): A100 40GB SXM: FP32 19.5
 TFLOP/s, TF32 tensor cores 156 TFLOP/s dense, 1,555 GB/s HBM2e, 108 SMs; H100 SXM: 67 and
 495 TFLOP/s, 3.35 TB/s HBM3, 132 SMs; H200: as the H100 SXM with 4.8 TB/s HBM3e.
 
@@ -35,11 +33,10 @@ not a forecast); TF32 changes no byte counts.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from dataclasses import dataclass, field
 
-import numpy as np
+from cunet.trace import (Launch, MetaArray, RecordingRuntime, attach_resources, compute_peak, conv_flops,  # noqa: F401
+                         cost, record_train_step, roofline_seconds, waves)
 
 from . import harness
 
@@ -51,261 +48,12 @@ PUBLISHED_A100_TF32_IMAGES_PER_S = 46.9
 A100_TF32_TENSOR_TFLOPS = 156.0  # dense TF32 tensor-core peak, A100 datasheet
 
 
-# --- the recording runtime ------------------------------------------------------------------------------
-
-
-class _Flags:
-    c_contiguous = True
-
-
-class MetaArray:
-    """A device array with a shape and a dtype and no data: all the op code looks at."""
-
-    flags = _Flags()
-
-    def __init__(self, shape, dtype=np.float32):
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
-        if -1 in shape:
-            known = math.prod(s for s in shape if s != -1)
-            shape = tuple(self.size // known if s == -1 else s for s in shape)
-        return MetaArray(shape, self.dtype)
-
-    def __repr__(self):
-        return f"MetaArray({'x'.join(map(str, self.shape))}, {self.dtype})"
-
-
-@dataclass
-class Launch:
-    """One recorded kernel launch."""
-
-    module: object          # the KernelModule
-    kernel: str
-    grid: tuple
-    block: tuple
-    args: tuple
-    flops: int = 0
-    bytes: int = 0
-    resources: dict = field(default_factory=dict)  # arch -> KernelResources
-
-    @property
-    def blocks(self) -> int:
-        return math.prod(self.grid)
-
-    @property
-    def threads(self) -> int:
-        return math.prod(self.block)
-
-
-class RecordingRuntime:
-    """A cunet runtime that records launches instead of running them (see the module docstring)."""
-
-    name = "model"
-    use_numba_kernels = False
-
-    def __init__(self, math: str = "tf32"):
-        self.launches: list[Launch] = []
-        self.math = math  # which GEMM kernel modules the op code picks
-
-    def owns(self, array) -> bool:
-        return isinstance(array, MetaArray)
-
-    def empty(self, shape, dtype=np.float32):
-        return MetaArray(shape, dtype)
-
-    zeros = empty
-
-    def to_device(self, host_array):
-        return MetaArray(np.shape(host_array), np.asarray(host_array).dtype)
-
-    def to_host(self, array):
-        return np.zeros(array.shape, array.dtype)  # a finite loss, valid labels and weights: the checks pass
-
-    def synchronize(self):
-        pass
-
-    def describe(self) -> str:
-        return "model (a recording runtime: no GPU, nothing executed)"
-
-    def launch(self, module, kernel, grid, block, args):
-        from cunet.device.runtime import Runtime
-
-        Runtime.launch(self, module, kernel, grid, block, args)  # the real runtime's argument checks
-
-    def _launch(self, module, kernel, grid, block, args):
-        self.launches.append(Launch(module, kernel, tuple(grid), tuple(block), tuple(args)))
-
-
-def record_train_step(tile: int, base: int, depth: int, batch: int = 1, math: str = "tf32") -> list[Launch]:
-    """The launches of one train step (forward, loss, backward, SGD) of UNet(base, depth) on tile x tile."""
-    import cunet.device as cunet_device
-    from cunet.autograd import Tensor
-    from cunet.device import Device
-    from cunet.loss import weighted_cross_entropy
-    from cunet.optim import SGD
-    from cunet.unet import UNet, output_size
-
-    runtime = RecordingRuntime(math)
-    cunet_device._remember(runtime)  # so runtime_of() finds the owner of a MetaArray
-    device = Device("model", runtime)
-    model = UNet(1, 2, base, depth, dropout=0.5).to(device)
-    optimizer = SGD(model.parameters(), lr=0.01, momentum=0.99)
-    runtime.launches.clear()  # only the step, not the set-up
-    out = output_size(tile, depth)
-    x = device.to_device(np.zeros((batch, 1, tile, tile), np.float32))
-    labels = np.zeros((batch, out, out), np.int32)
-    weights = device.to_device(np.ones((batch, out, out), np.float32))
-    loss = weighted_cross_entropy(model(Tensor(x)), labels, weights)
-    loss.item()
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    for launch in runtime.launches:
-        launch.flops, launch.bytes = cost(launch)
-    return runtime.launches
-
-
-# --- what each kernel costs ---------------------------------------------------------------------------
-
-
-def _ints(args):
-    return [int(a) for a in args if isinstance(a, (np.integer, np.int32, np.uint32))]
-
-
-def _arrays(args):
-    return [a for a in args if isinstance(a, MetaArray)]
-
-
-def cost(launch: Launch) -> tuple[int, int]:
-    """(FLOPs, minimum DRAM bytes) of one launch, from its kernel name and arguments."""
-    k, args = launch.kernel, launch.args
-    arrays = _arrays(args)
-    touched = sum(a.nbytes for a in arrays)  # default: every array read or written once
-    ints = _ints(args)
-    if k == "conv2d_forward":
-        x, w, _, y = arrays
-        return conv_flops(x.shape, w.shape), touched
-    if k == "conv2d_backward_input":
-        dy, w, _ = arrays
-        N, C, H, W, K = ints[:5]
-        R = w.shape[2]
-        return conv_flops((N, C, H, W), (K, C, R, R)), touched
-    if k == "conv2d_backward_params":
-        x, dy, _ = arrays
-        N, C, H, W, K = ints[:5]
-        R = H - dy.shape[2] + 1
-        # the GEMM includes the bias row: (C*R*R + 1) x K outputs, each a sum over N*OH*OW pixels
-        return 2 * N * dy.shape[2] * dy.shape[3] * K * (C * R * R + 1), touched
-    if k == "conv2d_sum_partials":
-        partial = arrays[0]
-        return partial.size, touched
-    if k in ("upconv2x2_forward", "upconv2x2_backward_input", "upconv2x2_backward_params"):
-        N, C, H, W, K = ints[:5]
-        return 2 * N * C * H * W * 4 * K, touched
-    if k == "upconv2x2_sum_splits":
-        return arrays[0].size, touched
-    if k == "upconv2x2_bias_grad":
-        return arrays[0].size, touched
-    if k == "relu_forward":
-        return arrays[0].size, touched
-    if k == "relu_backward":
-        return arrays[0].size, touched
-    if k == "add_inplace":
-        y, x = arrays
-        return y.size, touched + y.nbytes  # y is read and written
-    if k == "sgd_momentum_update":
-        p, v, g = arrays
-        return 5 * p.size, touched + p.nbytes + v.nbytes  # p and v read and written, g read
-    if k == "maxpool2x2_forward":
-        return 3 * arrays[1].size, touched  # three comparisons per window
-    if k == "maxpool2x2_backward":
-        return 0, touched
-    if k == "crop_concat_forward":
-        skip, up, y = arrays
-        return 0, 2 * y.nbytes  # reads the crop window of skip and all of up, writes y
-    if k == "crop_concat_backward_skip":
-        dy, dskip = arrays
-        N, Cs = dskip.shape[:2]
-        return 0, N * Cs * dy.shape[2] * dy.shape[3] * 4 + dskip.nbytes  # reads dy's skip channels
-    if k == "crop_concat_backward_up":
-        dy, dup = arrays
-        return 0, 2 * dup.nbytes
-    if k in ("dropout_apply", "dropout_mask"):
-        return 0, touched  # Philox is integer work: ~10 rounds per 4 elements, no FLOPs counted
-    if k == "softmax_ce_forward":
-        pixels, classes = ints[0], ints[1]
-        return pixels * (5 * classes + 4), touched  # max, exp, sum, divide per class; log per pixel
-    if k == "softmax_ce_sum":
-        return arrays[0].size, touched
-    if k == "softmax_ce_backward":
-        pixels, classes = ints[0], ints[1]
-        return pixels * 2 * classes, touched
-    raise KeyError(f"gpu_model: no cost formula for kernel {k!r}; add one to benchmarks/gpu_model.py:cost")
-
-
-def conv_flops(x_shape, w_shape) -> int:
-    """2 * N * K * OH * OW * C * R * R: one multiply-add per filter tap per output (valid convolution)."""
-    N, C, H, W = x_shape
-    K, _, R, S = w_shape
-    return 2 * N * K * (H - R + 1) * (W - S + 1) * C * R * S
-
-
-def compute_peak(launch: Launch, spec: dict) -> float:
-    """GFLOP/s the launch can reach: the TF32 tensor-core peak for a TF32 GEMM module, else FP32."""
-    return spec["tf32_gflops"] if dict(launch.module.defines).get("MATH_TF32") else spec["gflops"]
-
-
-def roofline_seconds(flops: int, nbytes: int, gflops: float, gbps: float) -> float:
-    """The least time on a GPU with these peaks: limited by arithmetic or by DRAM, whichever is slower."""
-    return max(flops / (gflops * 1e9), nbytes / (gbps * 1e9))
-
-
-def attach_resources(launches: list[Launch], archs) -> dict:
-    """Compile each module used once per arch (NVRTC, no GPU) and attach its kernels' resources."""
-    from cunet.kernels.check import check_module
-
-    table = {}
-    for module in dict.fromkeys(launch.module for launch in launches):
-        for arch in archs:
-            for row in check_module(module, arch):
-                table[(module, row.kernel, arch)] = row
-    for launch in launches:
-        launch.resources = {arch: table[(launch.module, launch.kernel, arch)] for arch in archs}
-    return table
-
-
-def waves(launch: Launch, arch: str, sms: int) -> float | None:
-    """Blocks / (SMs x blocks that fit on one SM at the kernel's occupancy)."""
-    from cunet.kernels.check import SM_LIMITS
-
-    r = launch.resources.get(arch)
-    if r is None:
-        return None
-    warps_per_block = -(-launch.threads // 32)
-    resident = max(1, round(r.occupancy * SM_LIMITS[arch].max_threads / 32 / warps_per_block))
-    return launch.blocks / (sms * resident)
-
-
 # --- the command line ------------------------------------------------------------------------------------
 
 
 def _shape_text(launch: Launch) -> str:
-    return " ".join("x".join(map(str, a.shape)) for a in _arrays(launch.args)[:2])
+    arrays = [a for a in launch.args if isinstance(a, MetaArray)]
+    return " ".join("x".join(map(str, a.shape)) for a in arrays[:2])
 
 
 def main(argv=None) -> int:

@@ -349,19 +349,7 @@ def _parallel_copy(src, dst):
 # HBM2e 1,555 GB/s (40 GB) / 2,039 GB/s (80 GB SXM); NVIDIA H100 Tensor Core GPU datasheet
 # (2023): SXM FP32 67 TFLOP/s, HBM3 3.35 TB/s; PCIe 51 TFLOP/s, 2.0 TB/s; H200 datasheet
 # (2024): FP32 67 TFLOP/s (SXM), HBM3e 4.8 TB/s.
-# tf32_gflops: the dense TF32 tensor-core peak (the datasheets' figures "with sparsity" are twice these).
-GPU_SPECS = {
-    "A100 40GB": dict(gflops=19_500, tf32_gflops=156_000, gbps=1_555, sms=108,
-                      source="NVIDIA A100 datasheet: FP32 19.5 TFLOP/s, TF32 156 TFLOP/s dense, HBM2e 1,555 GB/s"),
-    "A100 80GB": dict(gflops=19_500, tf32_gflops=156_000, gbps=2_039, sms=108,
-                      source="NVIDIA A100 datasheet: FP32 19.5 TFLOP/s, TF32 156 TFLOP/s dense, HBM2e 2,039 GB/s (SXM)"),
-    "H100 SXM": dict(gflops=67_000, tf32_gflops=494_700, gbps=3_350, sms=132,
-                     source="NVIDIA H100 datasheet: SXM FP32 67 TFLOP/s, TF32 495 TFLOP/s dense, HBM3 3.35 TB/s"),
-    "H100 PCIe": dict(gflops=51_000, tf32_gflops=378_000, gbps=2_000, sms=114,
-                      source="NVIDIA H100 datasheet: PCIe FP32 51 TFLOP/s, TF32 378 TFLOP/s dense, HBM2e 2.0 TB/s"),
-    "H200": dict(gflops=67_000, tf32_gflops=494_700, gbps=4_800, sms=132,
-                 source="NVIDIA H200 datasheet: FP32 67 TFLOP/s, TF32 495 TFLOP/s dense, HBM3e 4.8 TB/s"),
-}
+from cunet.trace import GPU_SPECS  # noqa: E402,F401  (the datasheets' peaks, shared with the package's trace)
 # FP32 lanes per SM by compute capability (CUDA C Programming Guide, "Arithmetic Instructions").
 FP32_LANES_PER_SM = {7: 64, 8: 64, 9: 128}
 FP32_LANES_PER_SM_86_89 = 128
