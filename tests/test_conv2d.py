@@ -23,6 +23,7 @@ import cunet.ops.conv2d as conv2d_module
 import cunet.ops.winograd as winograd_module
 from cunet.ops import conv2d_backward_input, conv2d_backward_params, conv2d_forward
 import cunet.ops.gemm as gemm_module
+from cunet.gradcheck import check_backward
 from cunet.ops.conv2d import CPU_ALGORITHMS
 from cunet.ops.gemm import split_k, tile_config
 from helpers import assert_oclgrind_clean, gemm_reference_inputs, run_under_oclgrind
@@ -312,35 +313,15 @@ def test_cpu_chunks_are_bounded_and_not_too_narrow():
         assert (C * 9 + K) * rows * W <= budget or rows == -(-min_columns // W)
 
 
-def numerical_gradient(f, a, h=1e-6):
-    """Central differences of the scalar f() with respect to every element of a (in place)."""
-    grad = np.empty_like(a)
-    for i in np.ndindex(a.shape):
-        saved = a[i]
-        a[i] = saved + h
-        plus = f()
-        a[i] = saved - h
-        minus = f()
-        a[i] = saved
-        grad[i] = (plus - minus) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize("R", [1, 3])
 def test_backward_ops_match_finite_differences(R):
     """loss = sum(y * G): dL/dx, dL/dw, dL/db from the backward ops, and numerically."""
     x, w, b, G = random_case(5, (2, 3, 5, 6, 4, R), np.float64)
-
-    def loss():
-        return float(np.sum(conv2d_forward(x, w, b) * G))
-
     dx = conv2d_backward_input(G, w)
     dw, db = conv2d_backward_params(x, G)
     # loss is linear in each argument, so central differences are exact up to rounding
     # (~1e-16 * |loss| / h ~ 1e-9): 1e-7 leaves room and still fails on any wrong term.
-    np.testing.assert_allclose(dx, numerical_gradient(loss, x), rtol=1e-7, atol=1e-7)
-    np.testing.assert_allclose(dw, numerical_gradient(loss, w), rtol=1e-7, atol=1e-7)
-    np.testing.assert_allclose(db, numerical_gradient(loss, b), rtol=1e-7, atol=1e-7)
+    check_backward(conv2d_forward, [x, w, b], [dx, dw, db], G, rtol=1e-7, atol=1e-7)
 
 
 @pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from cunet.ops import upconv2x2_backward_input, upconv2x2_backward_params, upconv2x2_forward
 import cunet.ops.gemm as gemm_module
+from cunet.gradcheck import check_backward
 from helpers import assert_oclgrind_clean, gemm_reference_inputs, run_under_oclgrind
 
 EPS32 = 2.0**-24
@@ -138,19 +139,10 @@ def test_upconv_gradients_match_finite_differences(rng):
     """float64 on cpu: L = sum(r * y); every element of x, w and b perturbed."""
     x, w, b, _ = (a.astype(np.float64) for a in random_case(rng, (2, 3, 2, 3, 2)))
     r = rng.standard_normal((2, 2, 4, 6))
-    loss = lambda x_, w_, b_: (r * upconv2x2_forward(x_, w_, b_)).sum()  # noqa: E731
     dx = upconv2x2_backward_input(r, w)
     dw, db = upconv2x2_backward_params(x, r)
     assert dx.dtype == dw.dtype == db.dtype == np.float64
-    eps = 1e-6
-    for which, grad in ((0, dx), (1, dw), (2, db)):
-        numeric = np.empty_like(grad)
-        for idx in np.ndindex(grad.shape):
-            plus, minus = [x.copy(), w.copy(), b.copy()], [x.copy(), w.copy(), b.copy()]
-            plus[which][idx] += eps
-            minus[which][idx] -= eps
-            numeric[idx] = (loss(*plus) - loss(*minus)) / (2 * eps)
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    check_backward(upconv2x2_forward, [x, w, b], [dx, dw, db], r)
 
 
 def test_upconv_bad_input(device):
