@@ -28,8 +28,10 @@ folder). A bad ``--output`` (a file, or a path under one) is reported before any
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ from cunet.checkpoint import CheckpointError, load_checkpoint
 from cunet.data.loaders import image_files, image_to_float, read_stack
 from cunet.data.tiling import extract_tile, plan_tiles
 from cunet.device import DEVICE_NAMES, Device, DeviceUnavailableError, add_math_argument, get_device
+from cunet.runlog import current_umask
 from cunet.unet import InvalidSizeError, UNet
 
 
@@ -185,12 +188,24 @@ def write_outputs(folder: Path, name: str, image: np.ndarray, probs: np.ndarray,
             Image.fromarray(overlay_image(image, labels)).save(f, format="PNG")
 
 
+@contextlib.contextmanager
 def _create(path: Path):
-    """Open a new file for writing; a file that appeared since ``check_no_overwrite`` is an error, not replaced."""
+    """Write a new file whole: into a temporary file beside it, then linked into place only if
+    nothing has taken the name meanwhile (os.link fails rather than replace). A crash leaves no
+    half-written file under an output's name, and a file that appeared since
+    ``check_no_overwrite`` is an error, not replaced."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)  # reopened by name: the image writers read the file object's name
     try:
-        return open(path, "xb")  # "x": exclusive creation, atomic in the file system
-    except FileExistsError:
-        raise ValueError(f"{path} appeared while predicting: predict never overwrites; not replaced") from None
+        with open(temporary, "wb") as f:
+            yield f
+        os.chmod(temporary, 0o666 & ~current_umask())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            raise ValueError(f"{path} appeared while predicting: predict never overwrites; not replaced") from None
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def overlay_image(image: np.ndarray, labels: np.ndarray) -> np.ndarray:

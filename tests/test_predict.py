@@ -328,3 +328,25 @@ def test_predict_and_evaluate_on_opencl(tmp_path, checkpoint, rng, capsys):
 def test_model_from_checkpoint_keeps_normalisation(checkpoint):
     model, config = predict.model_from_checkpoint(checkpoint, get_device("cpu"))
     assert model.config["input_mean"] == 0.5 and model.config["input_std"] == 0.25 and not model.training
+
+
+def test_outputs_are_written_whole_and_never_replace_a_file_that_appears(tmp_path, monkeypatch):
+    """A write that fails half-way leaves nothing under the output's name; a file that appears
+    under the name while predicting is refused, not replaced."""
+    probs = np.full((2, 4, 5), 0.5, np.float32)
+    image = np.zeros((4, 5), np.float32)
+    import tifffile
+
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", failing)
+    with pytest.raises(OSError):
+        predict.write_outputs(tmp_path, "a.png", image, probs, overlay=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half file, no temporary left
+    (tmp_path / "b.png.mask.png").write_bytes(b"the user's")
+    with pytest.raises(ValueError, match="appeared while predicting"):
+        predict.write_outputs(tmp_path, "b.png", image, probs, overlay=False)
+    assert (tmp_path / "b.png.mask.png").read_bytes() == b"the user's"
+    assert not list(tmp_path.glob(".*.tmp"))
