@@ -1,13 +1,26 @@
 """``python -m cunet.evaluate``: score a trained model the way the ISBI 2012 challenge did.
 
     python -m cunet.evaluate --checkpoint runs/unet/checkpoint.npz --data ../shared/data/isbi2012 --slices 20-24
+    python -m cunet.evaluate --checkpoint ckpt.npz --data ../shared/data/isbi2012 --slices 20-24 --tta
     python -m cunet.evaluate --checkpoint ckpt.npz --data my_folder --json > scores.json
 
-Each selected slice is segmented with overlap-tile prediction (``cunet.predict``) and
-scored with every metric in ``cunet.metrics.all_metrics``: pixel error, Rand error and
-warping error (the challenge's three), IoU and Dice per class, and SEG. The table shows
-each slice and the mean; ``--json`` prints {"checkpoint", "data", "slices", "per_slice",
-"mean"} with the same keys on every run, for scripts.
+Each selected slice is segmented with overlap-tile prediction (``cunet.predict``).
+
+The headline is the challenge's own method (``cunet.isbi``): the pixel, Rand and warping
+errors and V_rand / V_info of the selected slices *as one stack*, one threshold per metric
+for the whole stack from Fiji's grid 0.0, 0.1, ..., 1.0, statistics pooled over the
+slices as Fiji's scripts pool them. With ``--tta`` it is reported twice: for the single
+prediction and for the mean over the 8 flips and rotations, as the paper's score was
+taken (on rotated copies, no post-processing).
+
+Below it, as diagnostics, a table per slice from ``cunet.metrics``: each slice picks its
+own best threshold (0.05..0.95), plus IoU, Dice and SEG of the hard prediction. Those
+numbers are *not* the challenge's (they read lower: a per-slice optimum is easier to hit).
+
+``--json`` prints {"checkpoint", "data", "slices", "challenge": {"single": {...},
+"tta": {...} with --tta}, "diagnostics": {"method", "per_slice", "mean"}}; each challenge
+entry has "scores", "best_threshold", "thresholds" and "curves" (the stack's value at
+every threshold).
 
 ``--slices`` takes indices and ascending ranges, comma-separated ('20-24', '3,5,7',
 '0-2,9'); it is checked against the number of slices before any range is expanded, so a
@@ -25,6 +38,7 @@ import time
 import numpy as np
 
 from cunet.data import load_dataset
+from cunet.isbi import METRICS, score_stack
 from cunet.metrics import all_metrics
 from cunet.predict import USER_ERRORS, add_inference_arguments, load_for_inference, predict_probabilities, predict_with_tta
 
@@ -88,15 +102,36 @@ def parse_slices(text: str | None, n: int) -> list[int]:
     return np.flatnonzero(chosen).tolist()
 
 
-def evaluate(model, images, labels, tile: int, batch: int = 1, tta: bool = False) -> list[dict]:
-    """all_metrics for every (image, label) pair."""
-    predict = predict_with_tta if tta else predict_probabilities
-    return [all_metrics(predict(model, image, tile, batch), label) for image, label in zip(images, labels)]
+DIAGNOSTICS_METHOD = ("per slice, each slice at its own best threshold of 0.05..0.95 (cunet.metrics); "
+                      "not the challenge's method")
+
+
+def evaluate(model, images, labels, tile: int, batch: int = 1, tta: bool = False) -> dict:
+    """Challenge scores of the stack (single prediction, and with ``tta`` the 8-fold average too)
+    and the per-slice diagnostics of the single prediction."""
+    single = [predict_probabilities(model, image, tile, batch) for image in images]
+    challenge = {"single": score_stack([p[1] for p in single], list(labels)).as_dict()}
+    if tta:
+        averaged = [predict_with_tta(model, image, tile, batch) for image in images]
+        challenge["tta"] = score_stack([p[1] for p in averaged], list(labels)).as_dict()
+    per_slice = [all_metrics(probs, label) for probs, label in zip(single, labels)]
+    return dict(challenge=challenge, diagnostics=dict(method=DIAGNOSTICS_METHOD, per_slice=per_slice,
+                                                      mean=mean_metrics(per_slice)))
 
 
 def mean_metrics(per_slice: list[dict]) -> dict:
     """The mean of each metric over slices."""
     return {k: float(np.mean([m[k] for m in per_slice])) for k in per_slice[0]}
+
+
+def format_challenge(challenge: dict) -> str:
+    """The headline: one row per prediction (single, tta), the challenge's five scores with their thresholds."""
+    names = {"single": "single prediction", "tta": "mean of 8 flips/rotations"}
+    lines = [f"{'ISBI 2012 method (stack)':<28}" + "".join(f"{k:>15}" for k in METRICS)]
+    for key, result in challenge.items():
+        lines.append(f"{names[key]:<28}" + "".join(f"{result['scores'][k]:>15.5f}" for k in METRICS))
+        lines.append(f"{'  at threshold':<28}" + "".join(f"{result['best_threshold'][k]:>15.1f}" for k in METRICS))
+    return "\n".join(lines)
 
 
 def format_table(names: list[str], per_slice: list[dict], mean: dict) -> str:
@@ -127,17 +162,18 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    per_slice = evaluate(model, dataset.images[slices], dataset.labels[slices], tile, args.batch, args.tta)
-    mean = mean_metrics(per_slice)
+    result = evaluate(model, dataset.images[slices], dataset.labels[slices], tile, args.batch, args.tta)
     names = [dataset.names[i] for i in slices]
+    diagnostics = result["diagnostics"]
     if args.json:
-        print(json.dumps(dict(checkpoint=str(args.checkpoint), data=str(args.data), slices=slices,
-                              per_slice=[dict(slice=i, name=n, **m) for i, n, m in zip(slices, names, per_slice)],
-                              mean=mean), indent=1))
+        diagnostics["per_slice"] = [dict(slice=i, name=n, **m) for i, n, m in zip(slices, names, diagnostics["per_slice"])]
+        print(json.dumps(dict(checkpoint=str(args.checkpoint), data=str(args.data), slices=slices, **result), indent=1))
     else:
         print(f"{len(slices)} slice(s) of {dataset.source} on {device.describe()}, tile {tile}, "
               f"{time.perf_counter() - t0:.1f} s")
-        print(format_table(names, per_slice, mean))
+        print(format_challenge(result["challenge"]))
+        print(f"\ndiagnostics: {DIAGNOSTICS_METHOD}")
+        print(format_table(names, diagnostics["per_slice"], diagnostics["mean"]))
     return 0
 
 

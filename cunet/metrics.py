@@ -174,6 +174,16 @@ def adapted_rand(truth_segments: np.ndarray, proposal_segments: np.ndarray,
     proposal keeps together, V_merge the fraction of proposal-joined pairs truth agrees
     with. When nothing is counted (no foreground) every score is 1 (nothing to get wrong).
     """
+    return _rand_from_sums(*rand_sums(truth_segments, proposal_segments, normalization))
+
+
+def rand_sums(truth_segments: np.ndarray, proposal_segments: np.ndarray,
+              normalization: str = "n2") -> tuple[int, int, int]:
+    """The three pair counts behind ``adapted_rand``: (sum n_ij^2, sum a_i^2, sum b_j^2), singletons included.
+
+    Integers, so that scores pooled over a stack (``cunet.isbi``) add them up exactly
+    before dividing. ``normalization="pairs"`` gives the x (x - 1) counts instead.
+    """
     if normalization not in ("n2", "pairs"):
         raise ValueError(f"normalization must be 'n2' or 'pairs', got {normalization!r}")
     _check_same_shape(truth_segments, proposal_segments)
@@ -185,11 +195,8 @@ def adapted_rand(truth_segments: np.ndarray, proposal_segments: np.ndarray,
     b = np.bincount(proposal[~singleton].astype(np.int64))  # proposal marginals, non-singletons
     n_singletons = int(np.count_nonzero(singleton))
     if normalization == "n2":
-        joint = _sum_squares(n_ij) + n_singletons
-        truth_sum, proposal_sum = _sum_squares(a), _sum_squares(b) + n_singletons
-    else:
-        joint, truth_sum, proposal_sum = _sum_pairs(n_ij), _sum_pairs(a), _sum_pairs(b)
-    return _rand_from_sums(joint, truth_sum, proposal_sum)
+        return _sum_squares(n_ij) + n_singletons, _sum_squares(a), _sum_squares(b) + n_singletons
+    return _sum_pairs(n_ij), _sum_pairs(a), _sum_pairs(b)
 
 
 def rand_scores(prob: np.ndarray, label: np.ndarray, threshold: float = 0.5,

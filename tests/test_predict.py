@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from cunet import evaluate, predict
+from cunet import evaluate, isbi, predict
 from cunet.checkpoint import save_checkpoint
 from cunet.device import get_device
 from cunet.unet import UNet, input_size_for_output, valid_input_sizes
@@ -212,11 +212,26 @@ def test_evaluate_cli_json_is_stable(tmp_path, checkpoint, rng, capsys):
     assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--slices", "0,2",
                           "--device", "cpu", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["slices"] == [0, 2] and len(report["per_slice"]) == 2
+    assert report["slices"] == [0, 2] and set(report["challenge"]) == {"single"}  # "tta" only with --tta
+    headline = report["challenge"]["single"]
+    assert set(headline["scores"]) == set(headline["best_threshold"]) == set(isbi.METRICS)
+    assert headline["thresholds"] == list(isbi.CHALLENGE_THRESHOLDS) and len(headline["curves"]["rand_error"]) == 11
+    diagnostics = report["diagnostics"]
+    assert "not the challenge's method" in diagnostics["method"] and len(diagnostics["per_slice"]) == 2
     keys = {"pixel_error", "rand_error", "warping_error", "iou_cell", "dice_cell", "iou_membrane", "dice_membrane", "seg"}
-    assert set(report["mean"]) == keys
-    assert set(report["per_slice"][0]) == keys | {"slice", "name"}
-    assert report["mean"]["pixel_error"] == pytest.approx(np.mean([s["pixel_error"] for s in report["per_slice"]]))
+    assert set(diagnostics["mean"]) == keys
+    assert set(diagnostics["per_slice"][0]) == keys | {"slice", "name"}
+    assert diagnostics["mean"]["pixel_error"] == pytest.approx(np.mean([s["pixel_error"] for s in diagnostics["per_slice"]]))
+
+
+def test_evaluate_tta_reports_both_ways(tmp_path, checkpoint, rng, capsys):
+    data = fixture_folder(tmp_path, rng, n=1, size=24)
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu", "--tta"]) == 0
+    out = capsys.readouterr().out
+    assert "single prediction" in out and "mean of 8 flips/rotations" in out and "diagnostics:" in out
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu", "--tta", "--json"]) == 0
+    challenge = json.loads(capsys.readouterr().out)["challenge"]
+    assert set(challenge) == {"single", "tta"}
 
 
 def test_evaluate_slices_parsing():
@@ -319,10 +334,11 @@ def test_any_slice_text_gives_indices_or_a_short_value_error(text, n):
 def test_predict_and_evaluate_on_opencl(tmp_path, checkpoint, rng, capsys):
     data = fixture_folder(tmp_path, rng, n=1, size=24)
     assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--device", "opencl", "--json"]) == 0
-    opencl = json.loads(capsys.readouterr().out)["mean"]
+    opencl = json.loads(capsys.readouterr().out)
     assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu", "--json"]) == 0
-    cpu = json.loads(capsys.readouterr().out)["mean"]
-    assert opencl == pytest.approx(cpu, abs=1e-6)
+    cpu = json.loads(capsys.readouterr().out)
+    assert opencl["diagnostics"]["mean"] == pytest.approx(cpu["diagnostics"]["mean"], abs=1e-6)
+    assert opencl["challenge"]["single"]["scores"] == pytest.approx(cpu["challenge"]["single"]["scores"], abs=1e-6)
 
 
 def test_model_from_checkpoint_keeps_normalisation(checkpoint):

@@ -48,6 +48,50 @@ def test_a_few_steps_write_log_checkpoint_and_plot(tmp_path, capsys):
     assert all(np.isfinite(r["loss"]) and r["seconds"] > 0 and r["images_per_s"] > 0 for r in records)
     assert load_checkpoint(out / "checkpoint.npz").step == 3
     assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "validation.png").stat().st_size > 1000
+    validations = [json.loads(line)["validation"] for line in open(out / "log.jsonl") if '"validation"' in line]
+    assert len(validations) == 2 and set(validations[0]) == {"pixel_error", "rand_error", "v_rand", "v_info",
+                                                             "iou_cell", "dice_cell", "seg"}
+
+
+def test_learning_rate_drops_tenfold_after_each_drop_step(tmp_path):
+    code, out = run_main(tmp_path, "--steps", "5", "--device", "cpu", "--lr-drops", "2,4")
+    assert code == 0
+    assert [r["lr"] for r in steps_logged(out)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])
+    config = train.TrainConfig(tile=44, base=2, depth=2, steps=5, lr=0.01, lr_drops=[2, 4])
+    assert [train.lr_at(config, s) for s in range(5)] == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001])
+
+
+def test_resume_across_a_learning_rate_drop_is_exact(tmp_path):
+    code, straight = run_main(tmp_path, "--steps", "4", "--device", "cpu", "--lr-drops", "2", name="straight")
+    assert code == 0
+    code, split = run_main(tmp_path, "--steps", "2", "--device", "cpu", "--lr-drops", "2", name="split")
+    assert code == 0 and train.main(["--resume", str(split / "checkpoint.npz"), "--steps", "4", "--quiet"]) == 0
+    a, b = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
+def test_presets_set_the_recipe_and_options_override_them(capsys):
+    device = train.get_device("cpu")
+    args = train.parse_args(["--preset", "isbi-cpu-1h", "--data", "somewhere", "--steps", "7"])
+    config = train.resolve_config(args, device)
+    recipe = train.PRESETS["isbi-cpu-1h"]
+    assert (config.tile, config.base, config.depth, config.lr) == (recipe["tile"], recipe["base"], recipe["depth"],
+                                                                    recipe["lr"])
+    assert config.lr_drops == recipe["lr_drops"] and config.steps == 7  # the command line wins
+    paper = train.resolve_config(train.parse_args(["--preset", "paper"]), device)
+    assert (paper.tile, paper.base, paper.depth, paper.momentum, paper.w0, paper.sigma) == (572, 64, 5, 0.99, 10, 5)
+
+
+def test_isbi_preset_without_data_is_a_clear_error(capsys):
+    assert train.main(["--preset", "isbi-cpu-1h", "--device", "cpu"]) == 2
+    assert "give --data" in capsys.readouterr().err
+
+
+def test_bad_lr_drops_are_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--lr-drops", "ten"])
+    assert exc.value.code == 2 and "expected step numbers" in capsys.readouterr().err
 
 
 def test_resume_is_bit_identical_to_one_run(tmp_path):
