@@ -68,7 +68,10 @@ def binarise(prob: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def f_score(tp: float, fp: float, fn: float) -> float:
-    """Fiji's ``ClassificationStatistics`` F-score: P = 1 without false positives, R = 1 without false negatives."""
+    """Fiji's ``ClassificationStatistics`` F-score: P = 1 without false positives, R = 1 without false negatives.
+
+    NaN counts give 0, as in Java (``precision + recall > 0`` is false for NaN).
+    """
     precision = 1.0 if fp == 0 else tp / (tp + fp)
     recall = 1.0 if fn == 0 else tp / (tp + fn)
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
@@ -244,7 +247,7 @@ def information_f_score(truth_segments: np.ndarray, proposal_segments: np.ndarra
     counted = truth_segments > 0
     n = int(np.count_nonzero(counted))
     if n == 0:
-        return float("nan")
+        return 0.0  # Fiji: no truth segment makes H(T) = 0, so P = 0, R = 1, F = 0
     truth, proposal = truth_segments[counted], proposal_segments[counted]
     i, j, n_ij = contingency_table(truth, proposal)
     p = n_ij / n
@@ -302,8 +305,11 @@ def slice_statistics(prob: np.ndarray, label: np.ndarray, threshold: float, warp
     truth_segments, _ = cell_segments(truth)
     proposal_segments, _ = cell_segments(cells)
     thinned = thin_borders(cells)
-    joint, truth_sum, proposal_sum = rand_sums(truth_segments, proposal_segments)
-    thin_joint, thin_truth, thin_proposal = rand_sums(truth_segments, thinned)
+    if truth.any():
+        joint, truth_sum, proposal_sum = rand_sums(truth_segments, proposal_segments)
+        thin_joint, thin_truth, thin_proposal = rand_sums(truth_segments, thinned)
+    else:  # Fiji divides by n = 0 here: NaN counts, which make every pooled Rand F-score 0
+        joint = truth_sum = proposal_sum = thin_joint = thin_truth = thin_proposal = float("nan")
     return dict(
         tp=int(np.count_nonzero(cells & truth)), fp=int(np.count_nonzero(cells & ~truth)),
         fn=int(np.count_nonzero(~cells & truth)),

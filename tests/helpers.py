@@ -8,6 +8,10 @@ from pathlib import Path
 
 from cunet.ops.gemm import round_to_tf32 as tf32  # noqa: F401  (the tests' name for it)
 
+# The real ISBI 2012 training data, when present (never part of the repository):
+# $CUNET_ISBI, else ../shared/data/isbi2012 beside the repository root.
+ISBI_DIR = Path(os.environ.get("CUNET_ISBI", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"))
+
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 

@@ -2,9 +2,6 @@
 
 Path: $CUNET_ISBI, else ../shared/data/isbi2012 next to the repository root."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile
@@ -12,7 +9,9 @@ import tifffile
 from cunet.data.loaders import load_dataset
 from cunet.data.weights import weight_map
 
-ISBI = Path(os.environ.get("CUNET_ISBI", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isbi2012"))
+from helpers import ISBI_DIR
+
+ISBI = ISBI_DIR
 pytestmark = pytest.mark.skipif(not (ISBI / "train-volume.tif").is_file(),
                                 reason=f"ISBI 2012 data not found at {ISBI} (set CUNET_ISBI to its folder)")
 

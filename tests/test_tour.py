@@ -22,10 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ISBI_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 TOUR = ROOT / "kernels" / "README.md"
-# What the tour's ../shared/data/isbi2012 names ($CUNET_ISBI elsewhere, as in tests/test_data_isbi.py).
-ISBI = Path(os.environ.get("CUNET_ISBI", ROOT.parent / "shared" / "data" / "isbi2012"))
+# What the tour's ../shared/data/isbi2012 names ($CUNET_ISBI elsewhere).
+ISBI = ISBI_DIR
 
 
 # --- reading the tour ---------------------------------------------------------------------------
