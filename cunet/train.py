@@ -41,6 +41,7 @@ from cunet.metrics import dice, iou, seg
 from cunet.optim import SGD
 from cunet.predict import USER_ERRORS, predict_probabilities
 from cunet.runlog import append_record, cut_log_at, read_log
+from cunet.scale.data_parallel import GradientAverager, World, mpi_world, rank_seed
 from cunet.unet import UNet, check_input_size, input_size_for_output, output_size
 
 # The paper's network: what a GPU runs by default. The learning rate is cunet's: with the
@@ -312,8 +313,10 @@ class Run:
     """One training run: model, optimiser, data, logs and checkpoints."""
 
     def __init__(self, config: TrainConfig, device: Device, out: Path, quiet: bool = False,
-                 workers: int | None = None, sync_every: int | None = None):
+                 workers: int | None = None, sync_every: int | None = None, world: World | None = None):
         self.config, self.device, self.out, self.quiet = config, device, out, quiet
+        # Data-parallel (cunet.scale.data_parallel): rank 0 writes everything, every rank trains.
+        self.world, self.writes = world, world is None or world.rank == 0
         self.workers = default_workers(device) if workers is None else workers
         self.sync_every = (GPU_SYNC_EVERY if device.name == "cuda" else 1) if sync_every is None else sync_every
         if self.workers < 0 or self.sync_every < 1:
@@ -322,24 +325,42 @@ class Run:
         self.model = UNet(1, 2, config.base, config.depth, config.dropout, seed=config.seed,
                           input_mean=config.input_mean, input_std=config.input_std).to(device)
         self.optimizer = SGD(self.model.parameters(), config.lr, config.momentum, config.weight_decay)
+        self.averager = None
+        if world is not None:
+            self.model.dropout.seed = rank_seed(config.seed, world.rank)
+            self.averager = GradientAverager(world, self.model.parameters(), device)
         self.step = 0
         self.last_loss = None
-        out.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = out / "checkpoint.npz"
-        remove_stale_temporaries(self.checkpoint_path)  # what a SIGKILL during a save left
+        if self.writes:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.checkpoint_path)  # what a SIGKILL during a save left
+
+    @property
+    def ranks(self) -> int:
+        """How many data-parallel ranks train this run (1 without mpiexec)."""
+        return 1 if self.world is None else self.world.size
 
     # ----------------------------------------------------------------- checkpoints
     def save(self) -> Path:
-        """Write the checkpoint (atomically); refuses weights that are not finite."""
+        """Write the checkpoint (atomically, on rank 0 only); refuses weights that are not finite."""
         params = self.model.state_dict()
         _check_finite(params.items(), self.step)
+        if not self.writes:
+            return self.checkpoint_path
         meta = dict(step=self.step, config=asdict(self.config), dropout_calls=self.model.dropout.calls,
-                    loss=self.last_loss, split=self.data.split)
+                    loss=self.last_loss, split=self.data.split, ranks=self.ranks)
         return save_checkpoint(self.checkpoint_path, params, self.optimizer.state_dict()["velocities"], meta)
 
     def restore(self, path) -> None:
         """Load weights, momentum, step and random state from a checkpoint of this configuration."""
         ckpt = load_checkpoint(path)
+        saved_ranks = ckpt.meta.get("ranks", 1)
+        if saved_ranks != self.ranks:
+            how = "without mpiexec" if saved_ranks == 1 else f"with mpiexec -n {saved_ranks}"
+            raise CheckpointError(f"checkpoint {path} was written by a run of {saved_ranks} rank(s) and this is "
+                                  f"{self.ranks}: each rank draws every {saved_ranks}-th batch of the sample stream, "
+                                  f"so the run continues exactly only {how}")
         if "sampler" in ckpt.meta:
             raise CheckpointError(f"checkpoint {path} was written by an older cunet, whose sampler drew its tiles one "
                                   "after another; this one draws sample k from (seed, k) and cannot continue that run "
@@ -352,7 +373,8 @@ class Run:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from exc
         self.model.dropout.calls = ckpt.meta["dropout_calls"]
         self.step, self.last_loss = ckpt.step, ckpt.meta.get("loss")
-        cut_log_at(self.out / "log.jsonl", self.step)  # the steps after the checkpoint will run again
+        if self.writes:
+            cut_log_at(self.out / "log.jsonl", self.step)  # the steps after the checkpoint will run again
 
     # ----------------------------------------------------------------- training
     def train_step(self, batch):
@@ -367,6 +389,9 @@ class Run:
         logits = self.model(Tensor(self.device.to_device(self.model.normalise(x))))
         loss = weighted_cross_entropy(logits, labels, weights)
         loss.backward()
+        if self.averager is not None:  # every rank leaves with the ranks' mean gradient and loss
+            mean_loss, self.stop_agreed = self.averager.average(loss.data, self.stop.requested)
+            loss = Tensor(np.array([mean_loss], np.float32))
         self.optimizer.step()
         self.optimizer.zero_grad()
         if self.device.runtime is None:
@@ -397,20 +422,28 @@ class Run:
         pending.clear()
 
     def log(self, record: dict) -> None:
-        """Append one record to log.jsonl, as one whole line."""
-        append_record(self.out / "log.jsonl", record)
+        """Append one record to log.jsonl, as one whole line (rank 0 only)."""
+        if self.writes:
+            append_record(self.out / "log.jsonl", record)
+
+    def validate(self) -> dict[str, float]:
+        """``validate`` on rank 0 (the weights are the same on every rank); {} elsewhere."""
+        return validate(self.model, self.data) if self.writes else {}
 
     def run(self) -> dict:
         """Train until ``config.steps``; returns a summary dict. Raises Diverged, saving nothing new."""
         c = self.config
-        before = validate(self.model, self.data)
+        before = self.validate()
         self.log(dict(step=self.step, validation=before))
-        stop = StopRequest()
+        stop = self.stop = StopRequest()
+        self.stop_agreed = False  # with ranks: whether any rank asked to stop (all stop after the same step)
         bar = None if self.quiet else _progress(self.step, c.steps)
         pending = []  # (step, loss on the device, step timer, seconds waited for data) not yet read back
+        shard = (0, 1) if self.world is None else (self.world.rank, self.world.size)
         try:
-            with BatchStream(self.data.sampler, c.batch, first_step=self.step, workers=self.workers) as batches:
-                while self.step < c.steps and not stop.requested:
+            with BatchStream(self.data.sampler, c.batch, first_step=self.step, workers=self.workers,
+                             shard=shard) as batches:
+                while self.step < c.steps and not (self.stop_agreed if self.world else stop.requested):
                     timer = self.device.step_timer()
                     timer.start()
                     loss = self.train_step(batches.next())
@@ -423,7 +456,7 @@ class Run:
                             or stop.requested):
                         self._record(pending, bar)
                     if validate_now:
-                        self.log(dict(step=self.step, validation=validate(self.model, self.data)))
+                        self.log(dict(step=self.step, validation=self.validate()))
                     if save_now:
                         self.save()
         finally:
@@ -431,14 +464,20 @@ class Run:
             if bar is not None:
                 bar.close()
         self.save()
-        after = validate(self.model, self.data)
+        after = self.validate()
         self.log(dict(step=self.step, validation=after))
+        if self.writes:
+            self._plot()
+        interrupted = self.stop_agreed if self.world else stop.requested
+        return dict(step=self.step, interrupted=interrupted, before=before, after=after)
+
+    def _plot(self) -> None:
+        """The learning curves and the held-out panel; a failed plot is a warning (the run is saved)."""
         try:
             plot_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
             plot_validation_panel(self.model, self.data, self.out / "validation.png")
-        except (OSError, ValueError) as exc:  # the run itself is saved: a plot must never lose it
+        except (OSError, ValueError) as exc:
             print(f"warning: no plots ({exc})", file=sys.stderr)
-        return dict(step=self.step, interrupted=stop.requested, before=before, after=after)
 
 
 def _check_finite(named_arrays, step: int) -> None:
@@ -598,9 +637,26 @@ def _format_metrics(m: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code. Under ``mpiexec -n R`` every rank runs it."""
     args = parse_args(argv)
     try:
+        world = mpi_world()
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    code = train_main(args, world)
+    if world is not None and code not in (0, 130):
+        world.abort(code)  # the other ranks may be waiting in an allreduce: end them too
+    return code
+
+
+def train_main(args: argparse.Namespace, world: World | None) -> int:
+    """Set up, train and report; rank 0 of a data-parallel run prints and writes, the others only train."""
+    say = print if world is None or world.rank == 0 else (lambda *a, **k: None)
+    who = "" if world is None or world.rank == 0 else f" (rank {world.rank})"
+    try:
+        if world is not None and args.device in ("cuda", "auto"):
+            use_local_gpu(world)
         device = get_device(args.device, kernels=args.kernels, math=args.math)
         if args.resume:
             config = config_for_resume(args, args.resume)
@@ -608,43 +664,59 @@ def main(argv=None) -> int:
         else:
             config = resolve_config(args, device)
             out = Path(args.out) if args.out else Path("runs") / time.strftime("unet-%Y%m%d-%H%M%S")
-            check_new_output_folder(out)
-        run = Run(config, device, out, quiet=args.quiet, workers=args.workers, sync_every=args.sync_every)
+            if world is None or world.rank == 0:
+                check_new_output_folder(out)
+        run = Run(config, device, out, quiet=args.quiet or who != "", workers=args.workers,
+                  sync_every=args.sync_every, world=world)
         if args.resume:
             run.restore(args.resume)
     except (*USER_ERRORS, OSError) as exc:
-        print(f"error: {_describe_error(exc)}", file=sys.stderr)
+        print(f"error{who}: {_describe_error(exc)}", file=sys.stderr)
         return 2
     c = config
-    print(f"device: {device.describe()}")
+    say(f"device: {device.describe()}")
+    if world is not None:
+        say(f"data-parallel: {world.describe()}; rank r draws batches r, r + {world.size}, r + {2 * world.size}, ... "
+            f"of the stream, so a step sees {world.size * c.batch} tiles; gradients averaged by one allreduce per step")
     for note in c.notes:
-        print(f"chose {note}")
-    print(f"model: U-Net base {c.base}, depth {c.depth}, tile {c.tile} -> {output_size(c.tile, c.depth)}, "
-          f"{sum(p.data.size for p in run.model.parameters()) / 1e6:.2f} M parameters")
+        say(f"chose {note}")
+    say(f"model: U-Net base {c.base}, depth {c.depth}, tile {c.tile} -> {output_size(c.tile, c.depth)}, "
+        f"{sum(p.data.size for p in run.model.parameters()) / 1e6:.2f} M parameters")
     drops = f" (x{LR_DROP_FACTOR} after step {', '.join(map(str, c.lr_drops))})" if c.lr_drops else ""
-    print(f"training: {c.steps} steps (from step {run.step}), batch {c.batch}, lr {c.lr}{drops}, momentum {c.momentum}, "
-          f"seed {c.seed}")
-    print(f"data: {run.data.description}; {run.workers or 'no'} sampler worker(s), losses read every "
-          f"{run.sync_every} step(s)")
-    print(f"output: {out}")
+    say(f"training: {c.steps} steps (from step {run.step}), batch {c.batch}, lr {c.lr}{drops}, momentum {c.momentum}, "
+        f"seed {c.seed}")
+    say(f"data: {run.data.description}; {run.workers or 'no'} sampler worker(s), losses read every "
+        f"{run.sync_every} step(s)")
+    say(f"output: {out}")
     t0 = time.perf_counter()
     try:
         result = run.run()
     except Diverged as exc:
-        print(f"error: {exc}; stopped without saving it. Last good checkpoint: {_last_checkpoint(run)}. "
+        print(f"error{who}: {exc}; stopped without saving it. Last good checkpoint: {_last_checkpoint(run)}. "
               f"Try a lower --lr (now {c.lr}).", file=sys.stderr)
         return 1
     except OSError as exc:  # a full disk, a folder that went away: the last checkpoint is intact
-        print(f"error: {_describe_error(exc)}; the run stopped. Last good checkpoint: {_last_checkpoint(run)}; "
+        print(f"error{who}: {_describe_error(exc)}; the run stopped. Last good checkpoint: {_last_checkpoint(run)}; "
               f"continue with --resume {run.checkpoint_path}", file=sys.stderr)
         return 1
     minutes = (time.perf_counter() - t0) / 60
-    print(f"validation before: {_format_metrics(result['before'])}")
-    print(f"validation after:  {_format_metrics(result['after'])}")
+    say(f"validation before: {_format_metrics(result['before'])}")
+    say(f"validation after:  {_format_metrics(result['after'])}")
     state = "interrupted at" if result["interrupted"] else "finished"
-    print(f"{state} step {result['step']} in {minutes:.1f} min; checkpoint {run.checkpoint_path}; learning curves "
-          f"{out / 'loss.png'}; a held-out image {out / 'validation.png'}")
+    say(f"{state} step {result['step']} in {minutes:.1f} min; checkpoint {run.checkpoint_path}; learning curves "
+        f"{out / 'loss.png'}; a held-out image {out / 'validation.png'}")
     return 130 if result["interrupted"] else 0
+
+
+def use_local_gpu(world: World) -> None:
+    """Give each rank on a machine its own GPU (local rank modulo the GPUs there), before any CUDA work."""
+    try:
+        import cupy
+    except ImportError:
+        return  # no CuPy: --device auto becomes cpu, --device cuda reports why
+    count = cupy.cuda.runtime.getDeviceCount()
+    if count:
+        cupy.cuda.Device(world.local_rank % count).use()
 
 
 if __name__ == "__main__":

@@ -44,15 +44,24 @@ def _draw(first: int, size: int) -> Batch:
 class BatchStream:
     """The batches for steps ``first_step``, ``first_step + 1``, ..., drawn ahead by ``workers`` processes.
 
+    ``shard=(rank, R)``: this process is one of R data-parallel ranks and takes every R-th
+    batch of the stream (``first_sample``), so the R ranks together draw what one process
+    with batch R * B would.
+
     ``workers=0`` draws each batch on the calling thread when it is asked for (no
     processes; what a CPU device wants, since its cores are busy with the step itself).
     Use as a context manager, or call `close`, so the worker processes end.
     """
 
-    def __init__(self, sampler: TrainingSampler, batch_size: int, first_step: int = 0, workers: int = 0):
+    def __init__(self, sampler: TrainingSampler, batch_size: int, first_step: int = 0, workers: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
+        rank, ranks = shard
+        if not 0 <= rank < ranks:
+            raise ValueError(f"shard must be (rank, ranks) with 0 <= rank < ranks, got {shard}")
         self.sampler, self.batch_size, self.workers = sampler, batch_size, workers
+        self.rank, self.ranks = rank, ranks
         self.next_step = first_step  # the step whose batch next() returns
         self.waited_s = 0.0  # seconds the last next() waited for its batch
         self._queued_step = first_step  # the next step to hand to a worker
@@ -63,18 +72,21 @@ class BatchStream:
                                              initializer=_start_worker, initargs=(sampler,))
             self._fill()
 
+    def first_sample(self, step: int) -> int:
+        """The first sample of ``step``'s batch: ``step * B`` alone; ``(step * R + rank) * B`` as one of R ranks."""
+        return (step * self.ranks + self.rank) * self.batch_size
+
     def _fill(self) -> None:
         """Keep two batches per worker in flight: one being drawn, one waiting to be taken."""
         while len(self._in_flight) < 2 * self.workers:
-            first = self._queued_step * self.batch_size
-            self._in_flight.append(self._pool.submit(_draw, first, self.batch_size))
+            self._in_flight.append(self._pool.submit(_draw, self.first_sample(self._queued_step), self.batch_size))
             self._queued_step += 1
 
     def next(self) -> Batch:
         """The batch of step ``next_step`` (x, labels, weights as TrainingSampler.batch_at returns them)."""
         start = time.perf_counter()
         if self._pool is None:
-            batch = self.sampler.batch_at(self.next_step * self.batch_size, self.batch_size)
+            batch = self.sampler.batch_at(self.first_sample(self.next_step), self.batch_size)
         else:
             batch = self._in_flight.popleft().result()  # a worker's exception is raised here
             self._fill()
