@@ -6,6 +6,7 @@ with the tiny network of tests/test_train.py.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -210,3 +211,19 @@ def test_shards_interleave_into_the_single_process_batches():
         assert np.array_equal(x, reference[step])
     with pytest.raises(ValueError, match="shard"):
         BatchStream(sampler, 1, shard=(2, 2))
+
+
+def test_benchmark_measures_both_rank_counts_and_labels_the_model(capsys):
+    from benchmarks import data_parallel as bench
+
+    assert bench.main(["--tile", "44", "--base", "2", "--depth", "2", "--steps", "6", "--warmup", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    one, two = report["measured"]
+    assert (one["ranks"], two["ranks"]) == (1, 2) and one["step_s"] > 0 and two["step_s"] > 0
+    assert report["weak_scaling_efficiency"] == pytest.approx(two["images_per_s"] / (2 * one["images_per_s"]))
+    model = report["modelled_nccl"]
+    # By hand: 31,030,658 float32 gradients = 124.1 MB; ring: 2 * 7/8 * 124.1 MB / 400 GB/s + 14 * 5 us.
+    assert model["gradient_mb"] == pytest.approx(124.122632)
+    assert model["allreduce_ms"] == pytest.approx(2 * 7 / 8 * 124.122632e6 / 400e9 * 1e3 + 14 * 5e-3)
+    assert bench.main(["--steps", "3", "--warmup", "5"]) == 2
+    assert "must exceed --warmup" in capsys.readouterr().err
