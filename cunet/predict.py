@@ -24,6 +24,19 @@ in the ISBI convention: 255 = cell, 0 = membrane) and, with ``--overlay``,
 ``NAME.overlay.png``. Existing files are never overwritten: if any output would replace
 one, predict stops before predicting anything and names it (use a new ``--output``
 folder). A bad ``--output`` (a file, or a path under one) is reported before any work.
+
+Images larger than memory. An ``--output`` ending in ``.zarr`` predicts one 2-D image (a
+TIFF read lazily, a ``.zarr`` array, or a PNG) chunk by chunk on a Dask cluster
+(``cunet.scale.dask_predict``, the ``dist`` extra) and writes the class probabilities as a
+zarr array [n_classes, H, W] float32, equal bit for bit to what this command computes in
+memory:
+
+    python -m cunet.predict --checkpoint ckpt.npz --input big.tif --output big.prob.zarr \\
+        [--chunk N] [--scheduler tcp://host:port] [--workers N] [--memory-limit 2GiB]
+
+``--chunk`` (pixels, a multiple of the tile step; default: the multiple nearest 2048),
+``--workers`` and ``--memory-limit`` (per worker) size the local cluster started when no
+``--scheduler`` is given. Tiles run one at a time (``--batch 1``), without ``--tta``.
 """
 from __future__ import annotations
 
@@ -38,7 +51,7 @@ import numpy as np
 
 from cunet.autograd import Tensor, no_grad
 from cunet.checkpoint import CheckpointError, load_checkpoint
-from cunet.data.loaders import image_files, image_to_float, read_stack
+from cunet.data.loaders import image_files, image_to_float, read_slice, read_stack
 from cunet.data.tiling import extract_tile, plan_tiles
 from cunet.device import DEVICE_NAMES, Device, DeviceUnavailableError, add_math_argument, get_device
 from cunet.runlog import current_umask
@@ -52,6 +65,45 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def predict_plan(model: UNet, read_window, plan, result: np.ndarray, origin=(0, 0), batch: int = 1,
+                 progress=None) -> np.ndarray:
+    """Run the network on the tiles of ``plan`` and write each tile's owned part into ``result``.
+
+    The one tile loop of cunet: ``predict_probabilities`` runs it over a whole image in
+    memory, ``cunet.scale.dask_predict`` over the tiles of one chunk of an image larger
+    than memory, so both compute every tile in exactly the same way.
+
+    ``plan``: ``cunet.data.tiling.Tile`` objects (a whole plan from ``plan_tiles`` or a
+    part of one). ``read_window(tile)`` returns the tile's input window [in, in], already
+    normalised (``model.normalise``) and mirrored beyond the image's border.
+    ``result``: [n_classes, h, w] float32, the region of the image whose top-left pixel is
+    ``origin`` (row, column) in image coordinates; each tile's owned region ``owned -
+    origin`` must lie inside it. Tiles run ``batch`` at a time (eval mode, no gradients,
+    softmax over the classes); ``progress``, if given, is called with the number of tiles
+    finished after each batch. Returns ``result``.
+    """
+    o0, o1 = origin
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            for start in range(0, len(plan), batch):
+                chunk = plan[start:start + batch]
+                x = np.stack([read_window(t) for t in chunk])[:, None].astype(np.float32)
+                probs = softmax(model(Tensor(model.device.to_device(x))).numpy())
+                for t, p in zip(chunk, probs):
+                    (r0, r1), (c0, c1) = t.owned
+                    if r0 < o0 or c0 < o1 or r1 - o0 > result.shape[-2] or c1 - o1 > result.shape[-1]:
+                        raise ValueError(f"predict_plan: tile owning {t.owned} lies outside the result, "
+                                         f"which covers {result.shape[-2:]} pixels from {origin}")
+                    result[:, r0 - o0:r1 - o0, c0 - o1:c1 - o1] = p[(slice(None), *t.owned_in_output())]
+                if progress is not None:
+                    progress(len(chunk))
+    finally:
+        model.train(was_training)
+    return result
+
+
 def predict_probabilities(model: UNet, image: np.ndarray, tile: int, batch: int = 1, progress=None) -> np.ndarray:
     """Class probabilities [n_classes, H, W] float32 for one image [H, W] (floats, as the loaders give).
 
@@ -63,22 +115,7 @@ def predict_probabilities(model: UNet, image: np.ndarray, tile: int, batch: int 
     plan = plan_tiles(image.shape, tile, model.output_size(tile), align=2 ** (model.depth - 1))
     image = model.normalise(image)  # affine, so normalising before mirroring equals normalising each tile
     result = np.empty((model.config["n_classes"],) + image.shape, np.float32)
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            for start in range(0, len(plan), batch):
-                chunk = plan[start:start + batch]
-                x = np.stack([extract_tile(image, t) for t in chunk])[:, None].astype(np.float32)
-                probs = softmax(model(Tensor(model.device.to_device(x))).numpy())
-                for t, p in zip(chunk, probs):
-                    (r0, r1), (c0, c1) = t.owned
-                    result[:, r0:r1, c0:c1] = p[(slice(None), *t.owned_in_output())]
-                if progress is not None:
-                    progress(len(chunk))
-    finally:
-        model.train(was_training)
-    return result
+    return predict_plan(model, lambda t: extract_tile(image, t), plan, result, batch=batch, progress=progress)
 
 
 # The eight symmetries of the square: (number of 90-degree turns, flip left-right first).
@@ -243,6 +280,62 @@ def load_for_inference(args: argparse.Namespace) -> tuple[Device, UNet, int]:
     return device, model, tile
 
 
+def is_zarr_output(path) -> bool:
+    """Whether ``--output`` names a zarr array (ends in ``.zarr``): the Dask path for large images."""
+    return str(path).rstrip("/\\").lower().endswith(".zarr")
+
+
+# The options of the Dask path, with their defaults there (None in argparse: given or not).
+DASK_DEFAULTS = dict(chunk=None, scheduler=None, workers=2, memory_limit="2GiB")
+
+
+def main_large(args: argparse.Namespace) -> int:
+    """``--output X.zarr``: one image predicted chunk by chunk on a Dask cluster (cunet.scale.dask_predict)."""
+    try:
+        from cunet.scale import dask_predict
+        from dask.utils import parse_bytes
+    except ImportError as exc:
+        print(f"error: a .zarr --output needs the dist extra (pip install -e '.[dist]'): {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.tta or args.overlay or args.batch != 1:
+            given = [o for o, on in (("--tta", args.tta), ("--overlay", args.overlay),
+                                     (f"--batch {args.batch}", args.batch != 1)) if on]
+            raise ValueError(f"{', '.join(given)}: not with a .zarr --output, which predicts tile by tile "
+                             "(batch 1) to equal in-memory prediction bit for bit; write a folder --output instead")
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        if args.memory_limit is not None:
+            try:
+                parse_bytes(args.memory_limit)
+            except (ValueError, TypeError):
+                raise ValueError(f"--memory-limit {args.memory_limit!r}: expected a size such as 2GiB "
+                                 "or 500MB") from None
+        output = dask_predict.check_output(args.output)
+        device, model, tile = load_for_inference(args)
+        source = Path(args.input)
+        if not source.exists():
+            raise FileNotFoundError(f"input {source} does not exist")
+        if source.suffix.lower() == ".png":  # no lazy PNG reader: read it here, as the folder path does
+            source = read_slice(source)
+        options = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in DASK_DEFAULTS.items()}
+        path = dask_predict.predict_large(args.checkpoint, source, output, tile=tile, device=device.name,
+                                          kernels=args.kernels, math=args.math, progress=not args.quiet, **options)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except dask_predict.WorkerLostError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    import zarr
+
+    result = zarr.open_array(str(path), mode="r")
+    info = result.attrs["cunet"]
+    print(f"wrote {path}: {result.shape[1]} x {result.shape[2]} probabilities, chunk {info['chunk']} "
+          f"(device {device.describe()}, tile {tile})")
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point; returns the exit code."""
     p = argparse.ArgumentParser(prog="python -m cunet.predict", description=__doc__.split("\n\n")[0],
@@ -250,10 +343,24 @@ def main(argv=None) -> int:
     add_inference_arguments(p)
     p.add_argument("--input", required=True, help="an image (PNG/TIFF), a TIFF stack, or a folder of images")
     p.add_argument("--output", required=True, help="folder for NAME.prob.tif, NAME.mask.png, NAME.overlay.png "
-                   "(NAME: the input's file name; existing files are never overwritten)")
+                   "(NAME: the input's file name; existing files are never overwritten); or X.zarr: one large "
+                   "image predicted on a Dask cluster into a zarr array [class, H, W]")
     p.add_argument("--overlay", action="store_true", help="also write PNG overlays of the mask on the image")
     p.add_argument("--quiet", action="store_true")
+    large = p.add_argument_group("large images (an --output ending in .zarr)")
+    large.add_argument("--chunk", type=int, help="chunk side in pixels, a multiple of the tile step "
+                       "(default: the multiple nearest 2048)")
+    large.add_argument("--scheduler", help="a Dask scheduler's address, tcp://host:port (default: a local cluster)")
+    large.add_argument("--workers", type=int, help="worker processes of the local cluster (default 2)")
+    large.add_argument("--memory-limit", help="memory limit of each local worker (default 2GiB)")
     args = p.parse_args(argv)
+    if is_zarr_output(args.output):
+        return main_large(args)
+    given = [f"--{k.replace('_', '-')}" for k in DASK_DEFAULTS if getattr(args, k) is not None]
+    if given:
+        print(f"error: {', '.join(given)}: only with an --output ending in .zarr (prediction on a Dask cluster)",
+              file=sys.stderr)
+        return 2
     try:
         output = check_output_folder(args.output)
         device, model, tile = load_for_inference(args)
