@@ -1,0 +1,699 @@
+// The U-Net's 3x3 convolutions on the CPU: register-blocked direct loops on OpenMP threads.
+//
+// Read conv2d.hpp first for what each function computes. This file is in five parts: the
+// SIMD dispatch, the forward (which the backward input reuses), the weight gradient, the
+// table of the versions compiled for each instruction set, and the OpenMP drivers that
+// split each op into tasks.
+//
+// ---------------------------------------------------------------------------------------------
+// Register blocking: why a tile of outputs, and why this size
+//
+// Each output of the forward is a sum of C*9 products. Computed one output at a time, every
+// multiply-add (one FMA instruction) needs two loads, an input value and a weight. A core
+// issues two FMAs per cycle but only two loads, and one running sum is a chain of
+// dependent FMAs, each waiting ~4 cycles for the one before: such a loop runs at a small
+// fraction of the FMA units' speed.
+//
+// So the inner loop computes a *tile* of outputs at once: KB output channels (filters) x P
+// consecutive output pixels, whose KB*P running sums stay in vector registers for the whole
+// sum over c, r, s, and are written to memory once, at the end. One step of the loop (one
+// tap c, r, s) then
+//   - loads the tile's P input values once (P/V vector loads, V floats per register) and
+//     uses each vector for all KB filters,
+//   - loads KB weights once (each broadcast to a whole vector) and uses each for P pixels,
+//   - issues KB*P/V FMAs into KB*P/V different accumulators: that many independent chains,
+//     enough to keep both FMA units busy through the latency (2 units x 4 cycles = 8).
+// The tile is as large as the register file allows: an accumulator that does not fit is
+// spilled to the stack, a load and a store per FMA, which is slower than a smaller tile.
+//
+//   AVX-512, 32 registers of 16 floats: 8 filters x 32 pixels = 16 accumulators; per tap
+//            2 loads of x + 8 broadcast weights for 16 FMAs.
+//   AVX2,    16 registers of 8 floats: 4 filters x 16 pixels = 8 accumulators (+ 2 for x,
+//            1 for a weight); per tap 2 + 4 loads for 8 FMAs. 8 x 16 would need 16
+//            accumulators alone.
+//   generic, 4 floats per register. x86-64's baseline, SSE2, has 16 registers and no FMA
+//            (each product needs a register of its own until it is added): 4 x 4 = 4
+//            accumulators; ARM's NEON has 32 registers and FMA: 4 x 8.
+//
+// The weight gradient is blocked the same way (see "Weight gradient" below).
+//
+// The vectors are GCC's vector extensions (`float __attribute__((vector_size(...)))`), not
+// intrinsics: `acc += w * xv` is one line of C++ whichever instruction set the compiler
+// targets. The accumulators are an array `acc[KB][NV]` of vectors of the machine's width,
+// indexed only by constants once the loops over them are unrolled, which is what lets the
+// compiler keep each one in a register. (One vector of 32 floats per filter would be legal
+// C++ too, but GCC keeps a vector wider than any register in memory: a load and a store
+// around every FMA.)
+//
+// Wide rows. The tile's pixels run along "wide rows", the trick of the Numba loops in
+// cunet/ops/conv2d.py: wide output q = oy*W + ox, counted on rows of the *input's* width W,
+// reads tap (r, s) of channel c at x_flat[c, q + r*W + s]. P consecutive q are then one
+// contiguous load per tap even where they cross the end of an output row, so the 30-pixel
+// rows deep in the U-Net still fill whole tiles. The W - OW = 2 wide columns per row that
+// fall past the output's edge are computed and dropped when the tile is stored. (Those
+// columns read real input values and their sums are thrown away: no output ever reads an
+// input that its own formula does not, so a NaN still reaches exactly the outputs it should.)
+//
+// Floating point: every output is summed in the order c, then r, then s, from 0, with one
+// FMA per product (setup.py compiles with -ffp-contract=fast; the generic x86-64 version has
+// no FMA instruction and rounds each product), then the bias is added. No tile size, task
+// split or thread count changes that order, so the forward and the backward input give the
+// same bits with any number of threads. The weight gradient too (see below).
+#include "conv2d.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace cunet_host {
+
+// --- SIMD dispatch ---------------------------------------------------------------------------
+// One binary carries three versions of the kernels: for AVX-512, for AVX2 + FMA and for the
+// x86-64 baseline (SSE2). Each kernel's entry point (forward_task, wgrad_task, at the end of
+// their sections) is written three times, marked CUNET_AVX512, CUNET_AVX2 or nothing: GCC
+// compiles a function marked target("...") for that instruction set whatever the command
+// line says, and the templates it calls are CUNET_INLINE (always inlined), so they are
+// compiled for it too. A table of function pointers (`Version`, at the end) holds each
+// version's entry points; the first call picks the best version the CPU supports
+// (__builtin_cpu_supports), so the module is built without -march=native and runs its best
+// code on any x86-64 CPU. Elsewhere (ARM), and with compilers other than GCC, there is one
+// version, for the compiler's default target.
+//
+// This is what GCC's target_clones attribute does, written out, for three reasons:
+//   - target_clones("avx512f", ...) compiles ONE body for every instruction set, so each
+//     clone would carry all three register tiles, including tiles of vectors wider than its
+//     registers, which cannot be compiled where a vector is pinned to a register
+//     (keep_in_register: the weight gradient's loop is 25-35% faster with it). Here each
+//     version instantiates its own tile only, and a build compiles a third of the code.
+//   - The clones are bound by the loader (an ifunc), once: a CPU can only ever run, and so
+//     test, its best version. Here set_isa() can select any version the CPU supports, and
+//     tests/test_host_conv.py runs every one of them.
+//   - The AVX2 version is "arch=x86-64-v3", the psABI level for AVX2, FMA, BMI1/2, F16C,
+//     LZCNT and MOVBE that every AVX2 CPU (Intel from Haswell, AMD from Zen) has. In
+//     target_clones' list a comma separates two clones: "avx2,fma" would give an AVX2 clone
+//     without FMA and an FMA clone without AVX2.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CUNET_VERSIONS 1
+#define CUNET_AVX512 __attribute__((target("avx512f")))
+#define CUNET_AVX2 __attribute__((target("arch=x86-64-v3")))
+#else
+#define CUNET_VERSIONS 0
+#endif
+#define CUNET_INLINE inline __attribute__((always_inline))
+
+namespace {
+
+// The register tiles of the three versions (the comment at the top explains the sizes).
+// The tile changes the speed, never a forward or backward-input result; the weight
+// gradient's lane count is its summation order (see "Weight gradient").
+#if defined(__aarch64__)
+constexpr int kGenericVectors = 2;  // forward: vectors per filter in the generic tile
+#else
+constexpr int kGenericVectors = 1;
+#endif
+constexpr Geometry kGeometry[3] = {
+    /* generic */ {4, 4 * kGenericVectors, 4, 4},
+    /* avx2    */ {4, 16, 4, 8},
+    /* avx512  */ {8, 32, 8, 16},
+};
+
+// Outputs per task: enough work to amortise a task (~2048 wide outputs x C*9 FMAs x a block
+// of filters), small enough that a task's rows of x (C x (rows + 2) rows) stay in L2 while
+// every block of filters reads them. The same span as CPU_DIRECT_SPAN in cunet/ops/conv2d.py.
+constexpr index_t kTaskOutputs = 2048;
+// Channels per weight-gradient task (more tasks for the layers with few filters).
+constexpr index_t kWgradChannels = 16;
+// A loop of fewer multiply-adds than this runs on the calling thread alone: waking the
+// OpenMP team costs tens of microseconds, as much as the whole loop (~30 us on one core).
+// (Chosen by that estimate, not measured like cunet.ops.common.PARALLEL_MIN_WORK.)
+constexpr index_t kParallelMinMacs = index_t(1) << 21;
+
+std::atomic<int> g_last_team{1};
+
+// --- vectors -----------------------------------------------------------------------------------
+template <int L>
+struct Lanes {
+    typedef float type __attribute__((vector_size(L * sizeof(float))));
+    typedef int mask __attribute__((vector_size(L * sizeof(int))));   // what a comparison of two vec<L> gives
+};
+template <int L>
+using vec = typename Lanes<L>::type;
+template <int L>
+using mask = typename Lanes<L>::mask;
+
+// Unaligned loads and stores (memcpy of a vector's size compiles to one vmovups).
+template <int L>
+CUNET_INLINE void load(vec<L>& v, const float* p) { std::memcpy(&v, p, sizeof v); }
+template <int L>
+CUNET_INLINE void store(float* p, const vec<L>& v) { std::memcpy(p, &v, sizeof v); }
+
+// Keeps v in a register. Without it GCC folds a vector's load into every instruction that
+// uses it (an FMA can take one operand straight from memory), which looks free but loads it
+// again each time: the weight gradient's inner loop loaded each dy vector three times, 27
+// loads for 24 FMAs, and ran 20-25% slower (56-68 GFLOP/s instead of 68-89 on the 2-core
+// AVX-512 machine, another job running). The empty asm statement claims to change v, so v
+// must be in a register there, and what the FMAs read is that register.
+template <int L>
+CUNET_INLINE void keep_in_register(vec<L>& v) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    asm("" : "+v"(v));
+#elif defined(__GNUC__) && defined(__aarch64__)
+    asm("" : "+w"(v));
+#else
+    (void)v;
+#endif
+}
+
+// The sum of a vector's lanes, lane 0 first: a fixed order, so a fixed result.
+template <int L>
+CUNET_INLINE float lane_sum(const vec<L>& v) {
+    float s = 0.0f;
+    for (int l = 0; l < L; ++l) s += v[l];
+    return s;
+}
+
+}  // namespace
+
+// --- forward ---------------------------------------------------------------------------------
+struct Forward {
+    const float* x;   // [N, C, H, W]
+    const float* wp;  // packed filters [kblocks][C][9][KB] (pack_filters)
+    const float* b;   // [K]
+    float* y;         // [N, K, OH, OW]
+    index_t N, C, H, W, K, OH, OW;
+    bool relu;
+    index_t kblocks, rows, groups;  // task = (image n, group of `rows` output rows, block of KB filters)
+};
+
+// max(v, 0), and 0 for NaN: the convention of the GPU kernels' fmaxf and of the Numba path.
+CUNET_INLINE float relu1(float v) { return v > 0.0f ? v : 0.0f; }
+
+// One tile: KB filters x L = NV*V consecutive wide outputs q .. q+L-1 of one task (q counted
+// from the task's first output row), V floats per vector register. Sums over c, r, s in
+// KB*NV registers, then adds the bias, applies the ReLU and stores the outputs that lie
+// inside the output image. (The accumulators are NV vectors of the machine's width rather
+// than one vector of L floats: GCC keeps a vector wider than a register in memory.)
+template <int KB, int NV, int V>
+CUNET_INLINE void forward_tile(const Forward& f, const float* x0, const float* wk, const float* bias, index_t kn,
+                               float* yk, index_t q) {
+    constexpr int L = NV * V;
+    const index_t plane = f.H * f.W, W = f.W;
+    vec<V> acc[KB][NV];
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[k][j] = vec<V>{};
+
+    const float* xq = x0 + q;
+    for (index_t c = 0; c < f.C; ++c) {
+        const float* xc = xq + c * plane;  // tap (r, s) of this tile: xc[r*W + s ..], L floats
+        const float* wc = wk + c * 9 * KB; // its KB weights: wc[(r*3 + s)*KB ..]
+#pragma GCC unroll 3
+        for (int r = 0; r < 3; ++r) {
+#pragma GCC unroll 3
+            for (int s = 0; s < 3; ++s) {
+                vec<V> xv[NV];   // L inputs, shared by the KB filters
+#pragma GCC unroll 4
+                for (int j = 0; j < NV; ++j) load<V>(xv[j], xc + r * W + s + j * V);
+                const float* wt = wc + (r * 3 + s) * KB;
+#pragma GCC unroll 8
+                for (int k = 0; k < KB; ++k) {
+                    const float wk_rs = wt[k];   // one weight, broadcast to L pixels
+#pragma GCC unroll 4
+                    for (int j = 0; j < NV; ++j) acc[k][j] += wk_rs * xv[j];
+                }
+            }
+        }
+    }
+
+    // Epilogue. Most tiles lie inside one output row: add the bias, ReLU, vector stores.
+    const index_t oy = q / W, ox = q % W, out_plane = f.OH * f.OW;
+    if (ox + L <= f.OW) {
+        const vec<V> zero{};
+#pragma GCC unroll 8
+        for (int k = 0; k < KB; ++k) {
+            if (k < kn) {   // the last block of filters may be partly padding
+#pragma GCC unroll 4
+                for (int j = 0; j < NV; ++j) {
+                    vec<V> v = acc[k][j] + bias[k];
+                    if (f.relu) v = v > zero ? v : zero;
+                    store<V>(yk + k * out_plane + oy * f.OW + ox + j * V, v);
+                }
+            }
+        }
+        return;
+    }
+    // A tile that crosses the end of a row: through a buffer, dropping the wide columns.
+    alignas(64) float out[KB][L];
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) store<V>(out[k] + j * V, acc[k][j]);
+    for (int l = 0; l < L; ++l) {
+        const index_t row = (q + l) / W, col = (q + l) % W;
+        if (col >= f.OW) continue;
+        for (index_t k = 0; k < kn; ++k) {
+            const float v = out[k][l] + bias[k];
+            yk[k * out_plane + row * f.OW + col] = f.relu ? relu1(v) : v;
+        }
+    }
+}
+
+// A task whose wide span is shorter than one tile (images a few pixels wide): one output at
+// a time, summed in the same order as the tiles.
+template <int KB>
+CUNET_INLINE void forward_scalar(const Forward& f, const float* x0, const float* wk, const float* bias, index_t kn,
+                                 float* yk, index_t span) {
+    const index_t plane = f.H * f.W, W = f.W, out_plane = f.OH * f.OW;
+    for (index_t q = 0; q < span; ++q) {
+        const index_t oy = q / W, ox = q % W;
+        if (ox >= f.OW) continue;
+        for (index_t k = 0; k < kn; ++k) {
+            float acc = 0.0f;
+            for (index_t c = 0; c < f.C; ++c)
+                for (int t = 0; t < 9; ++t) acc += wk[(c * 9 + t) * KB + k] * x0[c * plane + q + (t / 3) * W + t % 3];
+            const float v = acc + bias[k];
+            yk[k * out_plane + oy * f.OW + ox] = f.relu ? relu1(v) : v;
+        }
+    }
+}
+
+template <int KB, int NV, int V>
+CUNET_INLINE void forward_task_impl(const Forward& f, index_t task) {
+    constexpr int L = NV * V;
+    // Consecutive task numbers share (n, rows) and differ in the block of filters, so a
+    // thread's consecutive tasks (OpenMP's static schedule) read the same rows of x from L2.
+    const index_t kb = task % f.kblocks, g = (task / f.kblocks) % f.groups, n = task / (f.kblocks * f.groups);
+    const index_t oy0 = g * f.rows, oy1 = std::min(oy0 + f.rows, f.OH);
+    const index_t k0 = kb * KB, kn = std::min<index_t>(KB, f.K - k0);
+    const float* x0 = f.x + n * f.C * f.H * f.W + oy0 * f.W;   // wide output q = 0 is (oy0, 0)
+    const float* wk = f.wp + kb * f.C * 9 * KB;
+    float* yk = f.y + ((n * f.K + k0) * f.OH + oy0) * f.OW;
+    // Wide outputs from (oy0, 0) to (oy1 - 1, OW - 1): the last row's 2 wide columns are not
+    // part of it (they would read past the end of the image).
+    const index_t span = (oy1 - oy0) * f.W - 2;
+    if (span < L) {
+        forward_scalar<KB>(f, x0, wk, f.b + k0, kn, yk, span);
+        return;
+    }
+    // Tiles at q = 0, L, 2L, ...; the last one is moved back to end exactly at the span's end,
+    // recomputing a few outputs of the one before (to the same bits), rather than running a
+    // partial tile past the end of x.
+    for (index_t q = 0; q < span; q += L)
+        forward_tile<KB, NV, V>(f, x0, wk, f.b + k0, kn, yk, std::min(q, span - L));
+}
+
+// One forward task, in each version (see "SIMD dispatch"): <filters, vectors per filter,
+// floats per vector>, forward_pixels = vectors x floats.
+static_assert(kGeometry[2].forward_pixels == 2 * 16 && kGeometry[1].forward_pixels == 2 * 8 &&
+              kGeometry[0].forward_pixels == kGenericVectors * 4, "forward_pixels = vectors per filter x floats per vector");
+#if CUNET_VERSIONS
+CUNET_AVX512 void forward_task_avx512(const Forward& f, index_t task) {
+    forward_task_impl<kGeometry[2].forward_filters, 2, 16>(f, task);
+}
+CUNET_AVX2 void forward_task_avx2(const Forward& f, index_t task) {
+    forward_task_impl<kGeometry[1].forward_filters, 2, 8>(f, task);
+}
+#endif
+void forward_task_generic(const Forward& f, index_t task) {
+    forward_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(f, task);
+}
+
+// --- weight gradient -----------------------------------------------------------------------------
+// dw[k, c, r, s] = sum over n, oy, ox of dy[n, k, oy, ox] * x[n, c, oy + r, ox + s]: a dot
+// product over every output pixel. Blocked like the forward: a tile is KB filters x the 3
+// taps s of one (c, r), 3*KB running sums, each a vector of L partial sums (lane l sums the
+// pixels ox = l mod L). One step loads L values of dy for each of the KB filters and the 3
+// shifted loads of x, and issues 3*KB FMAs: AVX-512 8 x 3 = 24 accumulators (of 32
+// registers), 11 loads for 24 FMAs; AVX2 and generic 4 x 3 = 12.
+//
+// A task owns a block of KB filters and a group of channels: it alone writes their dw, so
+// no sum is ever split between threads. It walks the images in bands of rows; a band of dy
+// (KB filters x ~2048 pixels) stays in L1/L2 while each channel's rows of x stream past it.
+// Each band's register sums are added into the task's lane-wise totals (in memory) and the
+// lanes are summed once, at the end: the order of every addition is fixed by the shapes
+// and the tile (the vector width), not by the threads. So dw and db are bitwise the same
+// with any number of threads, on one machine; a CPU that runs another version (AVX2 instead
+// of AVX-512: 8 lanes instead of 16) sums in another order and may differ in the last bits.
+//
+// Rows are not wide here: a sum must not count the 2 columns past the output's edge. A
+// row's last OW mod L pixels are one more vector step: if OW >= L the step is moved back
+// to end at OW and its lanes already counted are masked off (a select, not a multiply by
+// 0, so an infinity there cannot turn into a NaN); if OW < L the pixels are copied into
+// zero-filled buffers.
+struct WeightGrad {
+    const float* x;   // [N, C, H, W]
+    const float* dy;  // [N, K, OH, OW]
+    float* dw;        // [K, C, 3, 3]
+    float* db;        // [K]
+    const float* zeros;  // OW zeros: the dy row of the padding filters of a partial block
+    index_t N, C, H, W, K, OH, OW;
+    index_t kblocks, cgroups, rows;
+};
+
+// db[k] = the sum of dy[:, k]: lane-wise over full vectors, the rest one by one, in a fixed order.
+template <int L>
+CUNET_INLINE void bias_grad_impl(const WeightGrad& g, index_t k) {
+    vec<L> acc{};
+    float rest = 0.0f;
+    for (index_t n = 0; n < g.N; ++n) {
+        const float* p = g.dy + (n * g.K + k) * g.OH * g.OW;
+        for (index_t oy = 0; oy < g.OH; ++oy, p += g.OW) {
+            index_t ox = 0;
+            for (; ox + L <= g.OW; ox += L) {
+                vec<L> v;
+                load<L>(v, p + ox);
+                acc += v;
+            }
+            for (; ox < g.OW; ++ox) rest += p[ox];
+        }
+    }
+    g.db[k] = lane_sum<L>(acc) + rest;
+}
+
+// acc[k][s] += d_k * x_s in the lanes that `keep` selects (the partial last step of a row).
+template <int KB, int L>
+CUNET_INLINE void wgrad_masked_step(vec<L> (&acc)[KB][3], const float* const (&d)[KB], const float* xr,
+                                    index_t o, const mask<L>& keep) {
+    vec<L> x0, x1, x2;
+    load<L>(x0, xr + o);
+    load<L>(x1, xr + o + 1);
+    load<L>(x2, xr + o + 2);
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k) {
+        vec<L> dv;
+        load<L>(dv, d[k] + o);
+        keep_in_register<L>(dv);
+        acc[k][0] = keep ? acc[k][0] + dv * x0 : acc[k][0];
+        acc[k][1] = keep ? acc[k][1] + dv * x1 : acc[k][1];
+        acc[k][2] = keep ? acc[k][2] + dv * x2 : acc[k][2];
+    }
+}
+
+template <int KB, int L>
+CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
+    const index_t kb = task % g.kblocks, cg = task / g.kblocks;
+    const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
+    const index_t c0 = cg * kWgradChannels, c1 = std::min(c0 + kWgradChannels, g.C);
+    const index_t OW = g.OW, out_plane = g.OH * g.OW;
+    vec<L> lane;
+    for (int l = 0; l < L; ++l) lane[l] = float(l);
+
+    // The task's running totals, lane by lane: [c - c0][r][k][s][L]. (Floats, read and
+    // written with unaligned vector moves: a std::vector of vector types is not allocated
+    // at the vectors' 64-byte alignment, which GCC's aligned moves would assume.)
+    std::vector<float> total(size_t((c1 - c0) * 3 * KB * 3 * L), 0.0f);
+
+    for (index_t n = 0; n < g.N; ++n) {
+        for (index_t h0 = 0; h0 < g.OH; h0 += g.rows) {
+            const index_t h1 = std::min(h0 + g.rows, g.OH);
+            for (index_t c = c0; c < c1; ++c) {
+                for (int r = 0; r < 3; ++r) {
+                    vec<L> acc[KB][3];
+#pragma GCC unroll 8
+                    for (int k = 0; k < KB; ++k) acc[k][0] = acc[k][1] = acc[k][2] = vec<L>{};
+                    for (index_t oy = h0; oy < h1; ++oy) {
+                        const float* xr = g.x + ((n * g.C + c) * g.H + oy + r) * g.W;
+                        const float* d[KB];
+#pragma GCC unroll 8
+                        for (int k = 0; k < KB; ++k)
+                            d[k] = k < kn ? g.dy + (n * g.K + k0 + k) * out_plane + oy * OW : g.zeros;
+                        index_t ox = 0;
+                        for (; ox + L <= OW; ox += L) {
+                            vec<L> x0, x1, x2;   // the row of x at taps s = 0, 1, 2
+                            load<L>(x0, xr + ox);
+                            load<L>(x1, xr + ox + 1);
+                            load<L>(x2, xr + ox + 2);
+#pragma GCC unroll 8
+                            for (int k = 0; k < KB; ++k) {
+                                vec<L> dv;
+                                load<L>(dv, d[k] + ox);
+                                keep_in_register<L>(dv);   // one load, three FMAs
+                                acc[k][0] += dv * x0;
+                                acc[k][1] += dv * x1;
+                                acc[k][2] += dv * x2;
+                            }
+                        }
+                        if (ox == OW) continue;
+                        if (OW >= L) {   // the last step, moved back; its first L - (OW - ox) lanes are done
+                            const mask<L> keep = lane >= float(L - (OW - ox));
+                            wgrad_masked_step<KB, L>(acc, d, xr, OW - L, keep);
+                        } else {         // a row narrower than a vector: zero-filled copies
+                            alignas(64) float xb[L + 2] = {}, dyb[KB][L] = {};
+                            for (index_t j = 0; j < OW + 2; ++j) xb[j] = xr[j];
+                            const float* dcopy[KB];
+#pragma GCC unroll 8
+                            for (int k = 0; k < KB; ++k) {
+                                for (index_t j = 0; j < OW; ++j) dyb[k][j] = d[k][j];
+                                dcopy[k] = dyb[k];
+                            }
+                            const mask<L> keep = lane < float(OW);   // dy is 0 there too; the mask is what counts
+                            wgrad_masked_step<KB, L>(acc, dcopy, xb, 0, keep);
+                        }
+                    }
+                    float* t = total.data() + ((c - c0) * 3 + r) * KB * 3 * L;
+#pragma GCC unroll 8
+                    for (int k = 0; k < KB; ++k) {
+#pragma GCC unroll 3
+                        for (int s = 0; s < 3; ++s) {
+                            vec<L> sum;
+                            load<L>(sum, t + (k * 3 + s) * L);
+                            store<L>(t + (k * 3 + s) * L, sum + acc[k][s]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (index_t c = c0; c < c1; ++c)
+        for (int r = 0; r < 3; ++r)
+            for (index_t k = 0; k < kn; ++k)
+                for (int s = 0; s < 3; ++s) {
+                    vec<L> sum;
+                    load<L>(sum, total.data() + ((((c - c0) * 3 + r) * KB + k) * 3 + s) * L);
+                    g.dw[((k0 + k) * g.C + c) * 9 + r * 3 + s] = lane_sum<L>(sum);
+                }
+    if (cg == 0)   // the first group of channels' tasks also sum the bias gradient of their filters
+        for (index_t k = k0; k < k0 + kn; ++k) bias_grad_impl<L>(g, k);
+}
+
+// One weight-gradient task, in each version (see "SIMD dispatch").
+#if CUNET_VERSIONS
+CUNET_AVX512 void wgrad_task_avx512(const WeightGrad& g, index_t task) {
+    wgrad_task_impl<kGeometry[2].wgrad_filters, kGeometry[2].wgrad_pixels>(g, task);
+}
+CUNET_AVX2 void wgrad_task_avx2(const WeightGrad& g, index_t task) {
+    wgrad_task_impl<kGeometry[1].wgrad_filters, kGeometry[1].wgrad_pixels>(g, task);
+}
+#endif
+void wgrad_task_generic(const WeightGrad& g, index_t task) {
+    wgrad_task_impl<kGeometry[0].wgrad_filters, kGeometry[0].wgrad_pixels>(g, task);
+}
+
+// --- the versions' table ---------------------------------------------------------------------------
+struct Version {
+    Isa isa;
+    Geometry geometry;
+    void (*forward_task)(const Forward&, index_t);
+    void (*wgrad_task)(const WeightGrad&, index_t);
+};
+
+namespace {
+
+Version version_of(Isa isa) {
+#if CUNET_VERSIONS
+    if (isa == Isa::avx512) return {isa, kGeometry[2], forward_task_avx512, wgrad_task_avx512};
+    if (isa == Isa::avx2) return {isa, kGeometry[1], forward_task_avx2, wgrad_task_avx2};
+#endif
+    return {Isa::generic, kGeometry[0], forward_task_generic, wgrad_task_generic};
+}
+
+// The version the ops run: -1 until the first call picks the best one (isa_by_cpu_features).
+std::atomic<int> g_isa{-1};
+
+// The version an op runs, read once per op: its tile and its kernels belong together.
+Version current_version() { return version_of(cpu_isa()); }
+
+}  // namespace
+
+// --- drivers: tasks on OpenMP threads ------------------------------------------------------------
+namespace {
+
+index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+// Runs body(task) for task in [0, tasks): in parallel (static schedule: each thread a
+// contiguous range of tasks) when the op has at least kParallelMinMacs multiply-adds.
+template <typename Body>
+void run_tasks(index_t tasks, index_t macs, Body body) {
+    const bool parallel = macs >= kParallelMinMacs && tasks > 1;
+#pragma omp parallel if (parallel)
+    {
+#ifdef _OPENMP
+#pragma omp master
+        g_last_team.store(omp_get_num_threads());
+#else
+        g_last_team.store(1);
+#endif
+#pragma omp for schedule(static)
+        for (index_t t = 0; t < tasks; ++t) body(t);
+    }
+}
+
+// The filters in the layout the forward tile reads: [kblock][c][tap][KB], each tap's KB
+// weights adjacent (one cache line feeds a tile's broadcasts), padded with zero filters up
+// to a whole block. get(k, c, t) is filter k's weight for input channel c, tap t = r*3 + s.
+template <typename Get>
+std::vector<float> pack_filters(int KB, index_t K, index_t C, Get get) {
+    const index_t kblocks = ceil_div(K, KB);
+    std::vector<float> packed(size_t(kblocks * C * 9 * KB), 0.0f);
+    for (index_t k = 0; k < K; ++k)
+        for (index_t c = 0; c < C; ++c)
+            for (int t = 0; t < 9; ++t) packed[size_t((((k / KB) * C + c) * 9 + t) * KB + k % KB)] = get(k, c, t);
+    return packed;
+}
+
+// `packed` must be packed for v's tile (pack_filters with v.geometry.forward_filters).
+void run_forward(const Version& v, const float* x, const std::vector<float>& packed, const float* b, float* y,
+                 index_t N, index_t C, index_t H, index_t W, index_t K, bool relu) {
+    const index_t KB = v.geometry.forward_filters, OH = H - 2, OW = W - 2;
+    Forward f{x, packed.data(), b, y, N, C, H, W, K, OH, OW, relu, ceil_div(K, KB), 0, 0};
+    f.rows = std::max<index_t>(1, std::min(OH, ceil_div(kTaskOutputs, W)));
+    f.groups = ceil_div(OH, f.rows);
+    run_tasks(N * f.groups * f.kblocks, N * K * C * 9 * OH * OW, [&](index_t t) { v.forward_task(f, t); });
+}
+
+}  // namespace
+
+// --- the public functions ---------------------------------------------------------------------------
+Isa cpu_isa() {
+    int isa = g_isa.load();
+    if (isa < 0) {
+        isa = int(isa_by_cpu_features());
+        g_isa.store(isa);
+    }
+    return Isa(isa);
+}
+
+bool cpu_supports(Isa isa) {
+#if CUNET_VERSIONS
+    __builtin_cpu_init();
+    if (isa == Isa::avx512) return __builtin_cpu_supports("avx512f");
+    if (isa == Isa::avx2) return __builtin_cpu_supports("x86-64-v3");
+#endif
+    return isa == Isa::generic;
+}
+
+bool set_isa(Isa isa) {
+    if (!cpu_supports(isa)) return false;
+    g_isa.store(int(isa));
+    return true;
+}
+
+Isa isa_by_cpu_features() {
+    // The best first (what target_clones' resolver would pick, in its order).
+    for (Isa isa : {Isa::avx512, Isa::avx2})
+        if (cpu_supports(isa)) return isa;
+    return Isa::generic;
+}
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "generic";
+    }
+}
+
+Geometry geometry(Isa isa) { return kGeometry[int(isa)]; }
+
+void conv3x3_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C, index_t H,
+                     index_t W, index_t K, bool relu) {
+    const Version v = current_version();
+    const auto packed = pack_filters(v.geometry.forward_filters, K, C,
+                                     [&](index_t k, index_t c, int t) { return w[(k * C + c) * 9 + t]; });
+    run_forward(v, x, packed, b, y, N, C, H, W, K, relu);
+}
+
+// The backward input is a forward: dx = dy, zero-padded by 2 on every side, correlated with
+// the filters flipped (tap t -> 8 - t) and transposed (K <-> C):
+//   dx[n, c, i, j] = sum_{k, r, s} dy[n, k, i - r, j - s] * w[k, c, r, s]   (dy = 0 outside)
+// so it runs on the forward's tiles, threads and summation order (over k, then the taps).
+// The padded copy costs memory (N*K*(OH+4)*(OW+4) floats) and a pass over dy, as the Numba
+// path's does; skipping the zero taps at the borders instead is left for later.
+void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
+                            index_t OW, index_t C) {
+    const index_t H = OH + 4, W = OW + 4;
+    std::unique_ptr<float[]> padded(new float[size_t(N * K * H * W)]);
+    float* p = padded.get();
+    run_tasks(N * K, N * K * H * W * 8, [&](index_t plane) {
+        float* out = p + plane * H * W;
+        const float* in = dy + plane * OH * OW;
+        std::fill(out, out + 2 * W, 0.0f);
+        for (index_t i = 0; i < OH; ++i) {
+            float* row = out + (i + 2) * W;
+            row[0] = row[1] = 0.0f;
+            std::memcpy(row + 2, in + i * OW, size_t(OW) * sizeof(float));
+            row[OW + 2] = row[OW + 3] = 0.0f;
+        }
+        std::fill(out + (OH + 2) * W, out + H * W, 0.0f);
+    });
+    const Version v = current_version();
+    const auto packed = pack_filters(v.geometry.forward_filters, C, K,
+                                     [&](index_t c, index_t k, int t) { return w[(k * C + c) * 9 + 8 - t]; });
+    const std::vector<float> zero_bias(size_t(C), 0.0f);
+    run_forward(v, p, packed, zero_bias.data(), dx, N, K, H, W, C, false);
+}
+
+void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
+                             index_t W, index_t K) {
+    const Version v = current_version();
+    const Geometry geo = v.geometry;
+    const index_t OH = H - 2, OW = W - 2;
+    const std::vector<float> zeros(size_t(OW), 0.0f);
+    WeightGrad g{x, dy, dw, db, zeros.data(), N, C, H, W, K, OH, OW,
+                 ceil_div(K, geo.wgrad_filters), ceil_div(C, kWgradChannels), 0};
+    g.rows = std::max<index_t>(1, std::min(OH, ceil_div(kTaskOutputs, OW)));
+    run_tasks(g.kblocks * g.cgroups, N * K * C * 9 * OH * OW, [&](index_t t) { v.wgrad_task(g, t); });
+}
+
+int max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+int last_team_size() { return g_last_team.load(); }
+
+#ifdef CUNET_HOST_SANITIZE
+float sanitizer_selftest(int kind) {
+    if (kind == 1) {   // heap-buffer-overflow: one float past the end of a 16-float block
+        std::vector<float> v(16, 1.0f);
+        volatile index_t i = 16;
+        return v.data()[i];
+    }
+    if (kind == 2) {   // signed integer overflow
+        volatile int big = INT_MAX;
+        return float(big + 1);
+    }
+    return 0.0f;
+}
+#endif
+
+}  // namespace cunet_host

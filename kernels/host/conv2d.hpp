@@ -1,0 +1,58 @@
+// The U-Net's 3x3 convolutions on the CPU, in C++ (the host side of kernels/conv2d.cu).
+//
+//   conv3x3_forward          y[n,k,oy,ox] = b[k] + sum_{c,r,s} x[n,c,oy+r,ox+s] * w[k,c,r,s]   (then ReLU if relu)
+//   conv3x3_backward_input   dx = the full correlation of dy with w flipped and transposed
+//   conv3x3_backward_params  dw[k,c,r,s] = sum_{n,oy,ox} dy[n,k,oy,ox] * x[n,c,oy+r,ox+s],  db[k] = sum dy[n,k]
+//
+// float32, NCHW, stride 1, no padding ("valid"), as cunet's conv2d ops (cunet/ops/conv2d.py).
+// Every array is dense (C-contiguous) and the outputs are written whole: the caller
+// (kernels/host/bindings.cpp) has checked shapes, dtypes and that no output overlaps an input.
+// conv2d.cpp explains the register blocking and the threads.
+#pragma once
+
+#include <cstdint>
+
+namespace cunet_host {
+
+using index_t = std::int64_t;  // every index and size: no 2**31 limit on the CPU
+
+// The instruction sets the kernels are compiled for (x86-64 with GCC; conv2d.cpp, "SIMD
+// dispatch"): one binary carries all three versions. "generic" is the x86-64 baseline
+// (SSE2) on x86, and whatever the compiler targets elsewhere (NEON on ARM).
+enum class Isa { generic = 0, avx2 = 1, avx512 = 2 };
+
+Isa cpu_isa();                  // the version the ops run: the best this CPU supports, unless set_isa chose
+Isa isa_by_cpu_features();      // the best version this CPU supports (__builtin_cpu_supports)
+bool cpu_supports(Isa isa);     // whether this CPU can run that version
+bool set_isa(Isa isa);          // run that version from now on (tests, benchmarks); false if unsupported
+const char* isa_name(Isa isa);  // "generic", "avx2", "avx512"
+
+// The register tile each version uses (see conv2d.cpp, "Register blocking").
+struct Geometry {
+    int forward_filters;  // output channels per tile of the forward / backward input
+    int forward_pixels;   // consecutive outputs per tile (a multiple of the vector width)
+    int wgrad_filters;    // filters per tile of the weight gradient
+    int wgrad_pixels;     // lanes of its partial sums
+};
+Geometry geometry(Isa isa);
+
+void conv3x3_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C,
+                     index_t H, index_t W, index_t K, bool relu);
+void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
+                            index_t OW, index_t C);
+void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C,
+                             index_t H, index_t W, index_t K);
+
+// OpenMP threads: what the next parallel loop may use, and what the last one did use.
+int max_threads();
+void set_num_threads(int n);
+int last_team_size();
+
+#ifdef CUNET_HOST_SANITIZE
+// Sanitizer builds only: commit one planted error on purpose (kind 1: read one float past
+// a heap block, for AddressSanitizer; kind 2: signed integer overflow, for UBSan), so the
+// sanitizer run can prove that its sanitizers are armed. Never compiled into a normal build.
+float sanitizer_selftest(int kind);
+#endif
+
+}  // namespace cunet_host

@@ -1,0 +1,525 @@
+"""cunet._host, the C++ 3x3 convolutions (kernels/host/), against NumPy.
+
+The references below are written here, independently of the kernels: float64 einsums over
+the 9 taps of the filter, on whole shifted views of the arrays. A result must lie within
+the classical bound of a float32 sum of n products in any order (Higham, "Accuracy and
+Stability of Numerical Algorithms", eq. 3.5): |computed - exact| <= gamma_n * sum |a_i b_i|,
+gamma_n ~ n * 2^-24. It holds with or without fused multiply-adds, so a correct kernel
+never fails it, while a missing or repeated term (an error ~ |a_i b_i|) is far outside it.
+
+Shapes come from hypothesis and from explicit examples that reach each path of the
+kernels: 1x1 outputs, C = 1, K = 2, odd sizes, channel counts that are not multiples of
+any tile (filters per tile: 4 or 8; channels per weight-gradient task: 16), N > 1, rows
+shorter than a vector, rows with a partial last vector, spans shorter than one tile.
+
+Run by tests/sanitize_host.sh under AddressSanitizer and UBSan too: that script points
+CUNET_HOST_MODULE at a sanitizer build of the module, which this file then loads instead of
+the installed one. (So nothing here imports cunet.ops: Numba's compiler stays out of it.)
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted((ROOT / "kernels" / "host").glob("*.[ch]pp"))
+EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff u = 2^-24
+
+
+def load_host():
+    """cunet._host, or the build that $CUNET_HOST_MODULE names (the sanitizer run's)."""
+    path = os.environ.get("CUNET_HOST_MODULE")
+    if path:
+        spec = importlib.util.spec_from_file_location("cunet._host", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        import cunet._host as module
+    except ImportError as exc:
+        raise ImportError(f"cunet._host is not built ({exc}): `pip install -e .` compiles kernels/host/*.cpp "
+                          "into it (a C++17 compiler with OpenMP is needed: apt install g++)") from exc
+    return module
+
+
+host = load_host()
+BEST_LEVEL = host.simd_level()  # before any test selects another version
+
+
+@pytest.fixture(scope="module", params=host.SIMD_LEVELS)
+def level(request):
+    """Each kernel test runs on every version of the kernels this CPU can execute (an AVX-512
+    machine runs all three), each with its own register tile; the others are skipped."""
+    if not host._cpu_supports(request.param):
+        pytest.skip(f"this CPU cannot run the {request.param} version of the kernels")
+    host._set_simd_level(request.param)
+    yield request.param
+    host._set_simd_level(BEST_LEVEL)
+
+
+# --- references: float64, one einsum per tap ------------------------------------------------------
+def forward_reference(x, w, b):
+    """y[n,k,oy,ox] = b[k] + sum over c and the 9 taps (r, s) of x[n,c,oy+r,ox+s] * w[k,c,r,s]."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    N, _, H, W = x.shape
+    OH, OW = H - 2, W - 2
+    y = np.zeros((N, w.shape[0], OH, OW)) + np.asarray(b, np.float64)[None, :, None, None]
+    for r in range(3):
+        for s in range(3):
+            y += np.einsum("nchw,kc->nkhw", x[:, :, r:r + OH, s:s + OW], w[:, :, r, s])
+    return y
+
+
+def backward_input_reference(dy, w):
+    """dx: every output pixel sends dy times its filter back into the 3x3 window it read."""
+    dy, w = dy.astype(np.float64), w.astype(np.float64)
+    N, _, OH, OW = dy.shape
+    dx = np.zeros((N, w.shape[1], OH + 2, OW + 2))
+    for r in range(3):
+        for s in range(3):
+            dx[:, :, r:r + OH, s:s + OW] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s])
+    return dx
+
+
+def backward_params_reference(x, dy):
+    """dw[k,c,r,s] = sum over n and the output pixels of dy times x shifted by (r, s); db = sum of dy."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    _, _, OH, OW = dy.shape
+    dw = np.zeros((dy.shape[1], x.shape[1], 3, 3))
+    for r in range(3):
+        for s in range(3):
+            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, x[:, :, r:r + OH, s:s + OW])
+    return dw, dy.sum(axis=(0, 2, 3))
+
+
+def assert_within_sum_bound(got, exact, abs_sum, terms, what):
+    """|got - exact| <= gamma_{terms+1} * abs_sum elementwise (abs_sum: the sum of |products|)."""
+    bound = (terms + 1) * EPS32 / (1 - (terms + 1) * EPS32) * abs_sum + 1e-30
+    excess = np.abs(got.astype(np.float64) - exact) - bound
+    worst = np.unravel_index(np.argmax(excess), excess.shape)
+    assert excess.max() <= 0, (f"{what}: at {worst} got {got[worst]!r}, exact {exact[worst]!r}, "
+                               f"allowed error {bound[worst]:.3g} ({terms} terms)")
+
+
+# --- running the kernels: into outputs prefilled with NaN, so an output left unwritten shows ----------
+def run_forward(x, w, b, relu=False):
+    y = np.full((x.shape[0], w.shape[0], x.shape[2] - 2, x.shape[3] - 2), np.nan, np.float32)
+    assert host.conv3x3_forward(x, w, b, y, relu) is None
+    return y
+
+
+def run_backward_input(dy, w):
+    dx = np.full((dy.shape[0], w.shape[1], dy.shape[2] + 2, dy.shape[3] + 2), np.nan, np.float32)
+    host.conv3x3_backward_input(dy, w, dx)
+    return dx
+
+
+def run_backward_params(x, dy):
+    dw = np.full((dy.shape[1], x.shape[1], 3, 3), np.nan, np.float32)
+    db = np.full(dy.shape[1], np.nan, np.float32)
+    host.conv3x3_backward_params(x, dy, dw, db)
+    return dw, db
+
+
+def random_case(seed, shape):
+    """x, w, b, dy (float32, standard normal) for shape (N, C, K, OH, OW)."""
+    N, C, K, OH, OW = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, OH + 2, OW + 2), dtype=np.float32)
+    w = rng.standard_normal((K, C, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(K, dtype=np.float32)
+    dy = rng.standard_normal((N, K, OH, OW), dtype=np.float32)
+    return x, w, b, dy
+
+
+# --- shapes ---------------------------------------------------------------------------------------
+# Channel counts on both sides of every tile edge (4 and 8 filters per tile, 16 channels per
+# weight-gradient task), and anything from 1 to 40. Output rows from 1 to 40 pixels: the
+# vectors are 4, 8 or 16 floats and the forward's tile 4 (8 on ARM), 16 or 32 (tile_geometry()).
+channels = st.one_of(st.sampled_from([1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33]), st.integers(1, 40))
+
+
+@st.composite
+def conv_shapes(draw):
+    """(N, C, K, OH, OW)."""
+    return (draw(st.integers(1, 3)), draw(channels), draw(channels), draw(st.integers(1, 12)),
+            draw(st.integers(1, 40)))
+
+
+# Explicit shapes (N, C, K, OH, OW) for the paths a random draw may miss.
+EDGE_SHAPES = [
+    (1, 1, 1, 1, 1),     # 1x1 output, one channel, one filter: the scalar path
+    (1, 1, 2, 5, 5),     # C = 1, K = 2 (the U-Net's head has K = 2; its first layer C = 1)
+    (3, 2, 3, 1, 7),     # N > 1, a single output row, odd sizes
+    (2, 3, 5, 4, 1),     # one output column: every wide row is mostly dropped columns
+    (1, 4, 9, 3, 30),    # K = 9: a tile of 8 filters plus one; rows of 30 (the U-Net's bottom)
+    (2, 17, 8, 6, 16),   # C = 17: two weight-gradient channel groups; OW = a whole vector
+    (1, 5, 16, 5, 33),   # OW = 33: a partial last vector in every row (the masked step)
+    (1, 3, 7, 9, 12),    # OW < 16: rows narrower than an AVX-512 vector (the buffered step)
+    (2, 33, 33, 7, 13),  # wide channels, odd everything
+]
+
+
+def edge_examples(test):
+    for i, shape in enumerate(EDGE_SHAPES):
+        test = example(shape=shape, seed=i)(test)
+    return test
+
+
+# --- correctness ------------------------------------------------------------------------------------
+@given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
+@edge_examples
+def test_forward_matches_reference(level, shape, seed):
+    x, w, b, _ = random_case(seed, shape)
+    y = run_forward(x, w, b)
+    exact = forward_reference(x, w, b)
+    abs_sum = forward_reference(np.abs(x), np.abs(w), np.abs(b))
+    assert_within_sum_bound(y, exact, abs_sum, 9 * shape[1] + 1, f"forward {shape}")
+
+
+@given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
+@edge_examples
+def test_backward_input_matches_reference(level, shape, seed):
+    _, w, _, dy = random_case(seed, shape)
+    dx = run_backward_input(dy, w)
+    exact = backward_input_reference(dy, w)
+    abs_sum = backward_input_reference(np.abs(dy), np.abs(w))
+    assert_within_sum_bound(dx, exact, abs_sum, 9 * shape[2], f"backward input {shape}")
+
+
+@given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
+@edge_examples
+def test_backward_params_matches_reference(level, shape, seed):
+    x, _, _, dy = random_case(seed, shape)
+    dw, db = run_backward_params(x, dy)
+    exact_w, exact_b = backward_params_reference(x, dy)
+    abs_w, abs_b = backward_params_reference(np.abs(x), np.abs(dy))
+    N, _, _, OH, OW = shape
+    assert_within_sum_bound(dw, exact_w, abs_w, N * OH * OW, f"weight gradient {shape}")
+    assert_within_sum_bound(db, exact_b, abs_b, N * OH * OW, f"bias gradient {shape}")
+
+
+@given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
+@edge_examples
+def test_relu_is_max_of_the_plain_output_and_zero(level, shape, seed):
+    """relu=True gives max(y, 0) of the very same sums, bit for bit."""
+    x, w, b, _ = random_case(seed, shape)
+    plain, fused = run_forward(x, w, b), run_forward(x, w, b, relu=True)
+    np.testing.assert_array_equal(fused, np.maximum(plain, 0))
+
+
+def test_relu_maps_nan_to_zero(level):
+    """As fmaxf on the GPU and the Numba path: a NaN sum becomes 0 after the fused ReLU."""
+    x, w, b, _ = random_case(0, (1, 2, 3, 4, 40))
+    x[0, 1, 2, 20] = np.nan
+    plain, fused = run_forward(x, w, b), run_forward(x, w, b, relu=True)
+    assert np.isnan(plain).sum() == 3 * 3 * 3
+    np.testing.assert_array_equal(fused, np.where(np.isnan(plain), 0, np.maximum(plain, 0)))
+
+
+# --- NaN and infinity reach exactly the outputs that read them ---------------------------------------
+def window(i, n_in, n_out):
+    """The output positions o in [0, n_out) whose 3-tap window (o, o+1, o+2) contains input i."""
+    return np.arange(max(0, i - 2), min(n_out, i + 1))
+
+
+@st.composite
+def shape_and_position(draw, tensor):
+    """A shape and one element of `tensor` ('x' or 'dy'), edges and corners likely."""
+    N, C, K, OH, OW = draw(conv_shapes())
+    if tensor == "x":
+        dims = (N, C, OH + 2, OW + 2)
+    else:
+        dims = (N, K, OH, OW)
+    pos = tuple(draw(st.one_of(st.sampled_from([0, d - 1]), st.integers(0, d - 1))) for d in dims)
+    return (N, C, K, OH, OW), pos
+
+
+@given(case=shape_and_position("x"), seed=st.integers(0, 2**32 - 1))
+@example(case=((1, 1, 2, 5, 40), (0, 0, 3, 0)), seed=0)      # column 0: what a wide row's dropped columns read
+@example(case=((1, 1, 2, 5, 40), (0, 0, 3, 41)), seed=0)     # the last column
+def test_nan_in_x_reaches_exactly_the_forward_outputs_that_read_it(level, case, seed):
+    shape, (n, c, i, j) = case
+    x, w, b, _ = random_case(seed, shape)
+    x[n, c, i, j] = np.nan
+    y = run_forward(x, w, b)
+    expected = np.zeros(y.shape, bool)
+    expected[n][:, window(i, x.shape[2], y.shape[2])[:, None], window(j, x.shape[3], y.shape[3])] = True
+    np.testing.assert_array_equal(np.isnan(y), expected)
+
+
+@given(case=shape_and_position("dy"), seed=st.integers(0, 2**32 - 1))
+def test_nan_in_dy_reaches_exactly_the_input_gradients_of_its_window(level, case, seed):
+    shape, (n, k, i, j) = case
+    _, w, _, dy = random_case(seed, shape)
+    dy[n, k, i, j] = np.nan
+    dx = run_backward_input(dy, w)
+    expected = np.zeros(dx.shape, bool)
+    expected[n, :, i:i + 3, j:j + 3] = True
+    np.testing.assert_array_equal(np.isnan(dx), expected)
+
+
+@given(case=shape_and_position("x"), seed=st.integers(0, 2**32 - 1))
+@example(case=((1, 1, 2, 5, 40), (0, 0, 3, 0)), seed=0)
+@example(case=((1, 1, 2, 5, 40), (0, 0, 3, 41)), seed=0)
+@example(case=((1, 1, 2, 5, 33), (0, 0, 2, 18)), seed=0)     # inside the last, masked vector step of a row
+@example(case=((1, 1, 2, 5, 12), (0, 0, 2, 13)), seed=0)     # the last column of a row narrower than a vector
+def test_nan_in_x_reaches_exactly_the_weight_gradients_of_its_taps(level, case, seed):
+    """dw[:, c, r, s] is NaN exactly for the taps (r, s) through which some output read x[n, c, i, j]."""
+    shape, (n, c, i, j) = case
+    x, _, _, dy = random_case(seed, shape)
+    x[n, c, i, j] = np.nan
+    dw, db = run_backward_params(x, dy)
+    OH, OW = dy.shape[2], dy.shape[3]
+    expected = np.zeros(dw.shape, bool)
+    for r in range(3):
+        for s in range(3):
+            expected[:, c, r, s] = 0 <= i - r < OH and 0 <= j - s < OW
+    np.testing.assert_array_equal(np.isnan(dw), expected)
+    assert np.isfinite(db).all()
+
+
+@given(case=shape_and_position("dy"), seed=st.integers(0, 2**32 - 1))
+def test_nan_in_dy_reaches_exactly_its_filters_gradients(level, case, seed):
+    shape, (n, k, i, j) = case
+    x, _, _, dy = random_case(seed, shape)
+    dy[n, k, i, j] = np.nan
+    dw, db = run_backward_params(x, dy)
+    expected = np.zeros(dw.shape, bool)
+    expected[k] = True
+    np.testing.assert_array_equal(np.isnan(dw), expected)
+    np.testing.assert_array_equal(np.isnan(db), np.arange(len(db)) == k)
+
+
+@given(case=shape_and_position("x"), seed=st.integers(0, 2**32 - 1))
+@example(case=((1, 1, 2, 5, 33), (0, 0, 2, 18)), seed=0)
+@example(case=((1, 1, 2, 5, 33), (0, 0, 2, 34)), seed=0)
+def test_infinity_in_x_stays_infinite_in_the_weight_gradient(level, case, seed):
+    """With dy > 0, x[n,c,i,j] = +inf makes exactly its taps' dw +inf, never NaN: the partial last
+    step of a row masks lanes off by selection, not by multiplying them with 0 (0 * inf = NaN)."""
+    shape, (n, c, i, j) = case
+    x, _, _, dy = random_case(seed, shape)
+    dy = np.abs(dy) + np.float32(0.1)
+    x[n, c, i, j] = np.inf
+    dw, _ = run_backward_params(x, dy)
+    OH, OW = dy.shape[2], dy.shape[3]
+    expected = np.zeros(dw.shape, bool)
+    for r in range(3):
+        for s in range(3):
+            expected[:, c, r, s] = 0 <= i - r < OH and 0 <= j - s < OW
+    assert not np.isnan(dw).any()
+    np.testing.assert_array_equal(np.isposinf(dw), expected)
+
+
+# --- threads ------------------------------------------------------------------------------------------
+# Each op splits its work over outputs (forward, backward input: blocks of filters x rows;
+# weight gradient: blocks of filters x groups of channels), and every output is summed by
+# one task in an order fixed by the shapes alone: the results must be the same bits with
+# any number of threads. (Not across CPUs that run different versions: the weight
+# gradient's lane count is the vector width.)
+THREAD_COUNTS = (1, 2, 3, 5)
+
+
+@pytest.fixture
+def restore_threads():
+    before = host.max_threads()
+    yield
+    host.set_num_threads(before)
+
+
+def run_all(x, w, b, dy):
+    """Every op once; and the size of the thread team each op's main loop ran on."""
+    y = run_forward(x, w, b, relu=True)
+    teams = [host._last_team_size()]
+    dx = run_backward_input(dy, w)
+    teams.append(host._last_team_size())
+    dw, db = run_backward_params(x, dy)
+    teams.append(host._last_team_size())
+    return (y, dx, dw, db), teams
+
+
+# (N, C, K, OH, OW): every op >= 2**21 multiply-adds, so each runs in parallel
+@pytest.mark.parametrize("shape", [(2, 8, 24, 38, 38), (1, 20, 9, 40, 45), (3, 3, 40, 14, 61)])
+def test_results_do_not_depend_on_the_number_of_threads(level, shape, restore_threads):
+    x, w, b, dy = random_case(7, shape)
+    results = {}
+    for threads in THREAD_COUNTS:
+        host.set_num_threads(threads)
+        results[threads], teams = run_all(x, w, b, dy)
+        assert teams == [threads] * 3, f"forward, backward input, backward params ran on {teams} threads"
+    for threads in THREAD_COUNTS[1:]:
+        for name, one, many in zip(("forward", "backward input", "dw", "db"), results[1], results[threads]):
+            np.testing.assert_array_equal(many, one, err_msg=f"{name} {shape}: {threads} threads vs 1")
+
+
+def test_fma_versions_give_the_same_bits():
+    """The AVX-512 and AVX2 versions sum every output of the forward and the backward input in
+    the same order, one FMA per product, whatever their tiles: the same bits. (Not the weight
+    gradient, whose lane count is the vector width; the x86 baseline has no FMA.)"""
+    if not (host._cpu_supports("avx512") and host._cpu_supports("avx2")):
+        pytest.skip("this CPU cannot run both the avx512 and the avx2 version")
+    try:
+        for shape in [(2, 5, 9, 7, 40), (1, 3, 17, 2, 13), (1, 20, 8, 31, 33)]:
+            x, w, b, dy = random_case(3, shape)
+            results = {}
+            for name in ("avx512", "avx2"):
+                host._set_simd_level(name)
+                results[name] = run_forward(x, w, b, relu=True), run_backward_input(dy, w)
+            for one, other in zip(results["avx512"], results["avx2"]):
+                np.testing.assert_array_equal(one, other, err_msg=str(shape))
+    finally:
+        host._set_simd_level(BEST_LEVEL)
+
+
+def test_small_ops_run_on_the_calling_thread(restore_threads):
+    """Below ~2M multiply-adds an op does not wake the thread team (it would cost more than it saves)."""
+    host.set_num_threads(2)
+    x, w, b, dy = random_case(1, (1, 2, 2, 8, 8))
+    assert run_all(x, w, b, dy)[1] == [1, 1, 1]
+
+
+def test_set_num_threads_refuses_zero():
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        host.set_num_threads(0)
+
+
+# --- argument checks ------------------------------------------------------------------------------------
+def good_forward_args():
+    x, w, b, _ = random_case(0, (2, 3, 4, 5, 6))
+    return dict(x=x, w=w, b=b, y=np.zeros((2, 4, 5, 6), np.float32))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x=np.zeros((2, 3, 7, 8))), r"conv3x3_forward: x has dtype float64; expected float32"),
+    (dict(w=np.zeros((4, 3, 3, 3), np.float16)), r"w has dtype float16; expected float32"),
+    (dict(y=np.zeros((2, 4, 5, 6), np.float64)), r"y has dtype float64"),
+    (dict(b=np.zeros(4, ">f4")), r"b has dtype >f4; expected float32"),
+    (dict(x=np.zeros((3, 7, 8), np.float32)), r"x must be \[N, C, H, W\] \(4-D\), got shape \(3, 7, 8\)"),
+    (dict(w=np.zeros((4, 3, 5, 5), np.float32)), r"w has shape \(4, 3, 5, 5\); expected \(4, 3, 3, 3\)"),
+    (dict(w=np.zeros((4, 2, 3, 3), np.float32)), r"w has shape \(4, 2, 3, 3\); expected \(4, 3, 3, 3\)"),
+    (dict(b=np.zeros(5, np.float32)), r"b has shape \(5,\); expected \(4,\)"),
+    (dict(y=np.zeros((2, 4, 6, 6), np.float32)), r"y has shape \(2, 4, 6, 6\); expected \(2, 4, 5, 6\) = \[N, K, H-2, W-2\]"),
+    (dict(x=np.zeros((2, 3, 2, 8), np.float32)), r"x \(2, 3, 2, 8\) is smaller than the 3x3 filter"),
+    (dict(x=np.zeros((0, 3, 7, 8), np.float32)), r"x \(0, 3, 7, 8\) is empty \(N = 0\)"),
+    (dict(x=np.zeros((2, 3, 8, 7), np.float32).transpose(0, 1, 3, 2)), r"x \(2, 3, 7, 8\) must be C-contiguous"),
+])
+def test_forward_refuses_bad_arguments(change, message):
+    args = good_forward_args() | change
+    with pytest.raises(ValueError, match=message):
+        host.conv3x3_forward(args["x"], args["w"], args["b"], args["y"], False)
+
+
+def test_not_an_array_is_a_type_error():
+    args = good_forward_args()
+    with pytest.raises(TypeError, match="conv3x3_forward: x must be a NumPy array, got list"):
+        host.conv3x3_forward(args["x"].tolist(), args["w"], args["b"], args["y"])
+
+
+def test_outputs_must_be_writable_and_separate():
+    args = good_forward_args()
+    args["y"].setflags(write=False)
+    with pytest.raises(ValueError, match="y is read-only"):
+        host.conv3x3_forward(**args)
+    x = np.zeros((1, 4, 7, 7), np.float32)
+    with pytest.raises(ValueError, match="y overlaps x in memory"):
+        host.conv3x3_forward(x, np.zeros((4, 4, 3, 3), np.float32), np.zeros(4, np.float32),
+                             x.reshape(-1)[:100].reshape(1, 4, 5, 5))
+    dw = np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="dw overlaps db in memory"):
+        host.conv3x3_backward_params(np.zeros((1, 3, 7, 7), np.float32), np.zeros((1, 4, 5, 5), np.float32),
+                                     dw, dw.reshape(-1)[:4])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: host.conv3x3_backward_input(np.zeros((1, 4, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32),
+                                         np.zeros((1, 2, 7, 7), np.float32)),
+     r"conv3x3_backward_input: w has shape \(3, 2, 3, 3\); expected \(4, 2, 3, 3\)"),
+    (lambda: host.conv3x3_backward_input(np.zeros((1, 4, 5, 5), np.float32), np.zeros((4, 2, 3, 3), np.float32),
+                                         np.zeros((1, 2, 5, 5), np.float32)),
+     r"dx has shape \(1, 2, 5, 5\); expected \(1, 2, 7, 7\) = \[N, C, OH\+2, OW\+2\]"),
+    (lambda: host.conv3x3_backward_params(np.zeros((1, 3, 7, 7), np.float32), np.zeros((2, 4, 5, 5), np.float32),
+                                          np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)),
+     r"conv3x3_backward_params: dy has shape \(2, 4, 5, 5\); expected \(1, 4, 5, 5\)"),
+    (lambda: host.conv3x3_backward_params(np.zeros((1, 3, 7, 7), np.float32), np.zeros((1, 4, 5, 5), np.float32),
+                                          np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float64)),
+     r"db has dtype float64; expected float32"),
+])
+def test_backward_ops_refuse_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# --- the build --------------------------------------------------------------------------------------------
+def cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def test_simd_level_names_the_version_this_cpu_runs():
+    level = BEST_LEVEL  # what simd_level() said when the module was loaded
+    assert level in host.SIMD_LEVELS == ("avx512", "avx2", "generic")
+    # the best version the CPU's features allow (__builtin_cpu_supports) ...
+    assert level == host._simd_level_by_cpu_features()
+    assert host._cpu_supports(level) and host._cpu_supports("generic")
+    # ... and the one /proc/cpuinfo's flags call for, where there are any
+    flags = cpu_flags()
+    if flags is None or "sse2" not in flags:  # not an x86 Linux machine: nothing more to compare with
+        return
+    # GCC's resolver: avx512f first, then the x86-64-v3 level (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE)
+    v3 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "abm", "movbe"} <= flags
+    expected = "avx512" if "avx512f" in flags else "avx2" if v3 else "generic"
+    assert level == expected, f"simd_level() = {level!r}, but this CPU's flags say {expected!r}"
+    assert host._cpu_supports("avx512") == ("avx512f" in flags) and host._cpu_supports("avx2") == v3
+
+
+def test_set_simd_level_refuses_unknown_and_unsupported_levels():
+    with pytest.raises(ValueError, match="level must be 'avx512', 'avx2' or 'generic', got 'sse9'"):
+        host._set_simd_level("sse9")
+    for name in host.SIMD_LEVELS:
+        if not host._cpu_supports(name):
+            with pytest.raises(ValueError, match=f"this CPU cannot run the '{name}' version"):
+                host._set_simd_level(name)
+    assert host.simd_level() == BEST_LEVEL
+
+
+def test_tile_geometry_is_the_documented_one():
+    generic = (4, 8, 4, 4) if platform.machine().lower() in ("aarch64", "arm64") else (4, 4, 4, 4)
+    documented = {"avx512": (8, 32, 8, 16), "avx2": (4, 16, 4, 8), "generic": generic}
+    g = host.tile_geometry()
+    assert (g["forward_filters"], g["forward_pixels"], g["wgrad_filters"], g["wgrad_lanes"]) == documented[host.simd_level()]
+
+
+def test_the_module_is_newer_than_its_sources():
+    """An editable install does not rebuild by itself: a stale module would test old code."""
+    built = Path(host.__file__).stat().st_mtime
+    stale = [str(p.relative_to(ROOT)) for p in SOURCES if p.stat().st_mtime > built]
+    assert not stale, (f"{host.__file__} is older than {', '.join(stale)}: rebuild it with `pip install -e .` "
+                       "(or `python setup.py build_ext --inplace`)")
+
+
+def test_setup_names_what_to_install_without_a_compiler(tmp_path):
+    """setup.py with no C++ compiler on PATH stops with a message that says what to install."""
+    pytest.importorskip("pybind11")
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-g++"), CC=str(tmp_path / "no-such-gcc"))
+    env.pop("LD_PRELOAD", None)
+    done = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                           "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    assert "no C++ compiler was found" in out and "apt install g++" in out and "build-essential" in out, out
