@@ -17,24 +17,32 @@ memory during backward is the activations plus about one layer's gradients.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import numpy as np
 
 from cunet.device import runtime_of
 from cunet.ops import add_inplace
 
-_grad_enabled = True
+# Whether ops record the graph, per thread: two threads predicting at once (a Dask worker
+# runs several tasks in threads) must not restore each other's setting.
+_grad_mode = threading.local()
+
+
+def grad_enabled() -> bool:
+    """Whether this thread records the graph (False inside ``no_grad``)."""
+    return getattr(_grad_mode, "enabled", True)
 
 
 @contextlib.contextmanager
 def no_grad():
-    """Within this block no graph is recorded (inference: activations are freed at once)."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    """Within this block no graph is recorded (inference: activations are freed at once). Per thread."""
+    previous = grad_enabled()
+    _grad_mode.enabled = False
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_mode.enabled = previous
 
 
 class Tensor:
@@ -130,7 +138,7 @@ class Function:
         """Run the forward op; record the graph edge when gradients are wanted."""
         fn = cls()
         out = fn.forward(*(t.data for t in inputs), **params)
-        needs_grad = _grad_enabled and any(t.requires_grad for t in inputs)
+        needs_grad = grad_enabled() and any(t.requires_grad for t in inputs)
         if not needs_grad:
             return Tensor(out)
         fn.inputs = inputs

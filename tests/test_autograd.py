@@ -80,3 +80,41 @@ def test_deep_chain_does_not_hit_the_recursion_limit():
         y = Mul.apply(y, Tensor(np.array([1.0])))
     Sum.apply(y).backward()
     np.testing.assert_array_equal(x.grad, [1.0])
+
+
+def test_no_grad_is_per_thread_and_interleaving_threads_restore_it():
+    """Two threads inside no_grad at once, leaving in the other order than they came (as two
+    Dask tasks predicting in one worker can): neither may leave the mode switched off, and
+    the main thread keeps recording meanwhile. (A module-wide flag did: A saves True, B
+    saves False, A restores True, B restores False - for everyone.)"""
+    import threading
+
+    from cunet.autograd import grad_enabled, no_grad
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with no_grad():
+            a_in.set()
+            b_in.wait(5)
+            seen["a"] = grad_enabled()
+        a_out.set()
+
+    def b():
+        a_in.wait(5)
+        with no_grad():
+            b_in.set()
+            a_out.wait(5)
+            seen["b"] = grad_enabled()
+        seen["b after"] = grad_enabled()
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    a_in.wait(5)
+    seen["main meanwhile"] = grad_enabled()
+    for t in threads:
+        t.join(5)
+    assert seen == {"a": False, "b": False, "b after": True, "main meanwhile": True}
+    assert grad_enabled()

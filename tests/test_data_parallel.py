@@ -227,3 +227,23 @@ def test_benchmark_measures_both_rank_counts_and_labels_the_model(capsys):
     assert model["allreduce_ms"] == pytest.approx(2 * 7 / 8 * 124.122632e6 / 400e9 * 1e3 + 14 * 5e-3)
     assert bench.main(["--steps", "3", "--warmup", "5"]) == 2
     assert "must exceed --warmup" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_averager_over_nccl_on_a_real_gpu(request):
+    """The NCCL path on a GPU day (pytest -m cuda, part of benchmarks.gpu_check): a world of one
+    rank, so NCCL's allreduce runs for real on one GPU and the mean is the rank's own gradient."""
+    device = request.getfixturevalue("cuda_device")  # skips with the reason where there is no GPU
+
+    class OneRank:
+        @staticmethod
+        def bcast(value, root):
+            return value
+
+    p = Parameter(device.to_device(np.arange(6, dtype=np.float32).reshape(2, 3)))
+    p.grad = device.to_device(np.full((2, 3), 2.5, np.float32))
+    averager = dp.GradientAverager(dp.World(rank=0, size=1, local_rank=0, comm=OneRank()), [p], device)
+    assert isinstance(averager.total_sum, dp.NcclSum)
+    loss, stop = averager.average(device.to_device(np.array([0.75], np.float32)), stop=True)
+    assert loss == pytest.approx(0.75) and stop
+    assert np.array_equal(device.to_host(p.grad), np.full((2, 3), 2.5, np.float32))
