@@ -32,7 +32,6 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "kernels" / "host").glob("*.[ch]pp"))
-EPS32 = float(np.finfo(np.float32).eps) / 2  # unit roundoff u = 2^-24
 
 
 def load_host():
@@ -66,48 +65,9 @@ def level(request):
     host._set_simd_level(BEST_LEVEL)
 
 
-# --- references: float64, one einsum per tap ------------------------------------------------------
-def forward_reference(x, w, b):
-    """y[n,k,oy,ox] = b[k] + sum over c and the 9 taps (r, s) of x[n,c,oy+r,ox+s] * w[k,c,r,s]."""
-    x, w = x.astype(np.float64), w.astype(np.float64)
-    N, _, H, W = x.shape
-    OH, OW = H - 2, W - 2
-    y = np.zeros((N, w.shape[0], OH, OW)) + np.asarray(b, np.float64)[None, :, None, None]
-    for r in range(3):
-        for s in range(3):
-            y += np.einsum("nchw,kc->nkhw", x[:, :, r:r + OH, s:s + OW], w[:, :, r, s])
-    return y
-
-
-def backward_input_reference(dy, w):
-    """dx: every output pixel sends dy times its filter back into the 3x3 window it read."""
-    dy, w = dy.astype(np.float64), w.astype(np.float64)
-    N, _, OH, OW = dy.shape
-    dx = np.zeros((N, w.shape[1], OH + 2, OW + 2))
-    for r in range(3):
-        for s in range(3):
-            dx[:, :, r:r + OH, s:s + OW] += np.einsum("nkhw,kc->nchw", dy, w[:, :, r, s])
-    return dx
-
-
-def backward_params_reference(x, dy):
-    """dw[k,c,r,s] = sum over n and the output pixels of dy times x shifted by (r, s); db = sum of dy."""
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
-    _, _, OH, OW = dy.shape
-    dw = np.zeros((dy.shape[1], x.shape[1], 3, 3))
-    for r in range(3):
-        for s in range(3):
-            dw[:, :, r, s] = np.einsum("nkhw,nchw->kc", dy, x[:, :, r:r + OH, s:s + OW])
-    return dw, dy.sum(axis=(0, 2, 3))
-
-
-def assert_within_sum_bound(got, exact, abs_sum, terms, what):
-    """|got - exact| <= gamma_{terms+1} * abs_sum elementwise (abs_sum: the sum of |products|)."""
-    bound = (terms + 1) * EPS32 / (1 - (terms + 1) * EPS32) * abs_sum + 1e-30
-    excess = np.abs(got.astype(np.float64) - exact) - bound
-    worst = np.unravel_index(np.argmax(excess), excess.shape)
-    assert excess.max() <= 0, (f"{what}: at {worst} got {got[worst]!r}, exact {exact[worst]!r}, "
-                               f"allowed error {bound[worst]:.3g} ({terms} terms)")
+# --- references: the naive float64 ones of tests/test_conv2d.py (one reference per op) -------------
+from test_conv2d import (assert_within_sum_bound, backward_input_reference,  # noqa: E402
+                         backward_params_reference, forward_reference)
 
 
 # --- running the kernels: into outputs prefilled with NaN, so an output left unwritten shows ----------
