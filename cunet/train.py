@@ -60,8 +60,9 @@ CPU_LAPTOP = dict(tile=284, base=16, depth=4, steps=2000, lr=0.001)
 PRESETS = {
     # The best use of one hour of a 2-core CPU on ISBI 2012 found so far: the small
     # network of CPU_LAPTOP, trained 11x longer, the learning rate divided by 10 for the
-    # last quarter (held-out Rand error 0.125 -> 0.098). On the 2-core Xeon a step takes
-    # 0.141 s and drawing its sample 0.009 s (medians): 22000 steps ~ 55 min.
+    # last quarter (held-out Rand error 0.125 -> 0.098). On the idle 2-core Xeon a step takes
+    # 0.114 s and drawing its sample 0.009 s (medians): 22000 steps ~ 45 min, which leaves
+    # room in the hour (README: the recipe).
     "isbi-cpu-1h": dict(CPU_LAPTOP, steps=22000, lr_drops=[17000], val_every=2000, checkpoint_every=500),
     # The paper's network and settings, for a GPU: 572 tiles, base 64, depth 5, batch 1,
     # momentum 0.99, drop-out 0.5, w0 = 10, sigma = 5. The paper does not give its step count
