@@ -393,7 +393,7 @@ class Run:
         loss.backward()
         if self.averager is not None:  # every rank leaves with the ranks' mean gradient and loss
             mean_loss, self.stop_agreed = self.averager.average(loss.data, self.stop.requested)
-            loss = Tensor(np.array([mean_loss], np.float32))
+            loss = Tensor(self.device.to_device(np.array([mean_loss], np.float32)))
         self.optimizer.step()
         self.optimizer.zero_grad()
         if self.device.runtime is None:
