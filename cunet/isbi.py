@@ -297,12 +297,18 @@ class StackScores:
                     curves=self.curves)
 
 
-def slice_statistics(prob: np.ndarray, label: np.ndarray, threshold: float, warping: bool = True) -> dict:
-    """One slice at one threshold: the counts the stack scores pool, and its thinned scores."""
+def slice_statistics(prob: np.ndarray, label: np.ndarray, threshold: float, warping: bool = True,
+                     truth_segments: np.ndarray | None = None) -> dict:
+    """One slice at one threshold: the counts the stack scores pool, and its thinned scores.
+
+    ``truth_segments`` (the 4-connected cells of ``label``) may be passed in, so a caller
+    scoring many thresholds labels the truth once.
+    """
     if prob.shape != label.shape or prob.ndim != 2:
         raise ValueError(f"expected two 2-D images of the same shape, got {prob.shape} and {label.shape}")
     truth, cells = label > 0, binarise(prob, threshold)
-    truth_segments, _ = cell_segments(truth)
+    if truth_segments is None:
+        truth_segments, _ = cell_segments(truth)
     proposal_segments, _ = cell_segments(cells)
     thinned = thin_borders(cells)
     if truth.any():
@@ -346,9 +352,14 @@ def score_stack(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], warpi
     """
     if len(probs) != len(labels) or len(probs) == 0:
         raise ValueError(f"need as many probability maps as labels, at least one; got {len(probs)} and {len(labels)}")
+    for p, l in zip(probs, labels):
+        if p.shape != l.shape or p.ndim != 2:
+            raise ValueError(f"expected two 2-D images of the same shape, got {p.shape} and {l.shape}")
+    truths = [cell_segments(l > 0)[0] for l in labels]  # the truth does not depend on the threshold
     curves: dict[str, list[float]] = {}
     for th in thresholds:
-        values = stack_values([slice_statistics(p, l, th, warping) for p, l in zip(probs, labels)], warping)
+        values = stack_values([slice_statistics(p, l, th, warping, t) for p, l, t in zip(probs, labels, truths)],
+                              warping)
         for name, value in values.items():
             curves.setdefault(name, []).append(value)
     names = [m for m in METRICS if m in curves]
