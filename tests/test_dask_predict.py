@@ -261,6 +261,33 @@ def test_a_float_image_outside_0_1_is_an_error_and_leaves_nothing(checkpoint, th
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]  # no output, no partial folder
 
 
+def test_a_chunk_still_running_when_another_fails_does_not_recreate_the_partial_folder(
+        checkpoint, thread_client, tmp_path, monkeypatch):
+    # Dask cannot stop a task midway: cancelling leaves chunk (0, 0) running, and its write
+    # would recreate the removed partial folder unless predict_large waits for it to stop
+    # (seen on CI: a task had opened the output just before another chunk failed).
+    source = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=(600, 300), chunks=(600, 300),
+                             dtype="float32")
+    source[...] = np.full((600, 300), 0.5, np.float32)
+    source[590, 10] = 3.0  # only the last chunk row reads this pixel
+    real = dp.predict_chunk
+
+    def slow_first_chunk(job, *args):
+        if job.index != (0, 0):
+            return real(job, *args)
+        output = zarr.open_array(job.output, mode="r+")  # opened while the folder exists ...
+        time.sleep(1.0)  # ... still running after chunk (2, 0) has failed and the folder is gone ...
+        output[:, :STEP, :STEP] = 0.0  # ... and written
+        return {}
+
+    monkeypatch.setattr(dp, "predict_chunk", slow_first_chunk)
+    with pytest.raises(ValueError, match="must hold values in"):
+        dp.predict_large(checkpoint, tmp_path / "in.zarr", tmp_path / "out.zarr", chunk=STEP, scheduler=thread_client,
+                         progress=False)
+    time.sleep(1.5)  # had the slow chunk not been waited for, it has written by now
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]
+
+
 # --------------------------------------------------------------------------- (d) the command line's errors
 
 

@@ -83,6 +83,8 @@ import os
 import shutil
 import sys
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -669,7 +671,8 @@ def predict_large(checkpoint, source, output, *, chunk: int | None = None, sched
         create_output(partial, g, n_classes, attrs)
         jobs = chunk_jobs(checkpoint, g, partial, (device, kernels, math), name)
         with _client(scheduler, workers, threads_per_worker, memory_limit) as client:
-            futures = _submit(client, jobs, src)
+            run = f"cunet-chunk-{uuid.uuid4().hex[:8]}"
+            futures = _submit(client, jobs, src, run)
             done = 0
             bar = _progress_bar(len(jobs), progress)
             try:
@@ -684,6 +687,7 @@ def predict_large(checkpoint, source, output, *, chunk: int | None = None, sched
                         bar.update()
             except BaseException as exc:
                 client.cancel(futures)  # an external cluster would otherwise go on with the rest
+                _wait_until_stopped(client, run)  # a running task would write into the folder removed below
                 if type(exc).__name__ == "KilledWorker":
                     raise WorkerLostError(
                         f"{exc}: a worker died each time it ran this chunk (out of memory? see worker_memory_bound): "
@@ -724,14 +728,11 @@ def create_output(path, g: ChunkGeometry, n_classes: int, attrs: dict | None = N
     return array
 
 
-def _submit(client, jobs: list[ChunkJob], src) -> list:
-    """One future per chunk. A file source is read inside the task (no input data crosses the
-    cluster); a NumPy array's block travels with its task; a Dask array's block is the slice
-    of the chunk's window, whose pieces reach the task through the scheduler."""
-    import uuid
-
-    run = uuid.uuid4().hex[:8]
-    keys = [f"cunet-chunk-{run}-{j.index[0]}-{j.index[1]}" for j in jobs]
+def _submit(client, jobs: list[ChunkJob], src, run: str) -> list:
+    """One future per chunk, keyed ``<run>-<i>-<j>``. A file source is read inside the task (no
+    input data crosses the cluster); a NumPy array's block travels with its task; a Dask array's
+    block is the slice of the chunk's window, whose pieces reach the task through the scheduler."""
+    keys = [f"{run}-{j.index[0]}-{j.index[1]}" for j in jobs]
     if isinstance(src, FileSource):
         return [client.submit(predict_chunk, job, src, key=key, pure=False) for job, key in zip(jobs, keys)]
     if isinstance(src, np.ndarray):
@@ -747,6 +748,23 @@ def _submit(client, jobs: list[ChunkJob], src) -> list:
                                                     dask_key_name=key)
              for job, key in zip(jobs, keys)]
     return client.compute(tasks)
+
+
+def _running_keys(dask_worker, prefix: str) -> list[str]:
+    # A cancelled task that had started stays in the worker's running set until it returns:
+    # Dask cannot stop a Python function midway.
+    return [ts.key for ts in dask_worker.state.all_running_tasks if str(ts.key).startswith(prefix)]
+
+
+def _wait_until_stopped(client, run: str, timeout: float = 120.0) -> None:
+    """Block until no worker still runs a task of ``run`` (after ``client.cancel``), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # A worker that cannot answer (it died) runs nothing: its answer is the exception.
+        running = client.run(_running_keys, prefix=run, on_error="return")
+        if not any(isinstance(keys, list) and keys for keys in running.values()):
+            return
+        time.sleep(0.05)
 
 
 def _progress_bar(total: int, progress):
