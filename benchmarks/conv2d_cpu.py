@@ -3,8 +3,9 @@
     python -m benchmarks.conv2d_cpu                      # base 16 and base 64, 572x572, depth 5
     python -m benchmarks.conv2d_cpu --base 16 --reps 5   # one base
     python -m benchmarks.conv2d_cpu --base 16 --only down0.conv2,up3.conv1
-    python -m benchmarks.conv2d_cpu --algorithm direct   # every 3x3 layer on one cpu algorithm
-    python -m benchmarks.conv2d_cpu --algorithm winograd # (how CPU_DIRECT_MAX_CK was chosen)
+    python -m benchmarks.conv2d_cpu --quick              # tile 44, base 2, depth 3: a seconds-long smoke run
+    python -m benchmarks.conv2d_cpu --algorithm direct   # every 3x3 layer on one cpu algorithm: run both
+    python -m benchmarks.conv2d_cpu --algorithm winograd # and compare per layer (how CPU_DIRECT_MAX_CK was chosen)
     python -m benchmarks.conv2d_cpu --algorithm im2col
 
 For every convolution of the U-Net (the shapes ``python -m cunet.summary`` lists) it times,
@@ -16,8 +17,16 @@ in one process and on the same float32 arrays:
 
 median of ``--reps`` runs after one warm-up, in milliseconds, both libraries with 2 threads
 (torch.set_num_threads; OpenBLAS uses every core by default). The first layer has no
-bwd_x (its input needs no gradient, in cunet and in torch). Other processes skew every
-number: the load average is printed before and after; trust a table only when it is < 1.
+bwd_x (its input needs no gradient, in cunet and in torch). Each row names the cpu
+algorithm cunet ran for that layer (cunet.cpu.conv2d.cpu_algorithm under --algorithm;
+the backward input picks as its layer does) and, for cunet's three ops, GFLOP/s and the
+percentage of the machine's sgemm peak. FLOPs are 2*N*K*C*R*R*OH*OW per op (a multiply-add
+is 2 FLOPs; the bias, db and the ReLU are not counted), the direct-equivalent count also
+for Winograd, which does 2.25x fewer multiplies: its "GFLOP/s" is a speed in the direct
+sum's units and may pass 100% of peak. The peak is measured once at start, in this
+process: a NumPy float32 matmul 2048^3 (512^3 under --quick), best of 3 after a warm-up.
+Other processes skew every number: the load average is printed before and after; trust a
+table only when it is < 1.
 """
 from __future__ import annotations
 
@@ -38,8 +47,43 @@ def conv_layers(base: int, size: int = 572, depth: int = 5):
     for row in layer_table(size, base=base, depth=depth):
         if row.kind.startswith("conv"):
             R = row.input_shape[2] - row.output_shape[2] + 1
-            layers.append((row.name, row.input_shape, (row.output_shape[1], row.input_shape[1], R, R), "ReLU" in row.kind))
+            w_shape = (row.output_shape[1], row.input_shape[1], R, R)
+            layers.append((row.name, row.input_shape, w_shape, "ReLU" in row.kind))
     return layers
+
+
+def conv_flops(x_shape, w_shape) -> int:
+    """FLOPs of one op (fwd, bwd_x or bwd_w) of an unpadded stride-1 convolution: 2*N*K*C*R*R*OH*OW.
+
+    The direct sum's count, whatever algorithm ran: Winograd's rate is then comparable
+    with the direct kernels' (and may exceed the GEMM peak, as it skips multiplies).
+    """
+    N, C, H, W = x_shape
+    K, _, R, S = w_shape
+    return 2 * N * K * C * R * S * (H - R + 1) * (W - S + 1)
+
+
+def conv_gflops(x_shape, w_shape, seconds: float) -> float:
+    """GFLOP/s of one convolution op of these shapes that took ``seconds``: conv_flops / seconds / 1e9."""
+    return conv_flops(x_shape, w_shape) / seconds / 1e9
+
+
+def sgemm_peak_gflops(n: int = 2048, reps: int = 3) -> float:
+    """The machine's float32 GEMM rate as NumPy (OpenBLAS) runs it: best of ``reps`` n^3 matmuls, GFLOP/s.
+
+    The best, not the median: a peak is what the cores can do, and any slower run was
+    disturbed. One untimed matmul first wakes OpenBLAS's threads and faults in the pages.
+    """
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    c = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=c)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 def median_ms(f, reps: int) -> float:
@@ -120,32 +164,80 @@ def validate(x_shape, w_shape, relu, first, *pairs) -> None:
 
 
 def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, for the table's title and last line."""
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def report(base: int, reps: int, only: set[str] | None, size: int = 572, depth: int = 5) -> None:
-    """Print one table row per layer and the totals."""
-    ops = ("fwd", "bwd_x", "bwd_w")
+OPS = ("fwd", "bwd_x", "bwd_w")
+# Per op: cunet ms, torch ms, cunet GFLOP/s, cunet % of the sgemm peak; blocks 2 spaces apart.
+OP_WIDTHS = (9, 9, 7, 5)
+OP_BLOCK = sum(OP_WIDTHS)
+NO_CELLS = f"  {'-':>{OP_BLOCK}}"   # an op that did not run (the first layer's bwd_x)
+
+
+def op_cells(cunet_ms: float, torch_ms: float, rate: float, peak: float) -> str:
+    """One op's four columns, two spaces before them: ms to 0.01 (--quick's layers take ~0.05 ms)."""
+    w_ms, w_torch, w_rate, w_peak = OP_WIDTHS
+    return f"  {cunet_ms:{w_ms}.2f}{torch_ms:{w_torch}.2f}{rate:{w_rate}.0f}{100 * rate / peak:{w_peak}.0f}"
+
+
+def print_header(base: int, reps: int, size: int, depth: int) -> None:
+    """The table's title and its two header lines: op names over their blocks, then the columns."""
     print(f"\nU-Net base {base}, {size}x{size}, depth {depth}, float32, median of {reps} (ms); "
-          f"load average {load_average()}")
-    print(f"{'layer':<12} {'shape C->K @ HxW':<22}" + "".join(f"{op + ' cunet':>12}{'torch':>8}" for op in ops))
-    totals = {}
+          f"GF/s and %pk: cunet's; load average {load_average()}")
+    lead = f"{'':<12} {'':<22} {'':<9}"
+    print(lead + "".join(f"  {' ' + op + ' ':-^{OP_BLOCK}}" for op in OPS))
+    w_ms, w_torch, w_rate, w_peak = OP_WIDTHS
+    columns = f"  {'cunet':>{w_ms}}{'torch':>{w_torch}}{'GF/s':>{w_rate}}{'%pk':>{w_peak}}"
+    print(f"{'layer':<12} {'shape C->K @ HxW':<22} {'algorithm':<9}" + columns * len(OPS))
+
+
+def report(base: int, reps: int, only: set[str] | None, peak: float, size: int = 572, depth: int = 5) -> None:
+    """Print one table row per layer and the totals; ``peak`` is the sgemm GFLOP/s the %pk columns divide by."""
+    from cunet.cpu.conv2d import cpu_algorithm
+
+    print_header(base, reps, size, depth)
+    totals = {}   # (op, "cunet" | "torch" | "flops") -> sum over the layers where op ran
     for i, (name, x_shape, w_shape, relu) in enumerate(conv_layers(base, size, depth)):
         if only and name not in only:
             continue
         t = time_layer(x_shape, w_shape, relu, first=(i == 0), reps=reps)
-        shape = f"{w_shape[1]}->{w_shape[0]} @ {x_shape[2]}x{x_shape[3]}" + (" 1x1" if w_shape[2] == 1 else "")
+        K, C, R, _ = w_shape
+        shape = f"{C}->{K} @ {x_shape[2]}x{x_shape[3]}" + (" 1x1" if R == 1 else "")
         cells = ""
-        for op in ops:
-            for lib in ("cunet", "torch"):
-                totals[op, lib] = totals.get((op, lib), 0.0) + t.get((op, lib), 0.0)
-            cells += (f"{t[op, 'cunet']:12.1f}{t[op, 'torch']:8.1f}" if (op, "cunet") in t else f"{'-':>12}{'-':>8}")
-        print(f"{name:<12} {shape:<22}{cells}", flush=True)
-    cells = "".join(f"{totals[op, 'cunet']:12.1f}{totals[op, 'torch']:8.1f}" for op in ops)
-    all_c = sum(v for (op, lib), v in totals.items() if lib == "cunet")
-    all_t = sum(v for (op, lib), v in totals.items() if lib == "torch")
-    print(f"{'total':<12} {'':<22}{cells}")
-    print(f"all three: cunet {all_c:.0f} ms, torch {all_t:.0f} ms ({all_c / all_t:.2f}x); load average {load_average()}")
+        for op in OPS:
+            if (op, "cunet") not in t:
+                cells += NO_CELLS
+                continue
+            t[op, "flops"] = conv_flops(x_shape, w_shape)
+            for key in ("cunet", "torch", "flops"):
+                totals[op, key] = totals.get((op, key), 0.0) + t[op, key]
+            rate = conv_gflops(x_shape, w_shape, t[op, "cunet"] / 1e3)
+            cells += op_cells(t[op, "cunet"], t[op, "torch"], rate, peak)
+        print(f"{name:<12} {shape:<22} {cpu_algorithm(C, K, R, np.float32):<9}{cells}", flush=True)
+    if not totals:
+        print("no layer matches --only")
+        return
+    print_totals(totals, peak)
+
+
+def print_totals(totals: dict, peak: float) -> None:
+    """The totals row (per op, over the layers that ran it) and the all-three line."""
+    ran = [op for op in OPS if (op, "cunet") in totals]   # --only down0.conv1 has no bwd_x
+    cells = ""
+    for op in OPS:
+        if op not in ran:
+            cells += NO_CELLS
+            continue
+        # Sum of FLOPs / sum of times (FLOPs / ms / 1e6 = GFLOP/s), not a mean of the rows'
+        # rates: each layer weighs as much as it costs.
+        rate = totals[op, "flops"] / totals[op, "cunet"] / 1e6
+        cells += op_cells(totals[op, "cunet"], totals[op, "torch"], rate, peak)
+    print(f"{'total':<12} {'':<22} {'':<9}{cells}")
+    all_c, all_t, flops = (sum(totals[op, key] for op in ran) for key in ("cunet", "torch", "flops"))
+    rate = flops / all_c / 1e6
+    print(f"all three: cunet {all_c:.1f} ms ({rate:.0f} GFLOP/s, {100 * rate / peak:.0f}% of peak), "
+          f"torch {all_t:.1f} ms ({all_c / all_t:.2f}x); load average {load_average()}")
 
 
 def main(argv=None) -> None:
@@ -161,17 +253,22 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    import cunet.ops.conv2d as conv2d_module
+    import cunet.cpu.conv2d as cpu_conv2d
     torch.set_num_threads(2)
-    conv2d_module.CPU_ALGORITHM = args.algorithm
-    print(f"cpu algorithm: {args.algorithm} (auto: direct where C*K <= {conv2d_module.CPU_DIRECT_MAX_CK}, "
+    cpu_conv2d.CPU_ALGORITHM = args.algorithm
+    print(f"cpu algorithm: {args.algorithm} (auto: direct where C*K <= {cpu_conv2d.CPU_DIRECT_MAX_CK}, "
           "else Winograd for 3x3, im2col for 1x1)")
     only = set(args.only.split(",")) if args.only else None
     if args.quick:
         global IDLE_S
         args.base, args.tile, args.depth, args.reps, IDLE_S = [2], 44, 3, 1, 0.0
+    # 2048^3: ~60 ms a run at ~300 GFLOP/s on the 2-core VM. --quick's 512^3 takes ~1 ms and
+    # reaches ~80% of that (256^3: ~60%, OpenBLAS's per-call costs weigh more).
+    n = 512 if args.quick else 2048
+    peak = sgemm_peak_gflops(n)
+    print(f"measured sgemm peak: {peak:.0f} GFLOP/s (NumPy/OpenBLAS, {n}^3, best of 3)")
     for base in args.base or [16, 64]:
-        report(base, args.reps, only, args.tile, args.depth)
+        report(base, args.reps, only, peak, args.tile, args.depth)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m benchmarks.threshold [--json] [--max-log2 22] [--repeats 30]
 
-Every CPU loop in cunet/ops is compiled twice (cunet.ops.common.SerialOrParallel): a plain
+Every CPU loop in cunet/ops is compiled twice (cunet.cpu.parallel.SerialOrParallel): a plain
 serial loop and a ``parallel=True`` one that hands chunks of the loop to Numba's OpenMP
 thread pool. Waking the pool costs a fixed 10-50 us on an idle machine (and far more on a
 busy one), so for a small array the serial loop wins; for a large one two cores stream

@@ -677,6 +677,9 @@ def train_main(args: argparse.Namespace, world: World | None) -> int:
         return 2
     c = config
     say(f"device: {device.describe()}")
+    if device.runtime is None:   # the cpu: which convolution kernels it runs
+        from cunet.cpu.conv2d import host_kernels_status
+        say(host_kernels_status())
     if world is not None:
         say(f"data-parallel: {world.describe()}; rank r draws batches r, r + {world.size}, r + {2 * world.size}, ... "
             f"of the stream, so a step sees {world.size * c.batch} tiles; gradients averaged by one allreduce per step")

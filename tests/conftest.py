@@ -1,6 +1,6 @@
 """Shared test set-up: hypothesis profiles and the devices every kernel test runs on.
 
-Devices: ``cpu`` (NumPy + Numba), ``opencl`` (the kernels/*.cu sources on PoCL), and, where
+Devices: ``cpu`` (NumPy, Numba, the C++ kernels), ``opencl`` (the kernels/*.cu sources on PoCL), and, where
 a GPU and CuPy are present, ``cuda`` (the same sources through NVRTC) and ``cuda-numba``
 (the Numba CUDA alternates for the memory-bound ops). Without a GPU the two cuda devices
 are skipped with the reason, so a plain run shows them as skipped, never as absent. The

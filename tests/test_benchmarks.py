@@ -3,7 +3,7 @@
 No timed assertions: these tests check that each benchmark's command line works on tiny
 shapes, that its JSON has the documented keys, that the cuda path refuses cleanly on a
 machine without a GPU, and that the GPU cost model's arithmetic is right on a case worked
-by hand. Also the serial/parallel CPU loop helper (cunet.ops.common.SerialOrParallel):
+by hand. Also the serial/parallel CPU loop helper (cunet.cpu.parallel.SerialOrParallel):
 both compiled variants agree bit for bit, and the threshold picks as documented.
 """
 from __future__ import annotations
@@ -288,7 +288,8 @@ def test_serial_and_parallel_variants_agree_bit_for_bit():
 
 
 def test_threshold_picks_as_documented():
-    from cunet.ops import common, dropout, maxpool, relu, sgd, softmax_ce, upconv
+    from cunet.cpu import parallel as common
+    from cunet.ops import dropout, maxpool, relu, sgd, softmax_ce, upconv
 
     assert common.PARALLEL_MIN_WORK == 1 << 17
     for loop in (relu._relu_forward_cpu, relu._relu_backward_cpu, sgd._sgd_cpu, maxpool._forward_cpu,
@@ -348,10 +349,31 @@ def test_conv2d_cpu_cli_validates_and_prints_a_table(algorithm):
         pytest.skip("benchmarks.conv2d_cpu compares with PyTorch, which is not installed")
     result = run_cli("benchmarks.conv2d_cpu", "--quick", "--algorithm", algorithm)
     assert result.returncode == 0, result.stderr
+    assert "measured sgemm peak: " in result.stdout
+    assert "GFLOP/s (NumPy/OpenBLAS, 512^3, best of 3)" in result.stdout
     assert "U-Net base 2, 44x44, depth 3" in result.stdout
-    rows = [line for line in result.stdout.splitlines() if line.startswith(("down", "up", "head"))]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("down", "up", "head"))]
     assert len(rows) == 11   # 2 convs per level (3 down, 2 up) + the head
-    assert "all three: cunet" in result.stdout
+    # A row: name, "C->K", "@", "HxW", ["1x1"], algorithm, then 4 cells per op (ms, torch ms, GF/s, %pk)
+    # or one "-" for an op that did not run (the first layer's bwd_x).
+    algorithms = {row[0]: row[5] if row[4] == "1x1" else row[4] for row in rows}
+    assert set(algorithms.values()) <= {"direct", "winograd", "im2col"}
+    assert algorithms["head"] == "im2col"   # 1x1: neither the direct kernels nor Winograd run it
+    if algorithm == "winograd":
+        assert all(algo == "winograd" for name, algo in algorithms.items() if name != "head")
+    assert len(rows[0]) == 5 + 4 + 1 + 4
+    assert all(len(row) == 5 + 3 * 4 for row in rows[1:-1])
+    assert "all three: cunet" in result.stdout and "% of peak)" in result.stdout
+
+
+def test_conv2d_cpu_gflops_by_hand():
+    from benchmarks.conv2d_cpu import conv_flops, conv_gflops
+
+    # 3x3, N=2, C=3 -> K=4, 10x12 -> 8x10 outputs: 2 * 2*4*3*9 * 80 = 34,560 FLOPs
+    assert conv_flops((2, 3, 10, 12), (4, 3, 3, 3)) == 34_560
+    assert conv_gflops((2, 3, 10, 12), (4, 3, 3, 3), 1e-3) == pytest.approx(34_560 / 1e-3 / 1e9)
+    # 1x1, N=1, C=8 -> K=16, 5x5 (no border lost): 2 * 16*8 * 25 = 6,400 FLOPs in 2 s
+    assert conv_gflops((1, 8, 5, 5), (16, 8, 1, 1), 2.0) == pytest.approx(3.2e-6)
 
 
 def test_conv2d_cpu_validation_catches_a_wrong_result():

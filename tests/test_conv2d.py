@@ -19,12 +19,12 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import cunet.ops.conv2d as conv2d_module
-import cunet.ops.winograd as winograd_module
+import cunet.cpu.conv2d as conv2d_module
+import cunet.cpu.winograd as winograd_module
 from cunet.ops import conv2d_backward_input, conv2d_backward_params, conv2d_forward
 import cunet.ops.gemm as gemm_module
 from cunet.gradcheck import check_backward
-from cunet.ops.conv2d import CPU_ALGORITHMS
+from cunet.cpu.conv2d import CPU_ALGORITHMS
 from cunet.ops.gemm import split_k, tile_config
 from helpers import assert_oclgrind_clean, gemm_reference_inputs, run_under_oclgrind
 
@@ -91,7 +91,7 @@ def assert_within_sum_bound(got, exact, abs_sum, terms, what):
 # 1: k = C + 12. Backward input is the same on zero-padded dy (K channels). The weight
 # gradient G^T [sum over tiles of (A dY A^T) * (B^T d B)] G: 2 + 2 + 1, the sum over every
 # tile of every image (plus one add per chunk: at most 2 per tile), 4. The matrices are
-# Lavin and Gray's (2016), written here independently of cunet/ops/winograd.py.
+# Lavin and Gray's (2016), written here independently of cunet/cpu/winograd.py.
 ABS_B_T = np.abs(np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64))
 ABS_G = np.abs(np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]))
 ABS_A_T = np.abs(np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64))
@@ -127,7 +127,7 @@ def winograd_weight_grad_scale(ax, ady):
 
 
 def test_winograd_code_matches_its_documented_matrices():
-    """cunet/ops/winograd.py writes G g G^T and G^T X G out by hand; its module matrices
+    """cunet/cpu/winograd.py writes G g G^T and G^T X G out by hand; its module matrices
     (what a reader learns from) must be what the code computes."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((5, 4, 3, 3))
@@ -346,7 +346,7 @@ def test_cpu_matches_pytorch_on_unet_sized_layers(shape, algorithm):
         np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-10)
 
 
-# --- cpu: the three algorithms, direct Numba loops, Winograd and im2col + BLAS ------------------
+# --- cpu: the three algorithms, the C++ direct kernels, Winograd and im2col + BLAS --------------
 def cpu_ops(algorithm, x, w, b, dy, relu=False):
     """(y, dx, dw, db) from the cpu ops, with every layer on ``algorithm`` (Winograd: 3x3 only)."""
     with pytest.MonkeyPatch.context() as patch:
@@ -395,21 +395,38 @@ def test_cpu_algorithms_float64(algorithm):
 
 
 def test_cpu_direct_is_the_same_for_any_thread_count():
-    """The direct loops split work over outputs only, so 1 thread and all of them agree bit for bit."""
-    import numba
+    """The C++ kernels split work over outputs only, so 1 thread and all of them agree bit for bit."""
+    from cunet import _host
     x, w, b, dy = random_case(23, (2, 6, 31, 29, 9, 3))
-    threads = numba.get_num_threads()
+    assert conv2d_module.cpu_algorithm(6, 9, 3, x.dtype) == "direct"
+    threads = _host.max_threads()
     try:
         runs = []
-        for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(n)
+        for n in sorted({1, 2, threads}):
+            _host.set_num_threads(n)
             runs.append(cpu_ops("direct", x, w, b, dy, relu=True))
     finally:
-        numba.set_num_threads(threads)
-    runs.append(cpu_ops("direct", x, w, b, dy, relu=True))
+        _host.set_num_threads(threads)
     for run in runs[1:]:
         for first, other in zip(runs[0], run):
             np.testing.assert_array_equal(first, other)
+
+
+def test_direct_takes_what_the_cpp_kernels_run_and_im2col_the_rest(monkeypatch):
+    """float32 3x3 goes to the C++ kernels; float64 (gradient checks), 1x1, or no cunet._host: im2col."""
+    assert conv2d_module.cpu_algorithm(16, 16, 3, np.float32) == "direct"
+    assert conv2d_module.cpu_algorithm(16, 16, 3, np.float64) == "im2col"
+    assert conv2d_module.cpu_algorithm(16, 2, 1, np.float32) == "im2col"
+    assert conv2d_module.cpu_algorithm(128, 128, 3, np.float32) == "winograd"
+    assert conv2d_module.cpu_algorithm(128, 2, 1, np.float32) == "im2col"
+    assert "C++ direct kernels (cunet._host" in conv2d_module.host_kernels_status()
+    monkeypatch.setattr(conv2d_module, "_host", None)
+    monkeypatch.setattr(conv2d_module, "HOST_IMPORT_ERROR", "No module named 'cunet._host'")
+    assert conv2d_module.cpu_algorithm(16, 16, 3, np.float32) == "im2col"
+    assert "not built (No module named 'cunet._host'): `pip install -e .`" in conv2d_module.host_kernels_status()
+    x, w, b, dy = random_case(37, (1, 3, 9, 10, 4, 3))   # and the ops still work, through im2col
+    assert_within_sum_bound(conv2d_forward(x, w, b), forward_reference(x, w, b),
+                            forward_reference(abs(x), abs(w), abs(b)), 3 * 9 + 1, "im2col fallback")
 
 
 @pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
@@ -428,10 +445,11 @@ def test_cpu_nan_propagates(algorithm):
 def test_cpu_memory_is_bounded(algorithm):
     """No whole im2col matrix (9x the input) nor all of Winograd's tiles (4x): bounded scratch memory.
 
-    tracemalloc sees NumPy's allocations (the direct loops' small per-task buffers are
-    Numba's, not seen): the peak may hold the result, the backward input's zero-padded
-    copy of dy (direct, Winograd), and at most one chunk's buffers (im2col or col2im,
-    Winograd's transformed tiles).
+    tracemalloc sees NumPy's allocations: the peak may hold the result, Winograd's
+    zero-padded copy of dy in the backward input, and at most one chunk's buffers (im2col
+    or col2im, Winograd's transformed tiles). The C++ direct kernels allocate in C++, which
+    tracemalloc does not see: their scratch is counted by cunet._host and checked exactly
+    in tests/test_host_conv.py (test_scratch_memory_is_the_documented_buffers_and_no_more).
     """
     import tracemalloc
     x, w, b, dy = random_case(31, (1, 16, 130, 130, 16, 3))
@@ -449,7 +467,7 @@ def test_cpu_memory_is_bounded(algorithm):
         allowance = {"direct": 1 << 18, "im2col": chunk, "winograd": winograd_chunk + (1 << 18)}[algorithm]
         for call, result_bytes, extra in [
             (lambda: conv2d_forward(x, w, b, relu=True), dy.nbytes, 0),
-            (lambda: conv2d_backward_input(dy, w), x.nbytes, padded_dy if algorithm != "im2col" else 0),
+            (lambda: conv2d_backward_input(dy, w), x.nbytes, padded_dy if algorithm == "winograd" else 0),
             (lambda: conv2d_backward_params(x, dy), w.nbytes + b.nbytes, 0),
         ]:
             call()  # warm (compiles, caches)

@@ -347,6 +347,41 @@ def test_small_ops_run_on_the_calling_thread(restore_threads):
     assert run_all(x, w, b, dy)[1] == [1, 1, 1]
 
 
+def expected_scratch_bytes(shape, threads):
+    """What each op may hold besides its arguments, from the documented tile geometry:
+    (forward, backward input, backward params) in bytes."""
+    N, C, K, OH, OW = shape
+    g = host.tile_geometry()
+    KB, KBw, L = g["forward_filters"], g["wgrad_filters"], g["wgrad_lanes"]
+    packed = lambda filters, channels: -(-filters // KB) * KB * channels * 9   # noqa: E731
+    forward = packed(K, C)
+    # one band of padded dy per thread: the rows of a task (kTaskOutputs = 2048 wide outputs
+    # in conv2d.cpp, on rows OW + 4 wide) plus 2, every channel; then the filters, a zero bias
+    rows = max(1, min(OH + 2, -(-2048 // (OW + 4))))
+    backward_input = threads * K * (rows + 2) * (OW + 4) + packed(C, K) + C
+    backward_params = OW + threads * min(C, 16) * 3 * KBw * 3 * L              # zero row, one slot per thread
+    return tuple(4 * n for n in (forward, backward_input, backward_params))
+
+
+@pytest.mark.parametrize("shape", [(2, 20, 9, 40, 45), (1, 3, 40, 14, 61)])
+def test_scratch_memory_is_the_documented_buffers_and_no_more(level, shape, restore_threads):
+    """Bounded scratch: packed filters, the backward input's bands of padded dy and the
+    weight gradient's totals once per thread (not once per task, nor growing with the image)."""
+    host.set_num_threads(2)
+    x, w, b, dy = random_case(11, shape)
+    held = []
+    for op in (lambda: run_forward(x, w, b), lambda: run_backward_input(dy, w), lambda: run_backward_params(x, dy)):
+        op()
+        held.append(host._scratch_peak_bytes())
+    assert tuple(held) == expected_scratch_bytes(shape, 2)
+    taller = (shape[0], shape[1], shape[2], 4 * shape[3], shape[4])   # a planted whole-image buffer would grow
+    x, w, b, dy = random_case(11, taller)
+    run_backward_input(dy, w)
+    assert host._scratch_peak_bytes() == expected_scratch_bytes(taller, 2)[1]
+    run_backward_params(x, dy)
+    assert host._scratch_peak_bytes() == expected_scratch_bytes(taller, 2)[2]
+
+
 def test_set_num_threads_refuses_zero():
     with pytest.raises(ValueError, match="n must be >= 1"):
         host.set_num_threads(0)

@@ -64,7 +64,7 @@ class Device:
 
     def describe(self) -> str:
         """One line for logs: the device, and for ``auto`` why it was picked."""
-        text = "cpu (NumPy + Numba)" if self.runtime is None else self.runtime.describe()
+        text = "cpu (NumPy, Numba, C++)" if self.runtime is None else self.runtime.describe()
         return f"{text}; {self.reason}" if self.reason else text
 
 

@@ -27,10 +27,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from cunet.cpu.parallel import njit_serial_or_parallel
 from cunet.kernels import kernel_module
 
-from .common import (ceil_div, check_float_array, check_output_size, check_real, check_shape, grid_1d,
-                     njit_serial_or_parallel)
+from .common import ceil_div, check_float_array, check_output_size, check_real, check_shape, grid_1d
 from .random import check_stream, philox4x32_10, split_seed, unit_float
 
 DROPOUT_CU = kernel_module("dropout.cu", threads=256)

@@ -31,10 +31,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from cunet.cpu.parallel import njit_serial_or_parallel
 from cunet.kernels import kernel_module
 
-from .common import (check_float_array, check_output_size, check_same_device, check_shape, grid_1d,
-                     njit_serial_or_parallel)
+from .common import check_float_array, check_output_size, check_same_device, check_shape, grid_1d
 
 MAXPOOL_CU = kernel_module("maxpool.cu", threads=256)
 WINDOW = 4  # positions per 2x2 window: argmax codes are 0..WINDOW-1

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from cunet.cpu.parallel import njit_serial_or_parallel
 from cunet.kernels import kernel_module
 
-from .common import INT32_LIMIT, check_int, check_output_size, grid_1d, njit_serial_or_parallel
+from .common import INT32_LIMIT, check_int, check_output_size, grid_1d
 
 RANDOM_CU = kernel_module("random.cu", threads=256)
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from cunet.cpu.parallel import njit_serial_or_parallel
 from cunet.kernels import kernel_module
 
-from .common import (check_float_array, check_same_device, check_same_dtype, check_same_shape, check_writable, grid_1d,
-                     njit_serial_or_parallel)
+from .common import check_float_array, check_same_device, check_same_dtype, check_same_shape, check_writable, grid_1d
 
 RELU_CU = kernel_module("relu.cu", threads=256)
 

@@ -47,10 +47,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from cunet.cpu.parallel import njit_serial_or_parallel
 from cunet.device import runtime_of
 from cunet.kernels import kernel_module
 
-from .common import check_float_array, check_real, check_same_device, check_same_dtype, grid_1d, njit_serial_or_parallel
+from .common import check_float_array, check_real, check_same_device, check_same_dtype, grid_1d
 
 BLOCK = 256  # threads per block; a power of two (the tree reduction halves it)
 SOFTMAX_CE_CU = kernel_module("softmax_ce.cu", threads=BLOCK, SOFTMAX_CE_BLOCK=BLOCK)

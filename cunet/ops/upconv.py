@@ -28,8 +28,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .common import (ceil_div, check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d,
-                     njit_serial_or_parallel)
+from cunet.cpu.parallel import njit_serial_or_parallel
+
+from .common import ceil_div, check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d
 from .gemm import declare_modules, gemm_module, split_k, tile_config
 
 declare_modules("upconv.cu")  # every (tile, math) module, so the compile check finds them all

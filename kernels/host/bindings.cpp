@@ -221,6 +221,8 @@ PYBIND11_MODULE(_host, m) {
         py::arg("n"), "omp_set_num_threads(n) for the calling thread's later ops.");
     m.def("_last_team_size", &cunet_host::last_team_size,
           "Threads the last op's last parallel loop ran on (1 for a loop too small to split); for the tests.");
+    m.def("_scratch_peak_bytes", &cunet_host::scratch_peak_bytes,
+          "The most temporary memory the last op held at once, in bytes; for the tests.");
 #ifdef CUNET_HOST_SANITIZE
     m.attr("SANITIZE") = true;
     m.def(

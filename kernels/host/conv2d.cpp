@@ -130,12 +130,60 @@ constexpr Geometry kGeometry[3] = {
 constexpr index_t kTaskOutputs = 2048;
 // Channels per weight-gradient task (more tasks for the layers with few filters).
 constexpr index_t kWgradChannels = 16;
+// Output pixels per band of the weight gradient: the band of dy that every channel's rows of
+// x stream past (KB filters x ~1024 floats: 32 KB for AVX-512's 8 filters) then stays in the
+// 48 KB L1 cache. Measured at 256, 512, 1024 and 2048 on six U-Net layers (2-core AVX-512
+// VM, cunet._host directly): 1024 fastest on five of them, 10-20% above 2048 (which spills
+// to L2: each step reads 8 dy vectors).
+constexpr index_t kWgradOutputs = 1024;
 // A loop of fewer multiply-adds than this runs on the calling thread alone: waking the
 // OpenMP team costs tens of microseconds, as much as the whole loop (~30 us on one core).
 // (Chosen by that estimate, not measured like cunet.ops.common.PARALLEL_MIN_WORK.)
 constexpr index_t kParallelMinMacs = index_t(1) << 21;
 
 std::atomic<int> g_last_team{1};
+
+// --- scratch memory ------------------------------------------------------------------------------
+// Every temporary buffer an op allocates is a Scratch, which counts its bytes while it lives,
+// so scratch_peak_bytes() can tell the tests how much the last op held at once (NumPy's
+// allocations are visible to Python's tracemalloc; these are not).
+std::atomic<index_t> g_scratch_now{0}, g_scratch_peak{0};
+
+void count_scratch(index_t bytes) {
+    const index_t now = g_scratch_now.fetch_add(bytes) + bytes;
+    index_t peak = g_scratch_peak.load();
+    while (now > peak && !g_scratch_peak.compare_exchange_weak(peak, now)) {
+    }
+}
+
+// n floats (zero-filled unless the caller writes them all), counted as scratch while it lives.
+class Scratch {
+  public:
+    explicit Scratch(index_t n, bool zero = true)
+        : data_(zero ? new float[size_t(n)]() : new float[size_t(n)]), bytes_(n * index_t(sizeof(float))) {
+        count_scratch(bytes_);
+    }
+    ~Scratch() { g_scratch_now.fetch_sub(bytes_); }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    float* data() const { return data_.get(); }
+
+  private:
+    std::unique_ptr<float[]> data_;
+    index_t bytes_;
+};
+
+// Called at the start of each op: the peak is the op's own.
+void reset_scratch_peak() { g_scratch_peak.store(g_scratch_now.load()); }
+
+// This thread's number in the running OpenMP team (0 outside one).
+int thread_index() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 // --- vectors -----------------------------------------------------------------------------------
 template <int L>
@@ -182,8 +230,8 @@ CUNET_INLINE float lane_sum(const vec<L>& v) {
 }  // namespace
 
 // --- forward ---------------------------------------------------------------------------------
+// (The input x [N, C, H, W] is not here: each task is handed its rows, see forward_task_impl.)
 struct Forward {
-    const float* x;   // [N, C, H, W]
     const float* wp;  // packed filters [kblocks][C][9][KB] (pack_filters)
     const float* b;   // [K]
     float* y;         // [N, K, OH, OW]
@@ -201,10 +249,10 @@ CUNET_INLINE float relu1(float v) { return v > 0.0f ? v : 0.0f; }
 // inside the output image. (The accumulators are NV vectors of the machine's width rather
 // than one vector of L floats: GCC keeps a vector wider than a register in memory.)
 template <int KB, int NV, int V>
-CUNET_INLINE void forward_tile(const Forward& f, const float* x0, const float* wk, const float* bias, index_t kn,
-                               float* yk, index_t q) {
+CUNET_INLINE void forward_tile(const Forward& f, const float* x0, index_t plane, const float* wk, const float* bias,
+                               index_t kn, float* yk, index_t q) {
     constexpr int L = NV * V;
-    const index_t plane = f.H * f.W, W = f.W;
+    const index_t W = f.W;
     vec<V> acc[KB][NV];
 #pragma GCC unroll 8
     for (int k = 0; k < KB; ++k)
@@ -269,9 +317,9 @@ CUNET_INLINE void forward_tile(const Forward& f, const float* x0, const float* w
 // A task whose wide span is shorter than one tile (images a few pixels wide): one output at
 // a time, summed in the same order as the tiles.
 template <int KB>
-CUNET_INLINE void forward_scalar(const Forward& f, const float* x0, const float* wk, const float* bias, index_t kn,
-                                 float* yk, index_t span) {
-    const index_t plane = f.H * f.W, W = f.W, out_plane = f.OH * f.OW;
+CUNET_INLINE void forward_scalar(const Forward& f, const float* x0, index_t plane, const float* wk, const float* bias,
+                                 index_t kn, float* yk, index_t span) {
+    const index_t W = f.W, out_plane = f.OH * f.OW;
     for (index_t q = 0; q < span; ++q) {
         const index_t oy = q / W, ox = q % W;
         if (ox >= f.OW) continue;
@@ -285,29 +333,39 @@ CUNET_INLINE void forward_scalar(const Forward& f, const float* x0, const float*
     }
 }
 
-template <int KB, int NV, int V>
-CUNET_INLINE void forward_task_impl(const Forward& f, index_t task) {
-    constexpr int L = NV * V;
-    // Consecutive task numbers share (n, rows) and differ in the block of filters, so a
-    // thread's consecutive tasks (OpenMP's static schedule) read the same rows of x from L2.
+// Task t of a forward: image n, group g of f.rows output rows starting at oy0, block kb of
+// filters. Consecutive task numbers share (n, g) and differ in the block of filters, so a
+// thread's consecutive tasks (OpenMP's static schedule) read the same rows of x from L2.
+struct ForwardTask {
+    index_t n, g, kb, oy0;
+};
+CUNET_INLINE ForwardTask forward_task_of(const Forward& f, index_t task) {
     const index_t kb = task % f.kblocks, g = (task / f.kblocks) % f.groups, n = task / (f.kblocks * f.groups);
-    const index_t oy0 = g * f.rows, oy1 = std::min(oy0 + f.rows, f.OH);
+    return {n, g, kb, g * f.rows};
+}
+
+// x0: the task's input, its row 0 being input row oy0 (wide output q = 0 is (oy0, 0));
+// plane: the distance between two of its channels.
+template <int KB, int NV, int V>
+CUNET_INLINE void forward_task_impl(const Forward& f, index_t task, const float* x0, index_t plane) {
+    constexpr int L = NV * V;
+    const ForwardTask t = forward_task_of(f, task);
+    const index_t kb = t.kb, n = t.n, oy0 = t.oy0, oy1 = std::min(oy0 + f.rows, f.OH);
     const index_t k0 = kb * KB, kn = std::min<index_t>(KB, f.K - k0);
-    const float* x0 = f.x + n * f.C * f.H * f.W + oy0 * f.W;   // wide output q = 0 is (oy0, 0)
     const float* wk = f.wp + kb * f.C * 9 * KB;
     float* yk = f.y + ((n * f.K + k0) * f.OH + oy0) * f.OW;
     // Wide outputs from (oy0, 0) to (oy1 - 1, OW - 1): the last row's 2 wide columns are not
     // part of it (they would read past the end of the image).
     const index_t span = (oy1 - oy0) * f.W - 2;
     if (span < L) {
-        forward_scalar<KB>(f, x0, wk, f.b + k0, kn, yk, span);
+        forward_scalar<KB>(f, x0, plane, wk, f.b + k0, kn, yk, span);
         return;
     }
     // Tiles at q = 0, L, 2L, ...; the last one is moved back to end exactly at the span's end,
     // recomputing a few outputs of the one before (to the same bits), rather than running a
     // partial tile past the end of x.
     for (index_t q = 0; q < span; q += L)
-        forward_tile<KB, NV, V>(f, x0, wk, f.b + k0, kn, yk, std::min(q, span - L));
+        forward_tile<KB, NV, V>(f, x0, plane, wk, f.b + k0, kn, yk, std::min(q, span - L));
 }
 
 // One forward task, in each version (see "SIMD dispatch"): <filters, vectors per filter,
@@ -315,15 +373,15 @@ CUNET_INLINE void forward_task_impl(const Forward& f, index_t task) {
 static_assert(kGeometry[2].forward_pixels == 2 * 16 && kGeometry[1].forward_pixels == 2 * 8 &&
               kGeometry[0].forward_pixels == kGenericVectors * 4, "forward_pixels = vectors per filter x floats per vector");
 #if CUNET_VERSIONS
-CUNET_AVX512 void forward_task_avx512(const Forward& f, index_t task) {
-    forward_task_impl<kGeometry[2].forward_filters, 2, 16>(f, task);
+CUNET_AVX512 void forward_task_avx512(const Forward& f, index_t task, const float* x0, index_t plane) {
+    forward_task_impl<kGeometry[2].forward_filters, 2, 16>(f, task, x0, plane);
 }
-CUNET_AVX2 void forward_task_avx2(const Forward& f, index_t task) {
-    forward_task_impl<kGeometry[1].forward_filters, 2, 8>(f, task);
+CUNET_AVX2 void forward_task_avx2(const Forward& f, index_t task, const float* x0, index_t plane) {
+    forward_task_impl<kGeometry[1].forward_filters, 2, 8>(f, task, x0, plane);
 }
 #endif
-void forward_task_generic(const Forward& f, index_t task) {
-    forward_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(f, task);
+void forward_task_generic(const Forward& f, index_t task, const float* x0, index_t plane) {
+    forward_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(f, task, x0, plane);
 }
 
 // --- weight gradient -----------------------------------------------------------------------------
@@ -336,7 +394,7 @@ void forward_task_generic(const Forward& f, index_t task) {
 //
 // A task owns a block of KB filters and a group of channels: it alone writes their dw, so
 // no sum is ever split between threads. It walks the images in bands of rows; a band of dy
-// (KB filters x ~2048 pixels) stays in L1/L2 while each channel's rows of x stream past it.
+// (KB filters x ~kWgradOutputs pixels) stays in L1 while each channel's rows of x stream past it.
 // Each band's register sums are added into the task's lane-wise totals (in memory) and the
 // lanes are summed once, at the end: the order of every addition is fixed by the shapes
 // and the tile (the vector width), not by the threads. So dw and db are bitwise the same
@@ -354,8 +412,9 @@ struct WeightGrad {
     float* dw;        // [K, C, 3, 3]
     float* db;        // [K]
     const float* zeros;  // OW zeros: the dy row of the padding filters of a partial block
+    float* totals;       // per thread, total_floats: a task's lane-wise running totals
     index_t N, C, H, W, K, OH, OW;
-    index_t kblocks, cgroups, rows;
+    index_t kblocks, cgroups, rows, total_floats;
 };
 
 // db[k] = the sum of dy[:, k]: lane-wise over full vectors, the rest one by one, in a fixed order.
@@ -406,10 +465,12 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
     vec<L> lane;
     for (int l = 0; l < L; ++l) lane[l] = float(l);
 
-    // The task's running totals, lane by lane: [c - c0][r][k][s][L]. (Floats, read and
-    // written with unaligned vector moves: a std::vector of vector types is not allocated
-    // at the vectors' 64-byte alignment, which GCC's aligned moves would assume.)
-    std::vector<float> total(size_t((c1 - c0) * 3 * KB * 3 * L), 0.0f);
+    // The task's running totals, lane by lane: [c - c0][r][k][s][L], in this thread's slot of
+    // the buffer the driver allocated once for the op. (Floats, read and written with
+    // unaligned vector moves: the slot is not aligned to the vectors' 64 bytes, which GCC's
+    // aligned moves would assume.)
+    float* const total = g.totals + thread_index() * g.total_floats;
+    std::fill(total, total + (c1 - c0) * 3 * KB * 3 * L, 0.0f);
 
     for (index_t n = 0; n < g.N; ++n) {
         for (index_t h0 = 0; h0 < g.OH; h0 += g.rows) {
@@ -458,7 +519,7 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
                             wgrad_masked_step<KB, L>(acc, dcopy, xb, 0, keep);
                         }
                     }
-                    float* t = total.data() + ((c - c0) * 3 + r) * KB * 3 * L;
+                    float* t = total + ((c - c0) * 3 + r) * KB * 3 * L;
 #pragma GCC unroll 8
                     for (int k = 0; k < KB; ++k) {
 #pragma GCC unroll 3
@@ -477,7 +538,7 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
             for (index_t k = 0; k < kn; ++k)
                 for (int s = 0; s < 3; ++s) {
                     vec<L> sum;
-                    load<L>(sum, total.data() + ((((c - c0) * 3 + r) * KB + k) * 3 + s) * L);
+                    load<L>(sum, total + ((((c - c0) * 3 + r) * KB + k) * 3 + s) * L);
                     g.dw[((k0 + k) * g.C + c) * 9 + r * 3 + s] = lane_sum<L>(sum);
                 }
     if (cg == 0)   // the first group of channels' tasks also sum the bias gradient of their filters
@@ -501,7 +562,7 @@ void wgrad_task_generic(const WeightGrad& g, index_t task) {
 struct Version {
     Isa isa;
     Geometry geometry;
-    void (*forward_task)(const Forward&, index_t);
+    void (*forward_task)(const Forward&, index_t, const float*, index_t);
     void (*wgrad_task)(const WeightGrad&, index_t);
 };
 
@@ -549,24 +610,47 @@ void run_tasks(index_t tasks, index_t macs, Body body) {
 // The filters in the layout the forward tile reads: [kblock][c][tap][KB], each tap's KB
 // weights adjacent (one cache line feeds a tile's broadcasts), padded with zero filters up
 // to a whole block. get(k, c, t) is filter k's weight for input channel c, tap t = r*3 + s.
+index_t packed_floats(int KB, index_t K, index_t C) { return ceil_div(K, KB) * C * 9 * KB; }
+
 template <typename Get>
-std::vector<float> pack_filters(int KB, index_t K, index_t C, Get get) {
-    const index_t kblocks = ceil_div(K, KB);
-    std::vector<float> packed(size_t(kblocks * C * 9 * KB), 0.0f);
+void pack_filters(float* packed, int KB, index_t K, index_t C, Get get) {   // packed: zero-filled
     for (index_t k = 0; k < K; ++k)
         for (index_t c = 0; c < C; ++c)
-            for (int t = 0; t < 9; ++t) packed[size_t((((k / KB) * C + c) * 9 + t) * KB + k % KB)] = get(k, c, t);
-    return packed;
+            for (int t = 0; t < 9; ++t) packed[(((k / KB) * C + c) * 9 + t) * KB + k % KB] = get(k, c, t);
 }
 
-// `packed` must be packed for v's tile (pack_filters with v.geometry.forward_filters).
-void run_forward(const Version& v, const float* x, const std::vector<float>& packed, const float* b, float* y,
-                 index_t N, index_t C, index_t H, index_t W, index_t K, bool relu) {
+// The forward's tasks over an input of N x C x H x W; `packed` must be packed for v's tile
+// (pack_filters with v.geometry.forward_filters).
+Forward forward_plan(const Version& v, const float* packed, const float* b, float* y, index_t N, index_t C,
+                     index_t H, index_t W, index_t K, bool relu) {
     const index_t KB = v.geometry.forward_filters, OH = H - 2, OW = W - 2;
-    Forward f{x, packed.data(), b, y, N, C, H, W, K, OH, OW, relu, ceil_div(K, KB), 0, 0};
+    Forward f{packed, b, y, N, C, H, W, K, OH, OW, relu, ceil_div(K, KB), 0, 0};
     f.rows = std::max<index_t>(1, std::min(OH, ceil_div(kTaskOutputs, W)));
     f.groups = ceil_div(OH, f.rows);
-    run_tasks(N * f.groups * f.kblocks, N * K * C * 9 * OH * OW, [&](index_t t) { v.forward_task(f, t); });
+    return f;
+}
+
+index_t forward_tasks(const Forward& f) { return f.N * f.groups * f.kblocks; }
+index_t forward_macs(const Forward& f) { return f.N * f.K * f.C * 9 * f.OH * f.OW; }
+
+// Rows oy0 .. oy0 + rows - 1 of every channel of dy zero-padded by 2 on every side (the
+// backward input's input, H = OH + 4 rows of W = OW + 4), written into band [K][rows][W].
+// Rows past the padded image (the last group's band) are zeros, never read.
+void pad_band(const float* dy_image, index_t K, index_t OH, index_t OW, index_t oy0, index_t rows, float* band) {
+    const index_t W = OW + 4;
+    for (index_t k = 0; k < K; ++k) {
+        for (index_t i = 0; i < rows; ++i) {
+            float* row = band + (k * rows + i) * W;
+            const index_t src = oy0 + i - 2;   // padded row oy0 + i is dy row oy0 + i - 2
+            if (src < 0 || src >= OH) {
+                std::fill(row, row + W, 0.0f);
+                continue;
+            }
+            row[0] = row[1] = 0.0f;
+            std::memcpy(row + 2, dy_image + (k * OH + src) * OW, size_t(OW) * sizeof(float));
+            row[OW + 2] = row[OW + 3] = 0.0f;
+        }
+    }
 }
 
 }  // namespace
@@ -615,51 +699,65 @@ Geometry geometry(Isa isa) { return kGeometry[int(isa)]; }
 
 void conv3x3_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C, index_t H,
                      index_t W, index_t K, bool relu) {
+    reset_scratch_peak();
     const Version v = current_version();
-    const auto packed = pack_filters(v.geometry.forward_filters, K, C,
-                                     [&](index_t k, index_t c, int t) { return w[(k * C + c) * 9 + t]; });
-    run_forward(v, x, packed, b, y, N, C, H, W, K, relu);
+    const int KB = v.geometry.forward_filters;
+    Scratch packed(packed_floats(KB, K, C));
+    pack_filters(packed.data(), KB, K, C, [&](index_t k, index_t c, int t) { return w[(k * C + c) * 9 + t]; });
+    const Forward f = forward_plan(v, packed.data(), b, y, N, C, H, W, K, relu);
+    run_tasks(forward_tasks(f), forward_macs(f), [&](index_t task) {
+        const ForwardTask t = forward_task_of(f, task);
+        v.forward_task(f, task, x + (t.n * C * H + t.oy0) * W, H * W);
+    });
 }
 
 // The backward input is a forward: dx = dy, zero-padded by 2 on every side, correlated with
 // the filters flipped (tap t -> 8 - t) and transposed (K <-> C):
 //   dx[n, c, i, j] = sum_{k, r, s} dy[n, k, i - r, j - s] * w[k, c, r, s]   (dy = 0 outside)
 // so it runs on the forward's tiles, threads and summation order (over k, then the taps).
-// The padded copy costs memory (N*K*(OH+4)*(OW+4) floats) and a pass over dy, as the Numba
-// path's does; skipping the zero taps at the borders instead is left for later.
+// The padded dy is never built whole (N*K*(OH+4)*(OW+4) floats, which would also be fresh
+// memory, page-faulted in, on every call): each thread pads the rows its task reads into a
+// band of its own (K x (rows + 2) x (OW + 4)) and keeps it for its next task if that one
+// reads the same rows (consecutive tasks differ only in their block of filters).
 void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
                             index_t OW, index_t C) {
-    const index_t H = OH + 4, W = OW + 4;
-    std::unique_ptr<float[]> padded(new float[size_t(N * K * H * W)]);
-    float* p = padded.get();
-    run_tasks(N * K, N * K * H * W * 8, [&](index_t plane) {
-        float* out = p + plane * H * W;
-        const float* in = dy + plane * OH * OW;
-        std::fill(out, out + 2 * W, 0.0f);
-        for (index_t i = 0; i < OH; ++i) {
-            float* row = out + (i + 2) * W;
-            row[0] = row[1] = 0.0f;
-            std::memcpy(row + 2, in + i * OW, size_t(OW) * sizeof(float));
-            row[OW + 2] = row[OW + 3] = 0.0f;
-        }
-        std::fill(out + (OH + 2) * W, out + H * W, 0.0f);
-    });
+    reset_scratch_peak();
     const Version v = current_version();
-    const auto packed = pack_filters(v.geometry.forward_filters, C, K,
-                                     [&](index_t c, index_t k, int t) { return w[(k * C + c) * 9 + 8 - t]; });
-    const std::vector<float> zero_bias(size_t(C), 0.0f);
-    run_forward(v, p, packed, zero_bias.data(), dx, N, K, H, W, C, false);
+    const int KB = v.geometry.forward_filters;
+    Scratch packed(packed_floats(KB, C, K));
+    pack_filters(packed.data(), KB, C, K, [&](index_t c, index_t k, int t) { return w[(k * C + c) * 9 + 8 - t]; });
+    const Scratch zero_bias(C);
+    const index_t H = OH + 4, W = OW + 4;
+    const Forward f = forward_plan(v, packed.data(), zero_bias.data(), dx, N, K, H, W, C, false);
+    const index_t band_rows = f.rows + 2, band_floats = K * band_rows * W;
+    const Scratch bands(index_t(max_threads()) * band_floats, /*zero=*/false);   // pad_band writes each whole
+    std::vector<index_t> band_holds(size_t(max_threads()), -1);                 // per thread: n * groups + g
+    run_tasks(forward_tasks(f), forward_macs(f), [&](index_t task) {
+        const ForwardTask t = forward_task_of(f, task);
+        const int thread = thread_index();
+        float* band = bands.data() + thread * band_floats;
+        if (band_holds[size_t(thread)] != t.n * f.groups + t.g) {
+            pad_band(dy + t.n * K * OH * OW, K, OH, OW, t.oy0, band_rows, band);
+            band_holds[size_t(thread)] = t.n * f.groups + t.g;
+        }
+        v.forward_task(f, task, band, band_rows * W);
+    });
 }
 
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
                              index_t W, index_t K) {
+    reset_scratch_peak();
     const Version v = current_version();
     const Geometry geo = v.geometry;
     const index_t OH = H - 2, OW = W - 2;
-    const std::vector<float> zeros(size_t(OW), 0.0f);
-    WeightGrad g{x, dy, dw, db, zeros.data(), N, C, H, W, K, OH, OW,
-                 ceil_div(K, geo.wgrad_filters), ceil_div(C, kWgradChannels), 0};
-    g.rows = std::max<index_t>(1, std::min(OH, ceil_div(kTaskOutputs, OW)));
+    const Scratch zeros(OW);
+    // One slot of running totals per thread, allocated once for the op (not once per task):
+    // [channels of a task][r][filters of a tile][s][lanes].
+    const index_t total_floats = std::min(C, kWgradChannels) * 3 * geo.wgrad_filters * 3 * geo.wgrad_pixels;
+    const Scratch totals(index_t(max_threads()) * total_floats, /*zero=*/false);   // each task zeroes its slot
+    WeightGrad g{x, dy, dw, db, zeros.data(), totals.data(), N, C, H, W, K, OH, OW,
+                 ceil_div(K, geo.wgrad_filters), ceil_div(C, kWgradChannels), 0, total_floats};
+    g.rows = std::max<index_t>(1, std::min(OH, ceil_div(kWgradOutputs, OW)));
     run_tasks(g.kblocks * g.cgroups, N * K * C * 9 * OH * OW, [&](index_t t) { v.wgrad_task(g, t); });
 }
 
@@ -680,6 +778,8 @@ void set_num_threads(int n) {
 }
 
 int last_team_size() { return g_last_team.load(); }
+
+index_t scratch_peak_bytes() { return g_scratch_peak.load(); }
 
 #ifdef CUNET_HOST_SANITIZE
 float sanitizer_selftest(int kind) {

@@ -48,6 +48,10 @@ int max_threads();
 void set_num_threads(int n);
 int last_team_size();
 
+// The most temporary memory (packed filters, the backward input's padded dy, the weight
+// gradient's per-thread totals) the last op held at once, in bytes.
+index_t scratch_peak_bytes();
+
 #ifdef CUNET_HOST_SANITIZE
 // Sanitizer builds only: commit one planted error on purpose (kind 1: read one float past
 // a heap block, for AddressSanitizer; kind 2: signed integer overflow, for UBSan), so the

@@ -16,12 +16,13 @@ once per call (K*C small 4x4 matrices), the input transform V = B^T d B once per
 block ("tile", stride 2), and the output transform A^T M A once per output tile. For C and
 K in the hundreds the GEMMs hold most of the arithmetic; the transforms are additions,
 bound by memory traffic (the transformed tiles are 4x the input), which is why the direct
-loops in conv2d.py stay faster for narrow layers.
+kernels (cunet/cpu/conv2d.py) stay faster for narrow layers.
 
 The two backwards are the same machinery:
 
     input:   dx = the same correlation of dy zero-padded by 2, with the filter turned by
-             180 degrees and its C and K swapped (conv2d.py's direct path does the same);
+             180 degrees and its C and K swapped (:func:`winograd_input_grad`; the C++
+             direct kernels do the same);
     params:  Y is linear in g, so dL/dg = G^T [ sum over tiles of (A dY A^T) * V ] G:
              16 GEMMs [K, tiles] x [tiles, C] over the same V, then G^T (.) G per (k, c).
 
@@ -241,6 +242,35 @@ def winograd_correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool =
         np.matmul(U, V, out=M)                                # 16 GEMMs [K, C] x [C, tiles]
         _output_tiles(M, b, relu, row0, count, tiles_per_row, y[n])
     return y
+
+
+@njit(parallel=True, cache=True)
+def _pad2(dy, out):
+    """out[N, K, OH+4, OW+4] = dy with a border of 2 zeros (the backward input's padding)."""
+    N, K, OH, OW = dy.shape
+    for plane in prange(N * K):
+        n, k = plane // K, plane % K
+        out[n, k, :2] = 0
+        out[n, k, OH + 2:] = 0
+        for i in range(OH):
+            row = out[n, k, i + 2]
+            row[:2] = 0
+            row[2:OW + 2] = dy[n, k, i]
+            row[OW + 2:] = 0
+
+
+def winograd_input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """dx [N, C, OH+2, OW+2] of a valid 3x3 correlation with w [K, C, 3, 3] that gave dy [N, K, OH, OW].
+
+    Output pixel y[oh, ow] read x[oh + r, ow + s] with weight w[r, s], so x[h, w] receives
+    dy[h - r, w - s] * w[r, s]: the correlation of dy, zero-padded by 2, with each filter
+    turned by 180 degrees and C and K swapped.
+    """
+    N, K, OH, OW = dy.shape
+    padded = np.empty((N, K, OH + 4, OW + 4), dy.dtype)
+    _pad2(dy, padded)   # on Numba's threads, like the transforms that follow
+    flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return winograd_correlate(padded, flipped, np.zeros(w.shape[1], dy.dtype))
 
 
 def winograd_weight_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,281 @@
+"""The cpu convolutions: unpadded 3x3 (and 1x1) correlations, forward and both backwards.
+
+What ``cunet.ops.conv2d`` runs on the cpu device, after it has checked the arguments (it
+has: every array here is dense, of one float dtype, with matching shapes). Three
+algorithms, picked per layer by its shape (:func:`cpu_algorithm`):
+
+    direct    layers with few channels (C*K <= CPU_DIRECT_MAX_CK: the U-Net's top levels,
+              which hold most of its pixels): the C++ kernels of kernels/host/ (module
+              cunet._host), register-blocked loops on OpenMP threads, float32 3x3 only;
+    winograd  wider 3x3 layers: F(2x2, 3x3) (cunet/cpu/winograd.py), whose 16 BLAS GEMMs
+              per chunk of tiles do 2.25x fewer multiplies than a direct sum;
+    im2col    wider 1x1 layers, and whatever the direct kernels do not cover (float64, which
+              the gradient checks use; 1x1 filters; a cunet whose C++ module was not built):
+              each chunk of a few output rows becomes one BLAS GEMM.
+
+Why not one. A GEMM is fast when all three of its dimensions are large: it then loads each
+operand once per tile and does tens of multiply-adds per load. At the top of the U-Net
+the filter dimensions are tiny (K = 16 outputs, C*9 = 144 reduction terms at base 16),
+so BLAS spends its time packing panels and copying the im2col matrix, which is 9x the
+image and does only K multiply-adds per element copied; the direct kernels instead keep a
+tile of 8 filters x 32 pixels in registers for the whole sum (kernels/host/conv2d.cpp).
+Measured on the 2-core AVX-512 VM (`python -m benchmarks.conv2d_cpu --algorithm direct` and
+`--algorithm winograd`), the C++ forward runs the narrow layers at 230-290 GFLOP/s (1.6-1.8x
+the Numba loops it replaced, measured before they were deleted); Winograd wins from about
+64 -> 128 channels on, by up to 2.5x on base 64's widest layers (counted in
+direct-equivalent FLOPs), and im2col + BLAS loses to one of the two on every 3x3 layer.
+
+The three ops here each pick one algorithm; the backward input of a layer C -> K is a
+correlation over K -> C channels, so it picks as that layer would.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .winograd import winograd_correlate, winograd_input_grad, winograd_weight_grad
+
+try:  # built by `pip install -e .` (setup.py); its absence is reported, not fatal
+    from cunet import _host
+    HOST_IMPORT_ERROR = None
+except ImportError as exc:
+    _host = None
+    HOST_IMPORT_ERROR = str(exc)
+
+# C*K at or below which a 3x3 layer takes the direct kernels. Measured with
+# `python -m benchmarks.conv2d_cpu --algorithm direct` and `--algorithm winograd` (both
+# bases): direct wins up to 32 -> 64 channels, ties at 64 -> 64; from 64 -> 128 on
+# Winograd wins. Per layer its lead is smallest deep down (256 channels at 30x30), where
+# its transforms' memory traffic (4x the input) and small per-chunk GEMMs eat most of the
+# 2.25x.
+CPU_DIRECT_MAX_CK = 64 * 64
+
+# im2col path. Elements of one chunk's im2col matrix plus its GEMM output (8 MB in
+# float32). Every BLAS call has a fixed cost (waking its threads, packing panels), so
+# fewer, bigger chunks won in measurements here (2^18 to 2^23 tried; 2^21 was fastest or
+# within noise for 64 to 256 channels); the chunk still sits in the last-level cache when
+# the GEMM and the epilogue read it. But a chunk also gets at least CPU_CHUNK_MIN_COLUMNS
+# output positions: each BLAS call packs the whole [K, C*9] weight matrix (9 MB at 512
+# channels), and the deep layers' rows are so short (66, 30 pixels) that 2^21 elements
+# would be a few rows, a call per few hundred columns. Measured at 512 -> 512 channels,
+# 66x66: forward 141 ms with 396 columns per call, 113 ms with 1,584.
+CPU_CHUNK_ELEMENTS = 1 << 21
+CPU_CHUNK_MIN_COLUMNS = 1536
+
+# Which algorithm every layer takes: "auto" picks by shape (:func:`cpu_algorithm`); one of
+# CPU_ALGORITHMS sends every layer it can run down that path (the tests and
+# benchmarks/conv2d_cpu.py use this to check and time each algorithm on its own).
+CPU_ALGORITHMS = ("direct", "winograd", "im2col")
+CPU_ALGORITHM = "auto"
+
+
+def direct_runs(R: int, dtype) -> bool:
+    """Whether the C++ direct kernels can run a layer: 3x3, float32, and cunet._host built."""
+    return R == 3 and np.dtype(dtype) == np.float32 and _host is not None
+
+
+def cpu_algorithm(C: int, K: int, R: int, dtype=np.float32) -> str:
+    """The cpu algorithm for a layer of C -> K channels, an R x R filter and ``dtype``."""
+    chosen = CPU_ALGORITHM
+    if chosen == "auto":
+        chosen = "direct" if C * K <= CPU_DIRECT_MAX_CK else "winograd"
+    if chosen not in CPU_ALGORITHMS:
+        raise ValueError(f"conv2d: CPU_ALGORITHM is {CPU_ALGORITHM!r}; expected 'auto' or one of {CPU_ALGORITHMS}")
+    if chosen == "direct" and not direct_runs(R, dtype):
+        return "im2col"
+    if chosen == "winograd" and R != 3:
+        return "im2col"
+    return chosen
+
+
+def host_kernels_status() -> str:
+    """One line for a run's log: which cpu convolution kernels this process runs."""
+    if _host is None:
+        return (f"cpu convolutions: Winograd + BLAS and im2col + BLAS only; the C++ kernels (cunet._host) "
+                f"are not built ({HOST_IMPORT_ERROR}): `pip install -e .` builds them")
+    return (f"cpu convolutions: C++ direct kernels (cunet._host, {_host.simd_level()}, "
+            f"{_host.max_threads()} threads) for layers of C*K <= {CPU_DIRECT_MAX_CK}, Winograd + BLAS above")
+
+
+# --- im2col: chunks of output rows, one BLAS GEMM each -------------------------------------------
+# The two Numba helpers below are deliberately serial: BLAS already runs each chunk's GEMM
+# on every core, and two pools busy at once on 2 cores slow both (cunet/cpu/__init__.py).
+def _chunk_rows(C: int, K: int, R: int, W: int) -> int:
+    """Output rows per chunk: (C*R*R + K) * rows * W elements fit in CPU_CHUNK_ELEMENTS,
+    but at least CPU_CHUNK_MIN_COLUMNS columns (rows * W) per GEMM."""
+    return max(1, CPU_CHUNK_ELEMENTS // ((C * R * R + K) * W), -(-CPU_CHUNK_MIN_COLUMNS // W))
+
+
+@njit(cache=True)
+def _gather_im2col(x_img, R, W, q0, n, cols):
+    """cols[(c, r, s), q] = x_img[c, q0 + q + r*W + s] for q < n: C*R*R contiguous copies."""
+    RR = R * R
+    for i in range(cols.shape[0]):
+        c = i // RR
+        r = (i - c * RR) // R
+        start = q0 + r * W + (i - c * RR - r * R)
+        for q in range(n):
+            cols[i, q] = x_img[c, start + q]
+
+
+@njit(cache=True)
+def _bias_relu_epilogue(wide, b, relu, out):
+    """out[k, i, j] = wide[k, i, j] + b[k], then max(., 0) if relu, over out's shape."""
+    K, count, OW = out.shape
+    for k in range(K):
+        for i in range(count):
+            for j in range(OW):
+                v = wide[k, i, j] + b[k]
+                out[k, i, j] = (v if v > 0.0 else 0.0) if relu else v   # NaN -> 0, as fmaxf
+
+
+def _im2col_chunks(x_img: np.ndarray, R: int, W: int, OH: int, rows: int):
+    """Yield (oh0, cols) with cols[(c, r, s), q] = x_img[c, oh0*W + q + r*W + s].
+
+    ``x_img`` is one image flattened to [C, H*W]; each chunk covers output rows
+    [oh0, oh0 + rows) computed at the input's width W, and the last chunk stops R-1
+    short of its last row (those columns lie past the output's edge anyway). For a 1x1
+    filter the chunk is a slice of x_img itself; otherwise a buffer that is reused for
+    the next chunk: use it before asking for the next.
+    """
+    C = x_img.shape[0]
+    length = OH * W - (R - 1)
+    buffer = np.empty((C * R * R, rows * W), x_img.dtype) if R > 1 else None
+    for oh0 in range(0, OH, rows):
+        q0 = oh0 * W
+        n = min(rows * W, length - q0)
+        if R == 1:
+            yield oh0, x_img[:, q0:q0 + n]
+        else:
+            _gather_im2col(x_img, R, W, q0, n, buffer)
+            yield oh0, buffer[:, :n]
+
+
+def _im2col_correlate(x: np.ndarray, w: np.ndarray, b=None, relu: bool = False) -> np.ndarray:
+    """Valid cross-correlation [N, C, H, W] * [K, C, R, R] -> [N, K, OH, OW], plus b, then ReLU.
+
+    Per chunk of output rows: one GEMM into ``wide`` ([K, rows, W]: each row W long, its
+    last R-1 values past the output's edge), then, while that is still in cache, the
+    epilogue copies the OW valid columns into y, adding the bias and applying the ReLU.
+    """
+    N, C, H, W = x.shape
+    K, R = w.shape[0], w.shape[2]
+    OH, OW = H - R + 1, W - R + 1
+    rows = min(OH, _chunk_rows(C, K, R, W))
+    wmat = w.reshape(K, C * R * R)
+    bias = np.zeros(K, x.dtype) if b is None else b
+    wide = np.empty((K, rows, W), x.dtype)
+    y = np.empty((N, K, OH, OW), x.dtype)
+    for n in range(N):
+        for oh0, cols in _im2col_chunks(x[n].reshape(C, H * W), R, W, OH, rows):
+            np.matmul(wmat, cols, out=wide.reshape(K, rows * W)[:, :cols.shape[1]])
+            count = min(rows, OH - oh0)
+            _bias_relu_epilogue(wide, bias, relu, y[n, :, oh0:oh0 + count])
+    return y
+
+
+def _im2col_weight_grad(x, dy):
+    """dw[k, (c,r,s)] = sum_q dy[k, q] * cols[(c,r,s), q], one GEMM per im2col chunk; db = sum dy.
+
+    dy is copied a chunk at a time onto rows of the input's width W (the R-1 columns past
+    the output's edge stay 0, so the garbage columns of the im2col chunk add nothing).
+    """
+    N, C, H, W = x.shape
+    K, OH, OW = dy.shape[1:]
+    R = H - OH + 1
+    rows = min(OH, _chunk_rows(C, K, R, W))
+    dwmat = np.zeros((K, C * R * R), x.dtype)
+    wide = np.zeros((K, rows, W), x.dtype)
+    for n in range(N):
+        for oh0, cols in _im2col_chunks(x[n].reshape(C, H * W), R, W, OH, rows):
+            count = min(rows, OH - oh0)
+            wide[:, :count, :OW] = dy[n, :, oh0:oh0 + count]
+            dwmat += wide.reshape(K, rows * W)[:, :cols.shape[1]] @ cols.T
+    db = dy.reshape(N, K, OH * OW).sum(axis=2).sum(axis=0)
+    return dwmat.reshape(K, C, R, R), db
+
+
+@njit(cache=True)
+def _col2im_add(dcols, R, OW, oh0, count, dx_img):
+    """dx_img[c, oh0 + i + r, j + s] += dcols[(c, r, s), i*OW + j] for i < count, j < OW."""
+    RR = R * R
+    for idx in range(dcols.shape[0]):
+        c, r, s = idx // RR, (idx % RR) // R, idx % R
+        for i in range(count):
+            src, dst = dcols[idx, i * OW:(i + 1) * OW], dx_img[c, oh0 + i + r, s:s + OW]
+            for j in range(OW):
+                dst[j] += src[j]
+
+
+def _col2im_input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """dx [N, C, OH+R-1, OW+R-1] of a valid convolution: im2col run backwards ("col2im").
+
+    The forward was y = W cols; so d(cols) = W^T dy, one GEMM per chunk of dy rows reading
+    dy in place: dcols[(c, r, s), q] = sum_k w[k, (c, r, s)] dy[k, q]. Each row of dcols is
+    then added into dx at its shift: cols[(c, r, s), (oh, ow)] was x[c, oh + r, ow + s].
+    Chunks are added in order, so the overlapping rows of neighbouring chunks always sum
+    the same way.
+
+    Measured against the forward over dy zero-padded by R-1 (with the flipped filter):
+    1.2-2x faster on every layer it runs (130 -> 105 ms at 512 -> 512 channels, 66x66),
+    because it needs no padded copy and no im2col gather, and its GEMM has M = C*R*R
+    rows (large) instead of C.
+    """
+    N, K, OH, OW = dy.shape
+    C, R = w.shape[1], w.shape[2]
+    wT = w.reshape(K, C * R * R).T   # a transposed view: BLAS reads it as is
+    rows = min(OH, _chunk_rows(C, K, R, OW))
+    dcols = np.empty((C * R * R, rows * OW), dy.dtype)
+    dx = np.zeros((N, C, OH + R - 1, OW + R - 1), dy.dtype)
+    for n in range(N):
+        for oh0 in range(0, OH, rows):
+            count = min(rows, OH - oh0)
+            out = dcols[:, :count * OW]
+            np.matmul(wT, dy[n, :, oh0:oh0 + count].reshape(K, count * OW), out=out)
+            _col2im_add(out, R, OW, oh0, count, dx[n])
+    return dx
+
+
+# --- the three ops, each picking its algorithm ---------------------------------------------------
+def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = False) -> np.ndarray:
+    """conv2d_forward on the cpu: y = b + valid cross-correlation of x with w, then ReLU if relu."""
+    N, C, H, W = x.shape
+    K, R = w.shape[0], w.shape[2]
+    algorithm = cpu_algorithm(C, K, R, x.dtype)
+    if algorithm == "im2col":
+        return _im2col_correlate(x, w, b, relu)
+    if algorithm == "winograd":
+        return winograd_correlate(x, w, b, relu)
+    y = np.empty((N, K, H - 2, W - 2), x.dtype)
+    _host.conv3x3_forward(x, w, b, y, relu=relu)
+    return y
+
+
+def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """conv2d_backward_input on the cpu: dx, the correlation of dy (zero-padded by R-1) with
+    the filter turned by 180 degrees and its C and K swapped (im2col: run backwards)."""
+    N, K, OH, OW = dy.shape
+    C, R = w.shape[1], w.shape[2]
+    algorithm = cpu_algorithm(K, C, R, dy.dtype)
+    if algorithm == "im2col":
+        return _col2im_input_grad(dy, w)
+    if algorithm == "winograd":
+        return winograd_input_grad(dy, w)
+    dx = np.empty((N, C, OH + 2, OW + 2), dy.dtype)
+    _host.conv3x3_backward_input(dy, w, dx)
+    return dx
+
+
+def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """conv2d_backward_params on the cpu: (dw, db)."""
+    N, C, H, W = x.shape
+    K, OH = dy.shape[1], dy.shape[2]
+    R = H - OH + 1
+    algorithm = cpu_algorithm(C, K, R, x.dtype)
+    if algorithm == "im2col":
+        return _im2col_weight_grad(x, dy)
+    if algorithm == "winograd":
+        return winograd_weight_grad(x, dy)
+    dw, db = np.empty((K, C, 3, 3), x.dtype), np.empty(K, x.dtype)
+    _host.conv3x3_backward_params(x, dy, dw, db)
+    return dw, db
