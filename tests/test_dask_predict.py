@@ -370,3 +370,26 @@ def test_benchmark_runs_and_compares_the_worker_counts_outputs():
     assert all(r["megapixels_per_s"] > 0 and r["peak_worker_rss_mib"] > 0 for r in report["rows"])
     done = bench("--size", "400", "--chunk", "200")
     assert done.returncode == 2 and done.stderr.startswith("error: --chunk 200 is not a multiple of the tile step 192")
+
+
+def test_a_task_thread_runs_the_kernels_on_one_thread_and_leaves_the_others_alone():
+    """Dask runs one task per worker thread: that thread's Numba loops and C++ kernels get one
+    OpenMP thread each (no oversubscription); the setting is per thread, so the caller's stays."""
+    import threading
+
+    import numba
+
+    from cunet import _host
+
+    before = _host.max_threads(), numba.get_num_threads()
+    seen = {}
+
+    def task():
+        dp._one_thread_per_task()
+        seen["host"], seen["numba"] = _host.max_threads(), numba.get_num_threads()
+
+    thread = threading.Thread(target=task)
+    thread.start()
+    thread.join()
+    assert seen == {"host": 1, "numba": 1}
+    assert (_host.max_threads(), numba.get_num_threads()) == before

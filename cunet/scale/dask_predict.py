@@ -455,15 +455,19 @@ def _keep_freed_memory_for_the_next_tile() -> None:
 
 
 def _one_thread_per_task() -> None:
-    """Numba's loops on one thread: Dask runs one task per worker thread (its nanny sets the BLAS
-    pools to one thread likewise), so intra-op threads would only oversubscribe the cores. The
-    kernels split work over outputs, never over sums, so this changes no bits."""
+    """Numba's loops and the C++ kernels on one thread: Dask runs one task per worker thread (its
+    nanny sets the BLAS pools to one thread likewise), so intra-op threads would only
+    oversubscribe the cores. The kernels split work over outputs, never over sums, so this
+    changes no bits. (Both settings are the calling thread's own: OpenMP's and Numba's.)"""
     try:
         import numba
 
         numba.set_num_threads(1)
     except (ImportError, ValueError):
         pass
+    from cunet.cpu.conv2d import _host
+    if _host is not None:
+        _host.set_num_threads(1)
 
 
 def predict_chunk(job: ChunkJob, source, block: np.ndarray | None = None) -> dict:
