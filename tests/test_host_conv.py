@@ -359,7 +359,10 @@ def expected_scratch_bytes(shape, threads):
     # in conv2d.cpp, on rows OW + 4 wide) plus 2, every channel; then the filters, a zero bias
     rows = max(1, min(OH + 2, -(-2048 // (OW + 4))))
     backward_input = threads * K * (rows + 2) * (OW + 4) + packed(C, K) + C
-    backward_params = OW + threads * min(C, 16) * 3 * KBw * 3 * L              # zero row, one slot per thread
+    # the weight gradient: a zero row of dy, and per thread its totals and a band of dy on
+    # rows rounded up to whole vectors (kWgradOutputs = 1024 outputs), 16 floats for alignment
+    band = KBw * max(1, min(OH, -(-1024 // OW))) * -(-OW // L) * L
+    backward_params = OW + threads * (min(C, 16) * 3 * KBw * 3 * L + band + 16)
     return tuple(4 * n for n in (forward, backward_input, backward_params))
 
 
