@@ -224,6 +224,10 @@ def _col2im_input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
     N, K, OH, OW = dy.shape
     C, R = w.shape[1], w.shape[2]
     wT = w.reshape(K, C * R * R).T   # a transposed view: BLAS reads it as is
+    if R == 1:   # no shifts to add: dx is the GEMM's output itself (the head, 16 <- 2 at 388^2: 1.48 -> 0.37 ms)
+        dx = np.empty((N, C, OH, OW), dy.dtype)
+        np.matmul(wT, dy.reshape(N, K, OH * OW), out=dx.reshape(N, C, OH * OW))
+        return dx
     rows = min(OH, _chunk_rows(C, K, R, OW))
     dcols = np.empty((C * R * R, rows * OW), dy.dtype)
     dx = np.zeros((N, C, OH + R - 1, OW + R - 1), dy.dtype)
