@@ -127,7 +127,7 @@ constexpr Geometry kGeometry[3] = {
 
 // Outputs per task: enough work to amortise a task (~2048 wide outputs x C*9 FMAs x a block
 // of filters), small enough that a task's rows of x (C x (rows + 2) rows) stay in L2 while
-// every block of filters reads them. The same span as CPU_DIRECT_SPAN in cunet/ops/conv2d.py.
+// every block of filters reads them (the span the deleted Numba loops used too, measured there).
 constexpr index_t kTaskOutputs = 2048;
 // Channels per weight-gradient task (more tasks for the layers with few filters).
 constexpr index_t kWgradChannels = 16;
@@ -139,7 +139,7 @@ constexpr index_t kWgradChannels = 16;
 constexpr index_t kWgradOutputs = 1024;
 // A loop of fewer multiply-adds than this runs on the calling thread alone: waking the
 // OpenMP team costs tens of microseconds, as much as the whole loop (~30 us on one core).
-// (Chosen by that estimate, not measured like cunet.ops.common.PARALLEL_MIN_WORK.)
+// (Chosen by that estimate, not measured like cunet.cpu.parallel.PARALLEL_MIN_WORK.)
 constexpr index_t kParallelMinMacs = index_t(1) << 21;
 
 std::atomic<int> g_last_team{1};
