@@ -42,12 +42,14 @@ except ImportError as exc:
     _host = None
     HOST_IMPORT_ERROR = str(exc)
 
-# C*K at or below which a 3x3 layer takes the direct kernels. Measured with
+# C*K at or below which a 3x3 layer takes the direct kernels. Chosen with
 # `python -m benchmarks.conv2d_cpu --algorithm direct` and `--algorithm winograd` (both
-# bases): direct wins up to 32 -> 64 channels, ties at 64 -> 64; from 64 -> 128 on
-# Winograd wins. Per layer its lead is smallest deep down (256 channels at 30x30), where
-# its transforms' memory traffic (4x the input) and small per-chunk GEMMs eat most of the
-# 2.25x.
+# bases) when the direct path was Numba loops: direct won up to 32 -> 64 channels, tied at
+# 64 -> 64, Winograd won from 64 -> 128 on. Re-measured with the C++ kernels (base 16,
+# two interleaved runs, 2026-11-30): their forward and backward input also beat Winograd
+# on the deep small layers (64 -> 128 at 68x68 .. 256 -> 256 at 30x30), while Winograd's
+# weight gradient wins from 128 channels on, so the better split is per op, not per layer;
+# single timings moved +-50% between runs, too much to fix a new rule, so this one stays.
 CPU_DIRECT_MAX_CK = 64 * 64
 
 # im2col path. Elements of one chunk's im2col matrix plus its GEMM output (8 MB in

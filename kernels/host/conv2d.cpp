@@ -45,8 +45,8 @@
 // C++ too, but GCC keeps a vector wider than any register in memory: a load and a store
 // around every FMA.)
 //
-// Wide rows. The tile's pixels run along "wide rows", the trick of the Numba loops in
-// cunet/ops/conv2d.py: wide output q = oy*W + ox, counted on rows of the *input's* width W,
+// Wide rows. The tile's pixels run along "wide rows" (also the im2col path's trick in
+// cunet/cpu/conv2d.py): wide output q = oy*W + ox, counted on rows of the *input's* width W,
 // reads tap (r, s) of channel c at x_flat[c, q + r*W + s]. P consecutive q are then one
 // contiguous load per tap even where they cross the end of an output row, so the 30-pixel
 // rows deep in the U-Net still fill whole tiles. The W - OW = 2 wide columns per row that
@@ -241,7 +241,7 @@ struct Forward {
     index_t kblocks, rows, groups;  // task = (image n, group of `rows` output rows, block of KB filters)
 };
 
-// max(v, 0), and 0 for NaN: the convention of the GPU kernels' fmaxf and of the Numba path.
+// max(v, 0), and 0 for NaN: the convention of the GPU kernels' fmaxf and of the other cpu paths.
 CUNET_INLINE float relu1(float v) { return v > 0.0f ? v : 0.0f; }
 
 // One tile: KB filters x L = NV*V consecutive wide outputs q .. q+L-1 of one task (q counted
