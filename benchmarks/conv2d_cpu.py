@@ -4,9 +4,10 @@
     python -m benchmarks.conv2d_cpu --base 16 --reps 5   # one base
     python -m benchmarks.conv2d_cpu --base 16 --only down0.conv2,up3.conv1
     python -m benchmarks.conv2d_cpu --quick              # tile 44, base 2, depth 3: a seconds-long smoke run
-    python -m benchmarks.conv2d_cpu --algorithm direct   # every 3x3 layer on one cpu algorithm: run both
-    python -m benchmarks.conv2d_cpu --algorithm winograd # and compare per layer (how CPU_DIRECT_MAX_CK was chosen)
+    python -m benchmarks.conv2d_cpu --algorithm direct   # every layer on one cpu algorithm
+    python -m benchmarks.conv2d_cpu --algorithm winograd
     python -m benchmarks.conv2d_cpu --algorithm im2col
+    python -m benchmarks.conv2d_cpu --pick --reps 9      # per op: direct vs Winograd, interleaved (how the rule was chosen)
 
 For every convolution of the U-Net (the shapes ``python -m cunet.summary`` lists) it times,
 in one process and on the same float32 arrays:
@@ -18,13 +19,19 @@ in one process and on the same float32 arrays:
 median of ``--reps`` runs after one warm-up, in milliseconds, both libraries with 2 threads
 (torch.set_num_threads; OpenBLAS uses every core by default). The first layer has no
 bwd_x (its input needs no gradient, in cunet and in torch). Each row names the cpu
-algorithm cunet ran for that layer (cunet.cpu.conv2d.cpu_algorithm under --algorithm;
-the backward input picks as its layer does) and, for cunet's three ops, GFLOP/s and the
+algorithms cunet ran for the layer's fwd, bwd_x and bwd_w, a letter each (d = direct,
+w = Winograd, i = im2col: cunet.cpu.conv2d.cpu_algorithm under --algorithm) and, for
+cunet's three ops, GFLOP/s and the
 percentage of the machine's sgemm peak. FLOPs are 2*N*K*C*R*R*OH*OW per op (a multiply-add
 is 2 FLOPs; the bias, db and the ReLU are not counted), the direct-equivalent count also
 for Winograd, which does 2.25x fewer multiplies: its "GFLOP/s" is a speed in the direct
 sum's units and may pass 100% of peak. The peak is measured once at start, in this
 process: a NumPy float32 matmul 2048^3 (512^3 under --quick), best of 3 after a warm-up.
+
+``--pick`` times no PyTorch: per layer and op it alternates cunet's direct and Winograd
+algorithms call by call (so a change in the machine's load hits both alike), prints both
+medians and the faster, and which one ``cpu_algorithm`` picks today.
+
 Other processes skew every number: the load average is printed before and after; trust a
 table only when it is < 1.
 """
@@ -192,10 +199,14 @@ def print_header(base: int, reps: int, size: int, depth: int) -> None:
     print(f"{'layer':<12} {'shape C->K @ HxW':<22} {'algorithm':<9}" + columns * len(OPS))
 
 
+def algorithm_letters(C: int, K: int, R: int, OW: int) -> str:
+    """The algorithms of the layer's fwd, bwd_x and bwd_w, a letter each: 'ddw' = direct, direct, Winograd."""
+    from cunet.cpu.conv2d import CPU_OPS, cpu_algorithm
+    return "".join(cpu_algorithm(op, C, K, R, OW)[0] for op in CPU_OPS)
+
+
 def report(base: int, reps: int, only: set[str] | None, peak: float, size: int = 572, depth: int = 5) -> None:
     """Print one table row per layer and the totals; ``peak`` is the sgemm GFLOP/s the %pk columns divide by."""
-    from cunet.cpu.conv2d import cpu_algorithm
-
     print_header(base, reps, size, depth)
     totals = {}   # (op, "cunet" | "torch" | "flops") -> sum over the layers where op ran
     for i, (name, x_shape, w_shape, relu) in enumerate(conv_layers(base, size, depth)):
@@ -214,7 +225,7 @@ def report(base: int, reps: int, only: set[str] | None, peak: float, size: int =
                 totals[op, key] = totals.get((op, key), 0.0) + t[op, key]
             rate = conv_gflops(x_shape, w_shape, t[op, "cunet"] / 1e3)
             cells += op_cells(t[op, "cunet"], t[op, "torch"], rate, peak)
-        print(f"{name:<12} {shape:<22} {cpu_algorithm(C, K, R, np.float32):<9}{cells}", flush=True)
+        print(f"{name:<12} {shape:<22} {algorithm_letters(C, K, R, x_shape[3] - R + 1):<9}{cells}", flush=True)
     if not totals:
         print("no layer matches --only")
         return
@@ -240,6 +251,76 @@ def print_totals(totals: dict, peak: float) -> None:
           f"torch {all_t:.1f} ms ({all_c / all_t:.2f}x); load average {load_average()}")
 
 
+PICK_ALGORITHMS = ("direct", "winograd")
+
+
+def interleaved_ms(calls: dict, reps: int) -> dict[str, float]:
+    """{name: median ms} of calls[name](), the names alternating call by call (order reversed
+    every round), after IDLE_S of sleep and one warm-up call each."""
+    time.sleep(IDLE_S)
+    times = {name: [] for name in calls}
+    for f in calls.values():
+        f()
+    for rep in range(reps):
+        for name in (list(calls) if rep % 2 == 0 else list(calls)[::-1]):
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def with_algorithm(algorithm: str, f):
+    """f, run with every layer on ``algorithm`` (cunet.cpu.conv2d.CPU_ALGORITHM), restored after."""
+    import cunet.cpu.conv2d as cpu_conv2d
+
+    def run():
+        previous, cpu_conv2d.CPU_ALGORITHM = cpu_conv2d.CPU_ALGORITHM, algorithm
+        try:
+            return f()
+        finally:
+            cpu_conv2d.CPU_ALGORITHM = previous
+    return run
+
+
+def pick_report(base: int, reps: int, only: set[str] | None, size: int = 572, depth: int = 5) -> None:
+    """Per 3x3 layer and op: direct and Winograd ms (interleaved), the faster, and today's choice."""
+    from cunet.cpu.conv2d import CPU_OPS, cpu_algorithm
+    from cunet.ops import conv2d_backward_input, conv2d_backward_params, conv2d_forward
+
+    print(f"\nU-Net base {base}, {size}x{size}, depth {depth}: direct / winograd ms (median of {reps}, "
+          f"interleaved), the faster, [today's choice]; load average {load_average()}")
+    print(f"{'layer':<12} {'shape C->K @ HxW':<22}" + "".join(f"  {op:<34}" for op in OPS))
+    totals = {}
+    for i, (name, x_shape, w_shape, relu) in enumerate(conv_layers(base, size, depth)):
+        K, C, R, _ = w_shape
+        if R != 3 or (only and name not in only):
+            continue
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(x_shape, dtype=np.float32)
+        w = (rng.standard_normal(w_shape, dtype=np.float32) / np.sqrt(C * 9)).astype(np.float32)
+        b = np.zeros(K, np.float32)
+        dy = rng.standard_normal((x_shape[0], K, x_shape[2] - 2, x_shape[3] - 2), dtype=np.float32)
+        ops = dict(fwd=lambda: conv2d_forward(x, w, b, relu=relu), bwd_x=lambda: conv2d_backward_input(dy, w),
+                   bwd_w=lambda: conv2d_backward_params(x, dy))
+        cells = ""
+        for op in OPS:
+            if op == "bwd_x" and i == 0:
+                cells += f"  {'-':<34}"
+                continue
+            t = interleaved_ms({a: with_algorithm(a, ops[op]) for a in PICK_ALGORITHMS}, reps)
+            chosen = cpu_algorithm(CPU_OPS[OPS.index(op)], C, K, R, x_shape[3] - 2)
+            for a in PICK_ALGORITHMS:
+                totals[op, a] = totals.get((op, a), 0.0) + t[a]
+            totals[op, "chosen"] = totals.get((op, "chosen"), 0.0) + t[chosen]
+            totals[op, "best"] = totals.get((op, "best"), 0.0) + min(t.values())
+            faster = min(t, key=t.get)
+            cells += f"  {t['direct']:7.2f} /{t['winograd']:7.2f} {faster:<8} [{chosen}]".ljust(36)
+        print(f"{name:<12} {f'{C}->{K} @ {x_shape[2]}x{x_shape[3]}':<22}{cells}", flush=True)
+    for op in OPS:
+        print(f"{op}: all direct {totals[op, 'direct']:.1f} ms, all winograd {totals[op, 'winograd']:.1f} ms, "
+              f"today's choice {totals[op, 'chosen']:.1f} ms, the faster per layer {totals[op, 'best']:.1f} ms")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=int, action="append", help="U-Net base width (repeatable; default 16 and 64)")
@@ -248,6 +329,8 @@ def main(argv=None) -> None:
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="tile 44, base 2, depth 3, 1 rep: seconds")
     parser.add_argument("--only", default="", help="comma-separated layer names, e.g. down0.conv2,up3.conv1")
+    parser.add_argument("--pick", action="store_true",
+                        help="per op, cunet's direct vs Winograd interleaved (no PyTorch): which is faster where")
     parser.add_argument("--algorithm", choices=("auto", "direct", "winograd", "im2col"), default="auto",
                         help="cpu algorithm for every layer (auto: by shape, as in training)")
     args = parser.parse_args(argv)
@@ -256,8 +339,7 @@ def main(argv=None) -> None:
     import cunet.cpu.conv2d as cpu_conv2d
     torch.set_num_threads(2)
     cpu_conv2d.CPU_ALGORITHM = args.algorithm
-    print(f"cpu algorithm: {args.algorithm} (auto: direct where C*K <= {cpu_conv2d.CPU_DIRECT_MAX_CK}, "
-          "else Winograd for 3x3, im2col for 1x1)")
+    print(f"cpu algorithm: {args.algorithm} (auto: {cpu_conv2d.host_kernels_status()})")
     only = set(args.only.split(",")) if args.only else None
     if args.quick:
         global IDLE_S
@@ -267,6 +349,10 @@ def main(argv=None) -> None:
     n = 512 if args.quick else 2048
     peak = sgemm_peak_gflops(n)
     print(f"measured sgemm peak: {peak:.0f} GFLOP/s (NumPy/OpenBLAS, {n}^3, best of 3)")
+    if args.pick:
+        for base in args.base or [16, 64]:
+            pick_report(base, args.reps, only, args.tile, args.depth)
+        return
     for base in args.base or [16, 64]:
         report(base, args.reps, only, peak, args.tile, args.depth)
 

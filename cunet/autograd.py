@@ -6,13 +6,15 @@ input wants a gradient, returns a Tensor that remembers the Function that made i
 Function keeps whatever its backward needs (``self.save``). ``loss.backward()`` then:
 
 1. sorts the graph topologically (every consumer before what it consumes),
-2. walks it once, calling each Function's ``backward`` with the gradient of its output,
+2. walks it once, calling each Function's ``backward`` with the gradient of its output
+   and then dropping the Function and the tensor (so activations are freed as it goes),
 3. sums gradients where a tensor fed two consumers (each U-Net skip connection does),
 4. stores ``.grad`` on the leaves that asked for it (the parameters) and drops the graph.
 
 Functions never look at the device: they call ``cunet.ops``, which dispatches on the
-arrays. Gradients of non-leaf tensors are freed as soon as they have been used, so peak
-memory during backward is the activations plus about one layer's gradients.
+arrays. Activations and the gradients of non-leaf tensors are freed as soon as they have
+been used, so memory falls during backward from its peak at the start (the activations
+plus about one layer's gradients).
 """
 from __future__ import annotations
 
@@ -81,7 +83,12 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (was it made under no_grad?)")
         grads = {id(self): grad}
-        for tensor in _topological_order(self):
+        # Popped, not iterated: once its creator's backward has run, a tensor is referenced by
+        # nothing here, so its array (an activation) is freed at once unless the caller holds
+        # it. Walking a list that kept every tensor would keep every activation to the end.
+        pending = _topological_order(self)[::-1]
+        while pending:
+            tensor = pending.pop()
             g = grads.pop(id(tensor), None)
             if tensor.creator is None:  # a leaf: keep its gradient
                 if g is not None:

@@ -34,12 +34,20 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cudasim"]
 
 
+def _opencl_or_skip(math: str):
+    """The ``opencl`` device on PoCL with the given math, or a skip that says why PoCL cannot run here."""
+    from helpers import skip_without_pocl
+
+    from cunet.device import get_device
+
+    skip_without_pocl()
+    return get_device("opencl", opencl_platform="pocl", math=math)
+
+
 @pytest.fixture(scope="session")
 def opencl_device():
     """The ``opencl`` device on PoCL: the kernels/*.cu sources executed on the CPU."""
-    from cunet.device import get_device
-
-    return get_device("opencl", opencl_platform="pocl")
+    return _opencl_or_skip("fp32")
 
 
 def _cuda_or_skip(kernels: str, math: str):
@@ -75,9 +83,7 @@ def cuda_tf32_device():
 @pytest.fixture(scope="session")
 def opencl_tf32_device():
     """PoCL running the tensor-core kernels' emulation (TF32 rounding, fragments by value)."""
-    from cunet.device import get_device
-
-    return get_device("opencl", opencl_platform="pocl", math="tf32")
+    return _opencl_or_skip("tf32")
 
 
 CUDA = pytest.mark.cuda

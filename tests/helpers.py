@@ -1,6 +1,7 @@
 """Helpers for the kernel tests: running code under Oclgrind, and the GEMM ops' operands as TF32 rounds them."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -18,6 +19,29 @@ ROOT = TESTS.parent
 # Words Oclgrind writes at the head of each report: invalid reads/writes, data races,
 # uninitialised accesses, barrier divergence, and its generic error messages.
 OCLGRIND_ERROR_WORDS = ("Invalid", "race", "error", "Error", "divergence", "Uninitialized")
+
+
+@functools.cache
+def pocl_unavailable() -> str | None:
+    """Why PoCL cannot run the kernels on this machine, or None where it can. Its wheel's LLVM 14
+    cannot compile for CPUs newer than it (AMD Zen 4 and 5: cunet/device/opencl.py); the
+    opencl tests are then skipped with this reason, and run wherever PoCL works (the Xeon VMs)."""
+    from cunet.device import DeviceUnavailableError, get_device
+
+    try:
+        get_device("opencl", opencl_platform="pocl")
+    except DeviceUnavailableError as exc:
+        return f"no PoCL for the opencl tests: {exc}"
+    return None
+
+
+def skip_without_pocl() -> None:
+    """Skip the calling test where PoCL cannot run here (see pocl_unavailable)."""
+    import pytest
+
+    reason = pocl_unavailable()
+    if reason:
+        pytest.skip(reason)
 
 
 def has_gpu() -> bool:

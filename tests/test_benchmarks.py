@@ -354,13 +354,14 @@ def test_conv2d_cpu_cli_validates_and_prints_a_table(algorithm):
     assert "U-Net base 2, 44x44, depth 3" in result.stdout
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("down", "up", "head"))]
     assert len(rows) == 11   # 2 convs per level (3 down, 2 up) + the head
-    # A row: name, "C->K", "@", "HxW", ["1x1"], algorithm, then 4 cells per op (ms, torch ms, GF/s, %pk)
-    # or one "-" for an op that did not run (the first layer's bwd_x).
+    # A row: name, "C->K", "@", "HxW", ["1x1"], the algorithms of fwd, bwd_x and bwd_w (a letter
+    # each: d, w, i), then 4 cells per op (ms, torch ms, GF/s, %pk) or one "-" for an op that did
+    # not run (the first layer's bwd_x).
     algorithms = {row[0]: row[5] if row[4] == "1x1" else row[4] for row in rows}
-    assert set(algorithms.values()) <= {"direct", "winograd", "im2col"}
-    assert algorithms["head"] == "im2col"   # 1x1: neither the direct kernels nor Winograd run it
-    if algorithm == "winograd":
-        assert all(algo == "winograd" for name, algo in algorithms.items() if name != "head")
+    assert all(len(letters) == 3 and set(letters) <= set("dwi") for letters in algorithms.values()), algorithms
+    assert algorithms["head"] == "iii"   # 1x1: neither the direct kernels nor Winograd run it
+    expected = "www" if algorithm == "winograd" else "ddd"   # --quick's layers are all narrow
+    assert all(letters == expected for name, letters in algorithms.items() if name != "head"), algorithms
     assert len(rows[0]) == 5 + 4 + 1 + 4
     assert all(len(row) == 5 + 3 * 4 for row in rows[1:-1])
     assert "all three: cunet" in result.stdout and "% of peak)" in result.stdout

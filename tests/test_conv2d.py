@@ -398,7 +398,7 @@ def test_cpu_direct_is_the_same_for_any_thread_count():
     """The C++ kernels split work over outputs only, so 1 thread and all of them agree bit for bit."""
     from cunet import _host
     x, w, b, dy = random_case(23, (2, 6, 31, 29, 9, 3))
-    assert conv2d_module.cpu_algorithm(6, 9, 3, x.dtype) == "direct"
+    assert conv2d_module.cpu_algorithm("weight_grad", 6, 9, 3, 27, x.dtype) == "direct"
     threads = _host.max_threads()
     try:
         runs = []
@@ -412,17 +412,29 @@ def test_cpu_direct_is_the_same_for_any_thread_count():
             np.testing.assert_array_equal(first, other)
 
 
-def test_direct_takes_what_the_cpp_kernels_run_and_im2col_the_rest(monkeypatch):
-    """float32 3x3 goes to the C++ kernels; float64 (gradient checks), 1x1, or no cunet._host: im2col."""
-    assert conv2d_module.cpu_algorithm(16, 16, 3, np.float32) == "direct"
-    assert conv2d_module.cpu_algorithm(16, 16, 3, np.float64) == "im2col"
-    assert conv2d_module.cpu_algorithm(16, 2, 1, np.float32) == "im2col"
-    assert conv2d_module.cpu_algorithm(128, 128, 3, np.float32) == "winograd"
-    assert conv2d_module.cpu_algorithm(128, 2, 1, np.float32) == "im2col"
+def test_direct_takes_what_the_cpp_kernels_run_and_blas_the_rest(monkeypatch):
+    """float32 3x3 goes to the C++ kernels, but for the weight gradient of short-rowed wide
+    layers (Winograd); float64 (gradient checks), 1x1, or no cunet._host: the BLAS paths."""
+    pick = conv2d_module.cpu_algorithm
+    short, long = conv2d_module.WINOGRAD_WGRAD_MAX_OW, conv2d_module.WINOGRAD_WGRAD_MAX_OW + 1
+    wide = 128   # C*K = 128 * 128 = WINOGRAD_WGRAD_MIN_CK
+    assert wide * wide == conv2d_module.WINOGRAD_WGRAD_MIN_CK
+    for op in ("forward", "input_grad"):
+        assert pick(op, wide, 256, 3, short) == "direct"
+    assert pick("weight_grad", wide, wide, 3, short) == "winograd"
+    assert pick("weight_grad", wide, wide, 3, long) == "direct"
+    assert pick("weight_grad", wide, wide - 1, 3, short) == "direct"
+    assert pick("forward", 16, 16, 3, 100, np.float64) == "im2col"
+    assert pick("forward", 128, 128, 3, 100, np.float64) == "winograd"
+    assert pick("forward", 16, 2, 1, 100) == "im2col"
+    assert pick("input_grad", 128, 2, 1, 100) == "im2col"
+    with pytest.raises(ValueError, match="op 'backward'"):
+        pick("backward", 16, 16, 3, 100)
     assert "C++ direct kernels (cunet._host" in conv2d_module.host_kernels_status()
     monkeypatch.setattr(conv2d_module, "_host", None)
     monkeypatch.setattr(conv2d_module, "HOST_IMPORT_ERROR", "No module named 'cunet._host'")
-    assert conv2d_module.cpu_algorithm(16, 16, 3, np.float32) == "im2col"
+    assert pick("forward", 16, 16, 3, 100) == "im2col"
+    assert pick("weight_grad", 128, 128, 3, 100) == "winograd"
     assert "not built (No module named 'cunet._host'): `pip install -e .`" in conv2d_module.host_kernels_status()
     x, w, b, dy = random_case(37, (1, 3, 9, 10, 4, 3))   # and the ops still work, through im2col
     assert_within_sum_bound(conv2d_forward(x, w, b), forward_reference(x, w, b),

@@ -37,9 +37,18 @@ def model(checkpoint):
     return predict.model_from_checkpoint(checkpoint, get_device("cpu"))[0]
 
 
-def in_process(model, raw, tile=TILE):
-    """What python -m cunet.predict computes for this image: the reference, batch 1."""
-    return predict.predict_probabilities(model, image_to_float(raw, "reference"), tile)
+def in_process(model, raw, tile=TILE, blas_threads=None):
+    """What python -m cunet.predict computes for this image: the reference, batch 1.
+
+    ``blas_threads=1`` for comparisons with worker processes, whose nannies start them with
+    one BLAS thread: OpenBLAS's GEMMs (the up-convolutions, the 1x1 head) round differently
+    with 1 and 2 threads on some CPUs (an AMD EPYC with AVX-512, 2026-12-07), and the bits
+    compared here must come from the same arithmetic. (Threads of this process, the
+    thread_client's workers, share its BLAS settings.)"""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return predict.predict_probabilities(model, image_to_float(raw, "reference"), tile)
 
 
 def read(path):
@@ -177,7 +186,7 @@ def test_4096_tiff_on_two_worker_processes_equals_in_process_with_bounded_memory
     result = zarr.open_array(str(out), mode="r")
     assert result.shape == (2, 4096, 4096) and result.chunks == (2, 804, 804) and result.dtype == np.float32
     assert len(summaries) == 36 and {s["pid"] for s in summaries} == set(client.run(os.getpid).values())
-    assert np.array_equal(result[...], in_process(model, raw))
+    assert np.array_equal(result[...], in_process(model, raw, blas_threads=1))
 
     g = dp.chunk_geometry(raw.shape, TILE, 268, DEPTH, 3 * STEP)
     bound = dp.worker_memory_bound(g, n_classes=2, itemsize=1, base=BASE, depth=DEPTH)["total"] + SLACK
@@ -207,7 +216,7 @@ def test_a_worker_killed_mid_run_has_its_chunks_redone(checkpoint, model, proces
     dp.predict_large(checkpoint, tmp_path / "big.tif", tmp_path / "out.zarr", chunk=2 * STEP, scheduler=client,
                      progress=kill_a_busy_worker)
     assert killed and lost
-    assert np.array_equal(read(tmp_path / "out.zarr"), in_process(model, raw))
+    assert np.array_equal(read(tmp_path / "out.zarr"), in_process(model, raw, blas_threads=1))
 
     # The scheduler's log: a chunk the killed worker was running went back (processing -> released)
     # and was computed again (processing -> memory) on a live worker.
@@ -343,7 +352,7 @@ def test_cli_small_image_is_one_chunk_on_a_local_cluster(checkpoint, model, tmp_
     assert "wrote " in capsys.readouterr().out
     result = zarr.open_array(str(tmp_path / "small.zarr"), mode="r")
     assert result.chunks == (2, 2144, 2144) and result.nchunks_initialized == 1  # the whole image, one task
-    assert np.array_equal(result[...], in_process(model, raw))
+    assert np.array_equal(result[...], in_process(model, raw, blas_threads=1))
     dp.write_small_outputs(tmp_path / "small.zarr", tmp_path / "tiffs", "small.tif")
     assert np.array_equal(tifffile.imread(tmp_path / "tiffs" / "small.tif.prob.tif"), result[...])
 

@@ -17,7 +17,7 @@ import cunet.ops.gemm as gemm_module
 from cunet.device import get_device
 from cunet.ops import conv2d_forward, upconv2x2_forward
 from cunet.ops.gemm import TILE_CONFIGS, split_k, tile_config
-from helpers import assert_oclgrind_clean, run_under_oclgrind, tf32
+from helpers import assert_oclgrind_clean, run_under_oclgrind, skip_without_pocl, tf32
 
 
 # --- host-side choices ---------------------------------------------------------------------------
@@ -54,6 +54,7 @@ def test_tf32_modules_are_for_sm80_and_newer():
 
 
 def test_math_choice_by_device():
+    skip_without_pocl()
     assert get_device("opencl").runtime.math == "fp32"
     assert get_device("opencl", math="tf32").runtime.math == "tf32"
     with pytest.raises(ValueError, match="the cpu device computes in FP32"):
@@ -152,6 +153,7 @@ def test_the_checks_pass_on_the_real_kernels(opencl_tf32_device, rng):
 
 @pytest.mark.parametrize("plant", sorted(PLANTS))
 def test_a_planted_bug_fails_the_checks(plant, tmp_path, monkeypatch, rng):
+    skip_without_pocl()
     monkeypatch.setattr(cunet.kernels, "KERNEL_DIR", planted_kernel_dir(tmp_path, *PLANTS[plant]))
     device = get_device("opencl", math="tf32")  # a new runtime: nothing compiled from the real sources
     with pytest.raises(AssertionError):

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside cunet, not inside it
 
 from benchmarks import gpu_check  # noqa: E402
-from helpers import has_gpu  # noqa: E402
+from helpers import has_gpu, skip_without_pocl  # noqa: E402
 
 
 def _env() -> dict:
@@ -42,6 +42,7 @@ def _env() -> dict:
 def benchmark_outputs() -> dict:
     """stdout of the real benchmarks with --quick --json on cpu (run side by side, ~10 s), with
     the keys their cuda paths add (test_cuda_only_keys_are_the_benchmarks_own checks the names)."""
+    skip_without_pocl()
     commands = {"kernels": ["benchmarks.kernels", "--quick", "--json", "--ops", "conv2d,relu", "--layers", "down0"],
                 "train_step": ["benchmarks.train_step", "--quick", "--json"],
                 "ladder": ["benchmarks.ladder", "conv2d", "--shape", "1,2,6,7,3", "--repeats", "1", "--json"]}

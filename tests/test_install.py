@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, skip_without_pocl
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,7 @@ def test_the_wheel_carries_the_kernel_sources(installed, tmp_path):
 @pytest.mark.slow
 def test_the_installed_package_trains_a_step_on_its_kernels(installed, tmp_path):
     """opencl compiles kernels/*.cu at run time: this fails if the installed package lacks them."""
+    skip_without_pocl()
     proc = run_installed(installed, tmp_path, "-m", "cunet.train", "--device", "opencl", "--tile", "44", "--base", "2",
                          "--depth", "2", "--synthetic-images", "3", "--steps", "1", "--quiet", "--out", "run")
     assert proc.returncode == 0, proc.stdout + proc.stderr

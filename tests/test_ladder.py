@@ -13,7 +13,7 @@ from benchmarks import ladder as driver  # noqa: E402
 from cunet.device import get_device  # noqa: E402
 from cunet.kernels import registered_modules  # noqa: E402
 from cunet.kernels.ladder import CONV2D_RUNGS, SOFTMAX_CE_RUNGS, run_rung  # noqa: E402
-from helpers import assert_oclgrind_clean, run_under_oclgrind  # noqa: E402
+from helpers import assert_oclgrind_clean, run_under_oclgrind, skip_without_pocl  # noqa: E402
 from test_gemm import planted_kernel_dir  # noqa: E402
 
 
@@ -44,6 +44,7 @@ def test_every_softmax_ce_rung_matches_the_reference_on_pocl(opencl_device, shap
 
 def test_a_wrong_rung_is_reported_failed_and_not_timed(tmp_path, monkeypatch):
     """Plant a bug in v2 (the B tile read transposed): the driver must say FAILED for v2 alone."""
+    skip_without_pocl()
     planted = planted_kernel_dir(tmp_path, "ladder/conv2d_v2.cu", "sum += As[j][tx] * Bs[j][ty];",
                                  "sum += As[j][tx] * Bs[ty][j];")
     monkeypatch.setattr(cunet.kernels, "KERNEL_DIR", planted)
@@ -54,6 +55,7 @@ def test_a_wrong_rung_is_reported_failed_and_not_timed(tmp_path, monkeypatch):
 
 
 def test_the_driver_prints_its_table(capsys):
+    skip_without_pocl()
     assert driver.main(["conv2d", "--shape", "1,2,6,7,3", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert all(f"\nv{i} " in out for i in range(1, 7)) and "MODELLED A100" in out and "say nothing about GPUs" in out

@@ -13,6 +13,7 @@ from cunet import evaluate, isbi, predict
 from cunet.checkpoint import save_checkpoint
 from cunet.device import get_device
 from cunet.unet import UNet, input_size_for_output, valid_input_sizes
+from helpers import skip_without_pocl
 
 
 def small_model(depth=3, base=2, seed=4):
@@ -332,6 +333,7 @@ def test_any_slice_text_gives_indices_or_a_short_value_error(text, n):
 
 
 def test_predict_and_evaluate_on_opencl(tmp_path, checkpoint, rng, capsys):
+    skip_without_pocl()
     data = fixture_folder(tmp_path, rng, n=1, size=24)
     assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--device", "opencl", "--json"]) == 0
     opencl = json.loads(capsys.readouterr().out)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ISBI_DIR
+from helpers import ISBI_DIR, skip_without_pocl
 
 ROOT = Path(__file__).resolve().parent.parent
 TOUR = ROOT / "kernels" / "README.md"
@@ -73,6 +73,7 @@ class Variant:
     files: tuple[str, ...] = ()
     timeout: float = 120
     quoted: str | None = None  # a regex for the lines of the tour's excerpt that must be in the output verbatim
+    needs_pocl: bool = False  # runs kernels on PoCL (skipped where it cannot compile: helpers.pocl_unavailable)
 
 
 TOUR_COMMANDS = {
@@ -93,10 +94,11 @@ TOUR_COMMANDS = {
     # PoCL: tiny shapes, one timed repeat. The driver exits 1 if any rung fails its validation.
     "python -m benchmarks.ladder conv2d": Variant(
         "python -m benchmarks.ladder conv2d --shape 1,8,18,18,16 --repeats 1",
-        ("v1 ", "v2 ", "v3 ", "v4 ", "v5 ", "v6 ", "TF32 tensor cores", "say nothing about GPUs", "MODELLED A100")),
+        ("v1 ", "v2 ", "v3 ", "v4 ", "v5 ", "v6 ", "TF32 tensor cores", "say nothing about GPUs", "MODELLED A100"),
+        needs_pocl=True),
     "python -m benchmarks.ladder softmax_ce": Variant(
         "python -m benchmarks.ladder softmax_ce --shape 1,2,9,11 --repeats 1",
-        ("v1 ", "v2 ", "v3 ", "one online pass (production)", "say nothing about GPUs")),
+        ("v1 ", "v2 ", "v3 ", "one online pass (production)", "say nothing about GPUs"), needs_pocl=True),
     # Two of the six figures, small, into a temporary folder; from the ISBI data where it is here,
     # else from the synthetic data (what cunet.figures draws without --data).
     "python -m cunet.figures --out kernels/figures --data ../shared/data/isbi2012": Variant(
@@ -140,6 +142,8 @@ def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", list(TOUR_COMMANDS))
 def test_tour_command_runs(command, tmp_path):
     variant = TOUR_COMMANDS[command]
+    if variant.needs_pocl:
+        skip_without_pocl()
     out = tmp_path / "out"
     data = f"--data {shlex.quote(str(ISBI))}" if ISBI.is_dir() else ""
     words = shlex.split(variant.command.format(tmp=shlex.quote(str(out)), data=data))
@@ -192,6 +196,8 @@ def test_every_snippet_has_a_check():
 
 @pytest.mark.parametrize("key", list(SNIPPET_CHECKS))
 def test_tour_snippet_runs(key):
+    if "opencl" in key:
+        skip_without_pocl()
     snippet = next(s for s in python_snippets() if key in s)
     proc = _run([sys.executable, "-c", snippet], 120)
     assert proc.returncode == 0, f"snippet failed:\n{snippet}\n{proc.stdout}\n{proc.stderr}"

@@ -11,6 +11,7 @@ import pytest
 
 from cunet import train
 from cunet.checkpoint import load_checkpoint
+from helpers import skip_without_pocl
 
 TINY = ["--tile", "44", "--base", "2", "--depth", "2", "--synthetic-images", "3", "--quiet", "--lr", "0.01"]
 
@@ -131,6 +132,7 @@ def test_losses_are_read_back_every_sync_every_steps(tmp_path, monkeypatch):
     the device between two reads of the losses, and still logs one record per step."""
     from cunet.device import get_device
 
+    skip_without_pocl()
     device = get_device("opencl")
     runtime = device.runtime
 
@@ -285,13 +287,15 @@ def test_invalid_tile_names_valid_sizes(capsys):
 
 def test_math_option(tmp_path, capsys):
     """--math tf32 trains on opencl's tensor-core emulation; on the cpu it is a clear error."""
+    assert train.main([*TINY, "--steps", "1", "--device", "cpu", "--math", "tf32", "--out", str(tmp_path / "x")]) == 2
+    assert "the cpu device computes in FP32" in capsys.readouterr().err
+    skip_without_pocl()
     code, out = run_main(tmp_path, "--steps", "1", "--device", "opencl", "--math", "tf32", name="tf32")
     assert code == 0 and load_checkpoint(out / "checkpoint.npz").step == 1
     assert "convolutions in emulated TF32" in capsys.readouterr().out
-    assert train.main([*TINY, "--steps", "1", "--device", "cpu", "--math", "tf32", "--out", str(tmp_path / "x")]) == 2
-    assert "the cpu device computes in FP32" in capsys.readouterr().err
 
 
 def test_trains_on_opencl(tmp_path):
+    skip_without_pocl()
     code, out = run_main(tmp_path, "--steps", "2", "--device", "opencl")
     assert code == 0 and load_checkpoint(out / "checkpoint.npz").step == 2

@@ -2,31 +2,29 @@
 
 What ``cunet.ops.conv2d`` runs on the cpu device, after it has checked the arguments (it
 has: every array here is dense, of one float dtype, with matching shapes). Three
-algorithms, picked per layer by its shape (:func:`cpu_algorithm`):
+algorithms, picked per op by the layer's shape (:func:`cpu_algorithm`):
 
-    direct    layers with few channels (C*K <= CPU_DIRECT_MAX_CK: the U-Net's top levels,
-              which hold most of its pixels): the C++ kernels of kernels/host/ (module
-              cunet._host), register-blocked loops on OpenMP threads, float32 3x3 only;
-    winograd  wider 3x3 layers: F(2x2, 3x3) (cunet/cpu/winograd.py), whose 16 BLAS GEMMs
-              per chunk of tiles do 2.25x fewer multiplies than a direct sum;
-    im2col    wider 1x1 layers, and whatever the direct kernels do not cover (float64, which
-              the gradient checks use; 1x1 filters; a cunet whose C++ module was not built):
-              each chunk of a few output rows becomes one BLAS GEMM.
+    direct    every float32 3x3 forward and backward input, and the weight gradients of
+              layers with long rows: the C++ kernels of kernels/host/ (module cunet._host),
+              register-blocked loops on OpenMP threads;
+    winograd  the weight gradient of layers with short rows and many channels (the bottom
+              of the U-Net), and the wide 3x3 layers when the C++ kernels cannot run:
+              F(2x2, 3x3) (cunet/cpu/winograd.py), whose 16 BLAS GEMMs per chunk of tiles do
+              2.25x fewer multiplies than a direct sum;
+    im2col    1x1 layers, and the narrow 3x3 layers the direct kernels do not cover (float64,
+              which the gradient checks use; a cunet whose C++ module was not built): each
+              chunk of a few output rows becomes one BLAS GEMM.
 
 Why not one. A GEMM is fast when all three of its dimensions are large: it then loads each
 operand once per tile and does tens of multiply-adds per load. At the top of the U-Net
 the filter dimensions are tiny (K = 16 outputs, C*9 = 144 reduction terms at base 16),
 so BLAS spends its time packing panels and copying the im2col matrix, which is 9x the
 image and does only K multiply-adds per element copied; the direct kernels instead keep a
-tile of 8 filters x 32 pixels in registers for the whole sum (kernels/host/conv2d.cpp).
-Measured on the 2-core AVX-512 VM (`python -m benchmarks.conv2d_cpu --algorithm direct` and
-`--algorithm winograd`), the C++ forward runs the narrow layers at 230-290 GFLOP/s (1.6-1.8x
-the Numba loops it replaced, measured before they were deleted); Winograd wins from about
-64 -> 128 channels on, by up to 2.5x on base 64's widest layers (counted in
-direct-equivalent FLOPs), and im2col + BLAS loses to one of the two on every 3x3 layer.
-
-The three ops here each pick one algorithm; the backward input of a layer C -> K is a
-correlation over K -> C channels, so it picks as that layer would.
+tile of 8 filters x 32 pixels in registers for the whole sum (kernels/host/conv2d.cpp) and
+run at 200-330 GFLOP/s on the 2-core AVX-512 VMs, near or above OpenBLAS's own sgemm.
+Winograd's 2.25x fewer multiplies pay for its transforms (3 passes over the data, 16 small
+GEMMs) only where the direct kernel is slowed down by short rows (see WINOGRAD_WGRAD_MAX_OW).
+`python -m benchmarks.conv2d_cpu --pick` times the two per op and layer.
 """
 from __future__ import annotations
 
@@ -42,15 +40,24 @@ except ImportError as exc:
     _host = None
     HOST_IMPORT_ERROR = str(exc)
 
-# C*K at or below which a 3x3 layer takes the direct kernels. Chosen with
-# `python -m benchmarks.conv2d_cpu --algorithm direct` and `--algorithm winograd` (both
-# bases) when the direct path was Numba loops: direct won up to 32 -> 64 channels, tied at
-# 64 -> 64, Winograd won from 64 -> 128 on. Re-measured with the C++ kernels (base 16,
-# two interleaved runs, 2026-11-30): their forward and backward input also beat Winograd
-# on the deep small layers (64 -> 128 at 68x68 .. 256 -> 256 at 30x30), while Winograd's
-# weight gradient wins from 128 channels on, so the better split is per op, not per layer;
-# single timings moved +-50% between runs, too much to fix a new rule, so this one stays.
-CPU_DIRECT_MAX_CK = 64 * 64
+# Where auto sends a float32 3x3 op when the C++ kernels are built: direct, except the
+# weight gradient of layers with short output rows and many channels. Chosen with
+# `python -m benchmarks.conv2d_cpu --pick` (each op's two algorithms timed call by call,
+# interleaved; 2-core AMD EPYC with AVX-512, 2026-12-07, both bases): the direct forward and
+# backward input beat Winograd on every U-Net layer of both bases but one tie (base 64,
+# 1024 -> 1024 at 30x30), by 1.0-3.5x; their sums 55 vs 140 ms (forward, base 16) and
+# 759 vs 1127 ms (base 64). The direct weight gradient loses where its rows are short (each
+# row's last partial vector step is a whole step, and each row re-sets its pointers), by
+# 5-40% on 128 -> 256 at 32x32, 256 -> 128 at 56x56, 128 -> 128 at 54x54 (base 16) and
+# 512 -> 1024, 1024 -> 1024, 1024 -> 512 (base 64), and wins or ties on every layer with
+# rows of 64 outputs or more. One exception the rule gets wrong: base 64's 512 -> 512 at
+# 54x54 (direct 44 ms, Winograd 47).
+WINOGRAD_WGRAD_MAX_OW = 56
+WINOGRAD_WGRAD_MIN_CK = 128 * 128
+# Without the C++ kernels (cunet._host not built, or float64): 3x3 layers up to this C*K take
+# im2col + BLAS, wider ones Winograd (measured when the direct path was Numba loops:
+# Winograd won from 64 -> 128 channels on).
+CPU_IM2COL_MAX_CK = 64 * 64
 
 # im2col path. Elements of one chunk's im2col matrix plus its GEMM output (8 MB in
 # float32). Every BLAS call has a fixed cost (waking its threads, packing panels), so
@@ -64,11 +71,12 @@ CPU_DIRECT_MAX_CK = 64 * 64
 CPU_CHUNK_ELEMENTS = 1 << 21
 CPU_CHUNK_MIN_COLUMNS = 1536
 
-# Which algorithm every layer takes: "auto" picks by shape (:func:`cpu_algorithm`); one of
-# CPU_ALGORITHMS sends every layer it can run down that path (the tests and
+# Which algorithm every layer takes: "auto" picks by op and shape (:func:`cpu_algorithm`);
+# one of CPU_ALGORITHMS sends every op it can run down that path (the tests and
 # benchmarks/conv2d_cpu.py use this to check and time each algorithm on its own).
 CPU_ALGORITHMS = ("direct", "winograd", "im2col")
 CPU_ALGORITHM = "auto"
+CPU_OPS = ("forward", "input_grad", "weight_grad")
 
 
 def direct_runs(R: int, dtype) -> bool:
@@ -76,16 +84,22 @@ def direct_runs(R: int, dtype) -> bool:
     return R == 3 and np.dtype(dtype) == np.float32 and _host is not None
 
 
-def cpu_algorithm(C: int, K: int, R: int, dtype=np.float32) -> str:
-    """The cpu algorithm for a layer of C -> K channels, an R x R filter and ``dtype``."""
+def cpu_algorithm(op: str, C: int, K: int, R: int, OW: int, dtype=np.float32) -> str:
+    """The cpu algorithm for ``op`` (one of CPU_OPS) of a layer of C -> K channels, an R x R
+    filter, output rows OW wide and ``dtype``; the backward input passes its layer's C and K."""
+    if op not in CPU_OPS:
+        raise ValueError(f"cpu_algorithm: op {op!r}; expected one of {CPU_OPS}")
     chosen = CPU_ALGORITHM
     if chosen == "auto":
-        chosen = "direct" if C * K <= CPU_DIRECT_MAX_CK else "winograd"
+        if R != 3:
+            return "im2col"
+        if not direct_runs(R, dtype):
+            return "im2col" if C * K <= CPU_IM2COL_MAX_CK else "winograd"
+        short_rows_wide = OW <= WINOGRAD_WGRAD_MAX_OW and C * K >= WINOGRAD_WGRAD_MIN_CK
+        return "winograd" if op == "weight_grad" and short_rows_wide else "direct"
     if chosen not in CPU_ALGORITHMS:
         raise ValueError(f"conv2d: CPU_ALGORITHM is {CPU_ALGORITHM!r}; expected 'auto' or one of {CPU_ALGORITHMS}")
-    if chosen == "direct" and not direct_runs(R, dtype):
-        return "im2col"
-    if chosen == "winograd" and R != 3:
+    if (chosen == "direct" and not direct_runs(R, dtype)) or (chosen == "winograd" and R != 3):
         return "im2col"
     return chosen
 
@@ -96,7 +110,8 @@ def host_kernels_status() -> str:
         return (f"cpu convolutions: Winograd + BLAS and im2col + BLAS only; the C++ kernels (cunet._host) "
                 f"are not built ({HOST_IMPORT_ERROR}): `pip install -e .` builds them")
     return (f"cpu convolutions: C++ direct kernels (cunet._host, {_host.simd_level()}, "
-            f"{_host.max_threads()} threads) for layers of C*K <= {CPU_DIRECT_MAX_CK}, Winograd + BLAS above")
+            f"{_host.max_threads()} threads) for 3x3 layers; Winograd + BLAS for the weight gradient of "
+            f"layers with output rows <= {WINOGRAD_WGRAD_MAX_OW} and C*K >= {WINOGRAD_WGRAD_MIN_CK}")
 
 
 # --- im2col: chunks of output rows, one BLAS GEMM each -------------------------------------------
@@ -247,7 +262,7 @@ def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = False) -
     """conv2d_forward on the cpu: y = b + valid cross-correlation of x with w, then ReLU if relu."""
     N, C, H, W = x.shape
     K, R = w.shape[0], w.shape[2]
-    algorithm = cpu_algorithm(C, K, R, x.dtype)
+    algorithm = cpu_algorithm("forward", C, K, R, W - R + 1, x.dtype)
     if algorithm == "im2col":
         return _im2col_correlate(x, w, b, relu)
     if algorithm == "winograd":
@@ -262,7 +277,7 @@ def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
     the filter turned by 180 degrees and its C and K swapped (im2col: run backwards)."""
     N, K, OH, OW = dy.shape
     C, R = w.shape[1], w.shape[2]
-    algorithm = cpu_algorithm(K, C, R, dy.dtype)
+    algorithm = cpu_algorithm("input_grad", C, K, R, OW, dy.dtype)
     if algorithm == "im2col":
         return _col2im_input_grad(dy, w)
     if algorithm == "winograd":
@@ -275,9 +290,9 @@ def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
 def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """conv2d_backward_params on the cpu: (dw, db)."""
     N, C, H, W = x.shape
-    K, OH = dy.shape[1], dy.shape[2]
+    K, OH, OW = dy.shape[1:]
     R = H - OH + 1
-    algorithm = cpu_algorithm(C, K, R, x.dtype)
+    algorithm = cpu_algorithm("weight_grad", C, K, R, OW, x.dtype)
     if algorithm == "im2col":
         return _im2col_weight_grad(x, dy)
     if algorithm == "winograd":

@@ -46,6 +46,25 @@ class OpenCLRuntime(Runtime):
         self.queue = cl.CommandQueue(self.context)
         self._kernels: dict[tuple[KernelModule, str], object] = {}
         self._programs: dict[KernelModule, object] = {}
+        self._check_compiler()
+
+    def _check_compiler(self) -> None:
+        """Build an empty kernel once, so a compiler that cannot work here fails now, clearly.
+
+        PoCL's wheel (pocl-binary-distribution 3.0) compiles with LLVM 14, which does not know
+        CPUs newer than it (AMD Zen 4 and 5, for one): it names such a CPU 'generic' and then
+        refuses that name ("unknown target CPU 'generic'"), so no kernel builds at all.
+        """
+        try:
+            self._cl.Program(self.context, "__kernel void probe(void) {}").build()
+        except self._cl.RuntimeError as exc:
+            unknown_cpu = "unknown target CPU" in str(exc)
+            why = ("its LLVM does not know this CPU (\"unknown target CPU 'generic'\")" if unknown_cpu
+                   else f"building an empty kernel failed: {str(exc).strip().splitlines()[0]}")
+            raise DeviceUnavailableError(
+                f"OpenCL platform {PLATFORMS[self.platform]!r} on {self.cl_device.name.strip()!r} cannot compile: "
+                f"{why}; use --device cpu, or another machine for the opencl device"
+            ) from exc
 
     def describe(self) -> str:
         """One line naming the platform and device."""

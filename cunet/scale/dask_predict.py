@@ -39,8 +39,13 @@ if and only if every tile is computed once, on the same window, by the same code
   gives the same numbers as converting the whole image.
 * The tile loop is ``cunet.predict.predict_plan``, the very function
   ``predict_probabilities`` runs, with batch 1 (a batch of several tiles blocks the
-  convolutions' sums differently, a few ulps apart). The CPU kernels split their work over
-  outputs, never over a sum, so the thread count of a worker does not change the bits.
+  convolutions' sums differently, a few ulps apart). cunet's CPU kernels split their work
+  over outputs, never over a sum, so the thread count of a worker does not change the bits.
+  BLAS is the exception: the up-convolutions and the 1x1 head are OpenBLAS GEMMs, and on
+  some CPUs (an AMD EPYC with AVX-512, 2026-12-07; not the Xeon of the other measurements)
+  OpenBLAS rounds them differently on 1 thread and on 2. Worker processes start with one
+  BLAS thread (their nannies set it), so there the result equals ``predict_probabilities``
+  run with one BLAS thread bit for bit, and the default in-process run to a few ulps.
 
 Why not ``dask.array.map_overlap``: it needs every chunk to be at least ``depth`` wide
 and otherwise rechunks the input, which moves chunk boundaries off the step grid (an axis
