@@ -677,9 +677,13 @@ def train_main(args: argparse.Namespace, world: World | None) -> int:
         return 2
     c = config
     say(f"device: {device.describe()}")
-    if device.runtime is None:   # the cpu: which convolution kernels it runs
+    if device.runtime is None:   # the cpu: which convolution kernels it runs, and how it reuses memory
+        from cunet.cpu import TRAINING_MALLOC, keep_freed_memory
         from cunet.cpu.conv2d import host_kernels_status
         say(host_kernels_status())
+        if keep_freed_memory(**TRAINING_MALLOC):
+            say("cpu memory: each step reuses the arrays the last one freed (glibc malloc: heap blocks up to "
+                f"{TRAINING_MALLOC['mmap_threshold'] >> 20} MiB, freed memory kept)")
     if world is not None:
         say(f"data-parallel: {world.describe()}; rank r draws batches r, r + {world.size}, r + {2 * world.size}, ... "
             f"of the stream, so a step sees {world.size * c.batch} tiles; gradients averaged by one allreduce per step")

@@ -44,6 +44,7 @@ def test_a_few_steps_write_log_checkpoint_and_plot(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0
     assert "validation before:" in text and "validation after:" in text
+    assert "cpu convolutions: C++ direct kernels" in text and "cpu memory: each step reuses" in text
     records = steps_logged(out)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["seconds"] > 0 and r["images_per_s"] > 0 for r in records)

@@ -450,13 +450,9 @@ def _keep_freed_memory_for_the_next_tile() -> None:
     above 64 MiB of free heap, the next tile reuses the last one's memory; a worker keeps
     at most 64 MiB free between tasks, and its peak (live arrays) is unchanged.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
-        libc.mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
-        libc.mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to undo
+    from cunet.cpu import keep_freed_memory
+
+    keep_freed_memory(MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD)
 
 
 def _one_thread_per_task() -> None:
