@@ -3,20 +3,23 @@
     conv2d_forward(x[N,C,H,W], w[K,C,R,R], b[K], relu=False)  -> y[N,K,H-R+1,W-R+1]
     conv2d_backward_input(dy[N,K,OH,OW], w[K,C,R,R])           -> dx[N,C,OH+R-1,OW+R-1]
     conv2d_backward_params(x[N,C,H,W], dy[N,K,OH,OW])          -> (dw[K,C,R,R], db[K])
+    conv2d_backward(dy, x, w, relu_y=None, input_grad=True)    -> (dx or None, dw, db), after the ReLU's backward
 
 (Like every deep-learning "convolution", this is a cross-correlation: y[oh,ow] sums
 x[oh+r, ow+s] * w[r,s], the filter is not flipped.) With ``relu=True`` the forward
-returns max(conv + b, 0): the ReLU costs nothing inside the GEMM epilogue. The autograd
-layer applies relu_backward(y, dy) before the backward ops when it was fused.
+returns max(conv + b, 0): the ReLU costs nothing inside the GEMM epilogue. Its backward
+comes first in conv2d_backward (what the autograd layer calls): on the cpu's C++ kernels
+as they read dy, elsewhere as one relu_backward pass.
 
 cuda/opencl: kernels/conv2d.cu, three implicit GEMMs on the main loop of kernels/gemm.h
 (FP32 on CUDA cores, or TF32 on tensor cores: ``runtime.math``; the files' top comments
 explain the mapping). The tile shape is chosen by the GEMM's column count and the weight
 gradient's long reduction is split by the policy both GEMM ops share (cunet/ops/gemm.py).
 
-cpu: cunet/cpu/conv2d.py, three algorithms picked per layer by its shape: the C++ direct
-kernels of kernels/host/ for narrow layers, Winograd F(2x2, 3x3) around BLAS for wide 3x3
-layers, im2col + BLAS for the rest (that file's top comment says why).
+cpu: cunet/cpu/conv2d.py, three algorithms picked per op by the layer's shape: the C++
+direct kernels of kernels/host/ for the float32 3x3 ops, Winograd F(2x2, 3x3) around BLAS
+for the weight gradient of short-rowed wide layers, im2col + BLAS for the rest (that
+file's top comment says why).
 float32 and float64 both work on cpu (float64 for gradient checks).
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ from cunet.cpu import conv2d as cpu
 
 from .common import INT32_LIMIT, ceil_div, check_float_array, check_same_device, check_same_dtype, grid_1d
 from .gemm import TileConfig, declare_modules, gemm_module, split_k, tile_config
+from .relu import relu_backward
 
 FILTER_SIZES = (1, 3)
 
@@ -139,6 +143,32 @@ def conv2d_forward(x, w, b, relu: bool = False):
     if runtime is None:
         return cpu.correlate(x, w, b, bool(relu))
     return _forward_device(runtime, x, w, b, bool(relu))
+
+
+def conv2d_backward(dy, x, w, relu_y=None, input_grad: bool = True):
+    """(dx or None, dw, db): both backwards of conv2d_forward(x, w, b, relu=relu_y is not None).
+
+    ``relu_y`` is the forward's output when it fused the ReLU: the ReLU's backward, dy where
+    relu_y > 0 else 0, comes first. The cpu's C++ kernels apply it as they read dy (no pass
+    of its own); elsewhere it is one relu_backward pass written into dy, so this op may
+    overwrite dy. ``input_grad=False`` skips dx (a first layer, whose input needs none).
+    """
+    op = "conv2d_backward"
+    if relu_y is not None:
+        check_float_array(op, "relu_y", relu_y, ndim=4, layout="N, K, OH, OW")
+        if tuple(relu_y.shape) != tuple(dy.shape):
+            raise ValueError(f"{op}: relu_y {tuple(relu_y.shape)} must have dy's shape {tuple(dy.shape)} "
+                             "(it is the forward's output)")
+        check_same_dtype(op, dy=dy, relu_y=relu_y)
+        check_same_device(op, dy=dy, relu_y=relu_y)
+    on_cpu = _check_operands(op, x=x, w=w, dy=dy) is None
+    if relu_y is not None and on_cpu and cpu.fuses_relu_backward(x.shape, w.shape, x.dtype, input_grad):
+        dx = cpu.input_grad(dy, w, relu_y) if input_grad else None
+        return (dx, *cpu.params_grad(x, dy, relu_y))
+    if relu_y is not None:
+        dy = relu_backward(relu_y, dy, out=dy)
+    dx = conv2d_backward_input(dy, w) if input_grad else None
+    return (dx, *conv2d_backward_params(x, dy))
 
 
 def conv2d_backward_input(dy, w):
