@@ -2,10 +2,11 @@
 
 A GPU reader can skip this package; a CPU reader finds the host path here whole:
 
-    cunet/cpu/conv2d.py     the convolutions, three algorithms picked per layer by shape:
-                            the C++ direct kernels (kernels/host/, module cunet._host) for
-                            narrow layers, Winograd around BLAS for wide 3x3 ones, im2col +
-                            BLAS for the rest (and for float64, the gradient checks' dtype)
+    cunet/cpu/conv2d.py     the convolutions, three algorithms picked per op by shape: the
+                            C++ direct kernels (kernels/host/, module cunet._host) for the
+                            float32 3x3 ops, Winograd around BLAS for the weight gradient
+                            of short-rowed wide layers, im2col + BLAS for the 1x1 head (and
+                            for float64, the gradient checks' dtype)
     cunet/cpu/winograd.py   Winograd F(2x2, 3x3): Numba transforms around 16 BLAS GEMMs
     cunet/cpu/parallel.py   how every other op's Numba loop (ops/relu.py, maxpool.py, ...:
                             a few lines each, kept beside their argument checks) picks one

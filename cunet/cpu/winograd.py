@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3): the cpu's 3x3 convolution for the wide layers, with 2.25x fewer multiplies.
+"""Winograd F(2x2, 3x3): a 3x3 convolution with 2.25x fewer multiplies, on BLAS.
 
 Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). A 2x2 block of
 outputs of a 3x3 valid correlation reads a 4x4 block d of the input; with the filter g,
@@ -15,8 +15,11 @@ is 16 independent GEMMs [K, C] x [C, tiles]: the filter transform U = G g G^T is
 once per call (K*C small 4x4 matrices), the input transform V = B^T d B once per 4x4 input
 block ("tile", stride 2), and the output transform A^T M A once per output tile. For C and
 K in the hundreds the GEMMs hold most of the arithmetic; the transforms are additions,
-bound by memory traffic (the transformed tiles are 4x the input), which is why the direct
-kernels (cunet/cpu/conv2d.py) stay faster for narrow layers.
+bound by memory traffic (the transformed tiles are 4x the input), which is why the C++
+direct kernels (cunet/cpu/conv2d.py) beat it on the U-Net's forwards and backward inputs
+at every width on the 2-core VMs; it keeps the weight gradients the direct kernel runs
+slowly (rows of 56 outputs or fewer with C*K >= 128 x 128), and the wide layers of a cunet
+built without the C++ module.
 
 The two backwards are the same machinery:
 
