@@ -282,10 +282,14 @@ def test_cpu_direct_layers_fuse_the_relu_backward_and_the_others_do_not(monkeypa
         np.testing.assert_allclose(dx, conv2d_backward_input(masked, w), rtol=1e-4, atol=1e-3)
 
 
-def test_conv2d_backward_refuses_a_relu_y_of_another_shape():
+def test_conv2d_backward_refuses_inconsistent_arguments():
     x, w, b, dy = random_case(3, (1, 2, 9, 9, 3, 3))
     with pytest.raises(ValueError, match=r"conv2d_backward: relu_y \(1, 3, 7, 6\) must have dy's shape \(1, 3, 7, 7\)"):
         conv2d_backward(dy, x, w, relu_y=np.zeros((1, 3, 7, 6), np.float32))
+    with pytest.raises(ValueError, match=r"conv2d_backward: w \(3, 1, 3, 3\) is not the \[K, C, R, R\] = \(3, 2, 3, 3\)"):
+        conv2d_backward(dy, x, w[:, :1].copy(), input_grad=False)
+    with pytest.raises(ValueError, match=r"conv2d_backward: x \(1, 2, 9, 9\) and dy \(2, 3, 7, 7\) have different batch"):
+        conv2d_backward(np.concatenate([dy, dy]), x, w)
 
 
 def test_backward_params_is_deterministic_with_many_splits(device, monkeypatch):

@@ -145,35 +145,8 @@ def conv2d_forward(x, w, b, relu: bool = False):
     return _forward_device(runtime, x, w, b, bool(relu))
 
 
-def conv2d_backward(dy, x, w, relu_y=None, input_grad: bool = True):
-    """(dx or None, dw, db): both backwards of conv2d_forward(x, w, b, relu=relu_y is not None).
-
-    ``relu_y`` is the forward's output when it fused the ReLU: the ReLU's backward, dy where
-    relu_y > 0 else 0, comes first. The cpu's C++ kernels apply it as they read dy (no pass
-    of its own); elsewhere it is one relu_backward pass written into dy, so this op may
-    overwrite dy. ``input_grad=False`` skips dx (a first layer, whose input needs none).
-    """
-    op = "conv2d_backward"
-    if relu_y is not None:
-        check_float_array(op, "relu_y", relu_y, ndim=4, layout="N, K, OH, OW")
-        if tuple(relu_y.shape) != tuple(dy.shape):
-            raise ValueError(f"{op}: relu_y {tuple(relu_y.shape)} must have dy's shape {tuple(dy.shape)} "
-                             "(it is the forward's output)")
-        check_same_dtype(op, dy=dy, relu_y=relu_y)
-        check_same_device(op, dy=dy, relu_y=relu_y)
-    on_cpu = _check_operands(op, x=x, w=w, dy=dy) is None
-    if relu_y is not None and on_cpu and cpu.fuses_relu_backward(x.shape, w.shape, x.dtype, input_grad):
-        dx = cpu.input_grad(dy, w, relu_y) if input_grad else None
-        return (dx, *cpu.params_grad(x, dy, relu_y))
-    if relu_y is not None:
-        dy = relu_backward(relu_y, dy, out=dy)
-    dx = conv2d_backward_input(dy, w) if input_grad else None
-    return (dx, *conv2d_backward_params(x, dy))
-
-
-def conv2d_backward_input(dy, w):
-    """dx[N,C,OH+R-1,OW+R-1]: the gradient of the loss with respect to conv2d_forward's x."""
-    op = "conv2d_backward_input"
+def _check_backward_input(op: str, dy, w):
+    """The backward input's arguments; returns the runtime (None: cpu)."""
     runtime = _check_operands(op, dy=dy, w=w)
     R = _check_filter(op, w)
     N, K, OH, OW = dy.shape
@@ -184,14 +157,11 @@ def conv2d_backward_input(dy, w):
     if OH < 1 or OW < 1:
         raise ValueError(f"{op}: dy {tuple(dy.shape)} has an empty image; expected OH, OW >= 1")
     _check_fits_int32(op, "input gradient", (N, w.shape[1], OH + R - 1, OW + R - 1))
-    if runtime is None:
-        return cpu.input_grad(dy, w)
-    return _backward_input_device(runtime, dy, w)
+    return runtime
 
 
-def conv2d_backward_params(x, dy):
-    """(dw[K,C,R,R], db[K]): the gradients for conv2d_forward's w and b; R = H - OH + 1."""
-    op = "conv2d_backward_params"
+def _check_backward_params(op: str, x, dy):
+    """The weight gradient's arguments; returns the runtime (None: cpu)."""
     runtime = _check_operands(op, x=x, dy=dy)
     N, C, H, W = x.shape
     _, K, OH, OW = dy.shape
@@ -204,6 +174,51 @@ def conv2d_backward_params(x, dy):
                          f"(R = H - OH + 1, S = W - OW + 1); expected 1x1 or 3x3")
     if OH < 1 or OW < 1 or K < 1:
         raise ValueError(f"{op}: dy {tuple(dy.shape)} is empty; expected K, OH, OW >= 1")
+    return runtime
+
+
+def conv2d_backward(dy, x, w, relu_y=None, input_grad: bool = True):
+    """(dx or None, dw, db): both backwards of conv2d_forward(x, w, b, relu=relu_y is not None).
+
+    ``relu_y`` is the forward's output when it fused the ReLU: the ReLU's backward, dy where
+    relu_y > 0 else 0, comes first. The cpu's C++ kernels apply it as they read dy (no pass
+    of its own); elsewhere it is one relu_backward pass written into dy, so this op may
+    overwrite dy. ``input_grad=False`` skips dx (a first layer, whose input needs none).
+    """
+    op = "conv2d_backward"
+    runtime = _check_backward_params(op, x, dy)
+    _check_backward_input(op, dy, w)
+    R = x.shape[2] - dy.shape[2] + 1
+    if tuple(w.shape) != (dy.shape[1], x.shape[1], R, R):
+        raise ValueError(f"{op}: w {tuple(w.shape)} is not the [K, C, R, R] = {(dy.shape[1], x.shape[1], R, R)} "
+                         f"of x {tuple(x.shape)} and dy {tuple(dy.shape)}")
+    if relu_y is not None:
+        check_float_array(op, "relu_y", relu_y, ndim=4, layout="N, K, OH, OW")
+        if tuple(relu_y.shape) != tuple(dy.shape):
+            raise ValueError(f"{op}: relu_y {tuple(relu_y.shape)} must have dy's shape {tuple(dy.shape)} "
+                             "(it is the forward's output)")
+        check_same_dtype(op, dy=dy, relu_y=relu_y)
+        check_same_device(op, dy=dy, relu_y=relu_y)
+    if runtime is None and relu_y is not None and cpu.fuses_relu_backward(x.shape, w.shape, x.dtype, input_grad):
+        dx = cpu.input_grad(dy, w, relu_y) if input_grad else None
+        return (dx, *cpu.params_grad(x, dy, relu_y))
+    if relu_y is not None:
+        dy = relu_backward(relu_y, dy, out=dy)
+    dx = conv2d_backward_input(dy, w) if input_grad else None
+    return (dx, *conv2d_backward_params(x, dy))
+
+
+def conv2d_backward_input(dy, w):
+    """dx[N,C,OH+R-1,OW+R-1]: the gradient of the loss with respect to conv2d_forward's x."""
+    runtime = _check_backward_input("conv2d_backward_input", dy, w)
+    if runtime is None:
+        return cpu.input_grad(dy, w)
+    return _backward_input_device(runtime, dy, w)
+
+
+def conv2d_backward_params(x, dy):
+    """(dw[K,C,R,R], db[K]): the gradients for conv2d_forward's w and b; R = H - OH + 1."""
+    runtime = _check_backward_params("conv2d_backward_params", x, dy)
     if runtime is None:
         return cpu.params_grad(x, dy)
     return _backward_params_device(runtime, x, dy)
