@@ -21,7 +21,8 @@ class Conv2dFn(Function):
     def backward(self, dy):
         # The fused ReLU's backward (dy * [y > 0]) comes first, inside the op: dy is ours alone,
         # so the op may overwrite it.
-        return ops.conv2d_backward(dy, self.x, self.w, relu_y=self.y, input_grad=self.inputs[0].requires_grad)
+        return ops.conv2d_backward(dy, self.x, self.w, relu_y=self.y, input_grad=self.inputs[0].requires_grad,
+                                   overwrite_dy=True)
 
 
 class ReLUFn(Function):

@@ -254,8 +254,10 @@ def test_conv2d_backward_is_relu_backward_then_both_ops(device, shape, input_gra
     masked = np.where(y > 0, dy, np.float32(0))
     want_dx = device.to_host(conv2d_backward_input(device.to_device(masked), device.to_device(w)))
     want_dw, want_db = (device.to_host(a) for a in conv2d_backward_params(device.to_device(x), device.to_device(masked)))
-    dx, dw, db = conv2d_backward(device.to_device(dy), device.to_device(x), device.to_device(w),
+    dy_device = device.to_device(dy)
+    dx, dw, db = conv2d_backward(dy_device, device.to_device(x), device.to_device(w),
                                  relu_y=device.to_device(y), input_grad=input_grad)
+    np.testing.assert_array_equal(device.to_host(dy_device), dy, err_msg="dy changed without overwrite_dy")
     if input_grad:
         np.testing.assert_array_equal(device.to_host(dx), want_dx)
     else:
@@ -266,7 +268,7 @@ def test_conv2d_backward_is_relu_backward_then_both_ops(device, shape, input_gra
 
 def test_cpu_direct_layers_fuse_the_relu_backward_and_the_others_do_not(monkeypatch):
     """Where both backwards run on the C++ kernels no relu_backward pass runs; where Winograd takes
-    the weight gradient it does, once, before both ops."""
+    the weight gradient it does, once, before both ops, into a new array (dy is the caller's)."""
     import cunet.ops.conv2d as ops_conv2d
     passes = []
     real = ops_conv2d.relu_backward
@@ -275,8 +277,10 @@ def test_cpu_direct_layers_fuse_the_relu_backward_and_the_others_do_not(monkeypa
         x, w, b, dy = random_case(3, (1, C, H, H, K, 3))
         y = conv2d_forward(x, w, b, relu=True)
         passes.clear()
-        dx, dw, _ = conv2d_backward(dy.copy(), x, w, relu_y=y)
+        dy_arg = dy.copy()
+        dx, dw, _ = conv2d_backward(dy_arg, x, w, relu_y=y)
         assert len(passes) == expect_passes, (C, K)
+        np.testing.assert_array_equal(dy_arg, dy, err_msg="dy changed without overwrite_dy")
         masked = np.where(y > 0, dy, np.float32(0))
         np.testing.assert_allclose(dw, conv2d_backward_params(x, masked)[0], rtol=1e-4, atol=1e-3)
         np.testing.assert_allclose(dx, conv2d_backward_input(masked, w), rtol=1e-4, atol=1e-3)

@@ -3,7 +3,8 @@
     conv2d_forward(x[N,C,H,W], w[K,C,R,R], b[K], relu=False)  -> y[N,K,H-R+1,W-R+1]
     conv2d_backward_input(dy[N,K,OH,OW], w[K,C,R,R])           -> dx[N,C,OH+R-1,OW+R-1]
     conv2d_backward_params(x[N,C,H,W], dy[N,K,OH,OW])          -> (dw[K,C,R,R], db[K])
-    conv2d_backward(dy, x, w, relu_y=None, input_grad=True)    -> (dx or None, dw, db), after the ReLU's backward
+    conv2d_backward(dy, x, w, relu_y=None, input_grad=True, overwrite_dy=False)
+                                                               -> (dx or None, dw, db), after the ReLU's backward
 
 (Like every deep-learning "convolution", this is a cross-correlation: y[oh,ow] sums
 x[oh+r, ow+s] * w[r,s], the filter is not flipped.) With ``relu=True`` the forward
@@ -177,13 +178,14 @@ def _check_backward_params(op: str, x, dy):
     return runtime
 
 
-def conv2d_backward(dy, x, w, relu_y=None, input_grad: bool = True):
+def conv2d_backward(dy, x, w, relu_y=None, input_grad: bool = True, overwrite_dy: bool = False):
     """(dx or None, dw, db): both backwards of conv2d_forward(x, w, b, relu=relu_y is not None).
 
     ``relu_y`` is the forward's output when it fused the ReLU: the ReLU's backward, dy where
     relu_y > 0 else 0, comes first. The cpu's C++ kernels apply it as they read dy (no pass
-    of its own); elsewhere it is one relu_backward pass written into dy, so this op may
-    overwrite dy. ``input_grad=False`` skips dx (a first layer, whose input needs none).
+    of its own); elsewhere it is one relu_backward pass, into a new array, or into dy itself
+    when ``overwrite_dy`` (a caller that needs dy no more saves the memory: the autograd).
+    ``input_grad=False`` skips dx (a first layer, whose input needs none).
     """
     op = "conv2d_backward"
     runtime = _check_backward_params(op, x, dy)
@@ -203,7 +205,7 @@ def conv2d_backward(dy, x, w, relu_y=None, input_grad: bool = True):
         dx = cpu.input_grad(dy, w, relu_y) if input_grad else None
         return (dx, *cpu.params_grad(x, dy, relu_y))
     if relu_y is not None:
-        dy = relu_backward(relu_y, dy, out=dy)
+        dy = relu_backward(relu_y, dy, out=dy if overwrite_dy else None)
     dx = conv2d_backward_input(dy, w) if input_grad else None
     return (dx, *conv2d_backward_params(x, dy))
 
