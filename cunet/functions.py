@@ -19,10 +19,12 @@ class Conv2dFn(Function):
         return y
 
     def backward(self, dy):
-        # The fused ReLU's backward (dy * [y > 0]) comes first, inside the op: dy is ours alone,
-        # so the op may overwrite it.
-        return ops.conv2d_backward(dy, self.x, self.w, relu_y=self.y, input_grad=self.inputs[0].requires_grad,
-                                   overwrite_dy=True)
+        if self.relu:  # the fused ReLU's backward first: dy * [y > 0], in place (dy is ours alone)
+            dy = ops.relu_backward(self.y, dy, out=dy)
+        x_in = self.inputs[0]
+        dx = ops.conv2d_backward_input(dy, self.w) if x_in.requires_grad else None
+        dw, db = ops.conv2d_backward_params(self.x, dy)
+        return dx, dw, db
 
 
 class ReLUFn(Function):

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import cunet.cpu.conv2d as conv2d_module
 import cunet.cpu.winograd as winograd_module
-from cunet.ops import conv2d_backward, conv2d_backward_input, conv2d_backward_params, conv2d_forward
+from cunet.ops import conv2d_backward_input, conv2d_backward_params, conv2d_forward
 import cunet.ops.gemm as gemm_module
 from cunet.gradcheck import check_backward
 from cunet.cpu.conv2d import CPU_ALGORITHMS
@@ -240,60 +240,6 @@ def test_backward_params_matches_reference(gemm_device, shape, min_chunk, seed):
     assert dw.shape == (K, C, R, R) and db.shape == (K,)
     assert_within_sum_bound(dw, exact_w, abs_w, pixels, f"conv2d_backward_params{shape} dw")
     assert_within_sum_bound(db, exact_b, abs_b, pixels, f"conv2d_backward_params{shape} db")
-
-
-# --- both backwards after the fused ReLU's: conv2d_backward ---------------------------------------
-@pytest.mark.parametrize("shape, input_grad", [((2, 3, 12, 13, 5, 3), True), ((1, 2, 9, 40, 4, 3), False),
-                                               ((1, 4, 7, 8, 3, 1), True)])
-def test_conv2d_backward_is_relu_backward_then_both_ops(device, shape, input_grad):
-    """conv2d_backward(dy, x, w, relu_y=y) equals the ReLU's backward (dy where y > 0) followed by
-    the two backward ops, on every device (the cpu's C++ kernels fuse it: the same bits)."""
-    x, w, b, dy = random_case(11, shape)
-    y = device.to_host(conv2d_forward(device.to_device(x), device.to_device(w), device.to_device(b), relu=True))
-    assert (y == 0).any() and (y > 0).any()
-    masked = np.where(y > 0, dy, np.float32(0))
-    want_dx = device.to_host(conv2d_backward_input(device.to_device(masked), device.to_device(w)))
-    want_dw, want_db = (device.to_host(a) for a in conv2d_backward_params(device.to_device(x), device.to_device(masked)))
-    dy_device = device.to_device(dy)
-    dx, dw, db = conv2d_backward(dy_device, device.to_device(x), device.to_device(w),
-                                 relu_y=device.to_device(y), input_grad=input_grad)
-    np.testing.assert_array_equal(device.to_host(dy_device), dy, err_msg="dy changed without overwrite_dy")
-    if input_grad:
-        np.testing.assert_array_equal(device.to_host(dx), want_dx)
-    else:
-        assert dx is None
-    np.testing.assert_array_equal(device.to_host(dw), want_dw)
-    np.testing.assert_array_equal(device.to_host(db), want_db)
-
-
-def test_cpu_direct_layers_fuse_the_relu_backward_and_the_others_do_not(monkeypatch):
-    """Where both backwards run on the C++ kernels no relu_backward pass runs; where Winograd takes
-    the weight gradient it does, once, before both ops, into a new array (dy is the caller's)."""
-    import cunet.ops.conv2d as ops_conv2d
-    passes = []
-    real = ops_conv2d.relu_backward
-    monkeypatch.setattr(ops_conv2d, "relu_backward", lambda *a, **k: passes.append(1) or real(*a, **k))
-    for C, K, H, expect_passes in ((6, 9, 20, 0), (128, 128, 20, 1)):   # 18 outputs a row, C*K = 16384: Winograd
-        x, w, b, dy = random_case(3, (1, C, H, H, K, 3))
-        y = conv2d_forward(x, w, b, relu=True)
-        passes.clear()
-        dy_arg = dy.copy()
-        dx, dw, _ = conv2d_backward(dy_arg, x, w, relu_y=y)
-        assert len(passes) == expect_passes, (C, K)
-        np.testing.assert_array_equal(dy_arg, dy, err_msg="dy changed without overwrite_dy")
-        masked = np.where(y > 0, dy, np.float32(0))
-        np.testing.assert_allclose(dw, conv2d_backward_params(x, masked)[0], rtol=1e-4, atol=1e-3)
-        np.testing.assert_allclose(dx, conv2d_backward_input(masked, w), rtol=1e-4, atol=1e-3)
-
-
-def test_conv2d_backward_refuses_inconsistent_arguments():
-    x, w, b, dy = random_case(3, (1, 2, 9, 9, 3, 3))
-    with pytest.raises(ValueError, match=r"conv2d_backward: relu_y \(1, 3, 7, 6\) must have dy's shape \(1, 3, 7, 7\)"):
-        conv2d_backward(dy, x, w, relu_y=np.zeros((1, 3, 7, 6), np.float32))
-    with pytest.raises(ValueError, match=r"conv2d_backward: w \(3, 1, 3, 3\) is not the \[K, C, R, R\] = \(3, 2, 3, 3\)"):
-        conv2d_backward(dy, x, w[:, :1].copy(), input_grad=False)
-    with pytest.raises(ValueError, match=r"conv2d_backward: x \(1, 2, 9, 9\) and dy \(2, 3, 7, 7\) have different batch"):
-        conv2d_backward(np.concatenate([dy, dy]), x, w)
 
 
 def test_backward_params_is_deterministic_with_many_splits(device, monkeypatch):

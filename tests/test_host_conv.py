@@ -186,35 +186,6 @@ def test_relu_maps_nan_to_zero(level):
     np.testing.assert_array_equal(fused, np.where(np.isnan(plain), 0, np.maximum(plain, 0)))
 
 
-# --- the fused ReLU backward: the same bits as relu_backward first, then the plain op ----------------
-def relu_output_and_gradient(seed, shape):
-    """y (a ReLU's output: zeros where half the sums were negative) and dy, with an inf and a NaN
-    of dy where y is 0 (they must give 0) and where y > 0 (they must go through)."""
-    x, w, b, dy = random_case(seed, shape)
-    y = np.maximum(run_forward(x, w, b), 0)
-    zero, positive = np.argwhere(y == 0), np.argwhere(y > 0)
-    for points, values in ((zero, (np.inf, np.nan)), (positive, (np.nan,))):
-        for point, value in zip(points[:len(values)], values):
-            dy[tuple(point)] = value
-    return x, w, y, dy
-
-
-@given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
-@edge_examples
-def test_fused_relu_backward_is_relu_backward_then_the_op(level, shape, seed):
-    """relu_y=y reads dy as np.where(y > 0, dy, 0), bit for bit, in both backwards (and db)."""
-    x, w, y, dy = relu_output_and_gradient(seed, shape)
-    masked = np.where(y > 0, dy, np.float32(0))
-    dx = np.full((dy.shape[0], w.shape[1], dy.shape[2] + 2, dy.shape[3] + 2), np.nan, np.float32)
-    host.conv3x3_backward_input(dy, w, dx, relu_y=y)
-    np.testing.assert_array_equal(dx, run_backward_input(masked, w))
-    dw, db = np.full_like(w, np.nan), np.full(w.shape[0], np.nan, np.float32)
-    host.conv3x3_backward_params(x, dy, dw, db, relu_y=y)
-    want_dw, want_db = run_backward_params(x, masked)
-    np.testing.assert_array_equal(dw, want_dw)
-    np.testing.assert_array_equal(db, want_db)
-
-
 # --- NaN and infinity reach exactly the outputs that read them ---------------------------------------
 def window(i, n_in, n_out):
     """The output positions o in [0, n_out) whose 3-tap window (o, o+1, o+2) contains input i."""
@@ -479,13 +450,6 @@ def test_outputs_must_be_writable_and_separate():
     (lambda: host.conv3x3_backward_params(np.zeros((1, 3, 7, 7), np.float32), np.zeros((1, 4, 5, 5), np.float32),
                                           np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float64)),
      r"db has dtype float64; expected float32"),
-    (lambda: host.conv3x3_backward_input(np.zeros((1, 4, 5, 5), np.float32), np.zeros((4, 2, 3, 3), np.float32),
-                                         np.zeros((1, 2, 7, 7), np.float32), relu_y=np.zeros((1, 4, 5, 6), np.float32)),
-     r"conv3x3_backward_input: relu_y has shape \(1, 4, 5, 6\); expected \(1, 4, 5, 5\) = dy's shape"),
-    (lambda: host.conv3x3_backward_params(np.zeros((1, 3, 7, 7), np.float32), np.zeros((1, 4, 5, 5), np.float32),
-                                          np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32),
-                                          relu_y=np.zeros((1, 4, 5, 5))),
-     r"conv3x3_backward_params: relu_y has dtype float64; expected float32"),
 ])
 def test_backward_ops_refuse_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):

@@ -272,43 +272,31 @@ def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = False) -
     return y
 
 
-def input_grad(dy: np.ndarray, w: np.ndarray, relu_y: np.ndarray | None = None) -> np.ndarray:
+def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
     """conv2d_backward_input on the cpu: dx, the correlation of dy (zero-padded by R-1) with
-    the filter turned by 180 degrees and its C and K swapped (im2col: run backwards).
-    ``relu_y`` (only where :func:`fuses_relu_backward`): dy is read through the ReLU's backward."""
+    the filter turned by 180 degrees and its C and K swapped (im2col: run backwards)."""
     N, K, OH, OW = dy.shape
     C, R = w.shape[1], w.shape[2]
     algorithm = cpu_algorithm("input_grad", C, K, R, OW, dy.dtype)
-    assert relu_y is None or algorithm == "direct", "only the C++ kernels fuse the ReLU's backward"
     if algorithm == "im2col":
         return _col2im_input_grad(dy, w)
     if algorithm == "winograd":
         return winograd_input_grad(dy, w)
     dx = np.empty((N, C, OH + 2, OW + 2), dy.dtype)
-    _host.conv3x3_backward_input(dy, w, dx, relu_y=relu_y)
+    _host.conv3x3_backward_input(dy, w, dx)
     return dx
 
 
-def params_grad(x: np.ndarray, dy: np.ndarray, relu_y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """conv2d_backward_params on the cpu: (dw, db); ``relu_y`` as for :func:`input_grad`."""
+def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """conv2d_backward_params on the cpu: (dw, db)."""
     N, C, H, W = x.shape
     K, OH, OW = dy.shape[1:]
     R = H - OH + 1
     algorithm = cpu_algorithm("weight_grad", C, K, R, OW, x.dtype)
-    assert relu_y is None or algorithm == "direct", "only the C++ kernels fuse the ReLU's backward"
     if algorithm == "im2col":
         return _im2col_weight_grad(x, dy)
     if algorithm == "winograd":
         return winograd_weight_grad(x, dy)
     dw, db = np.empty((K, C, 3, 3), x.dtype), np.empty(K, x.dtype)
-    _host.conv3x3_backward_params(x, dy, dw, db, relu_y=relu_y)
+    _host.conv3x3_backward_params(x, dy, dw, db)
     return dw, db
-
-
-def fuses_relu_backward(x_shape, w_shape, dtype, input_grad_needed: bool) -> bool:
-    """Whether the backward ops of this layer all run on the C++ kernels, which apply the fused
-    ReLU's backward as they read dy (else it is a pass of its own, before them)."""
-    C, H, W = x_shape[1:]
-    K, R = w_shape[0], w_shape[2]
-    ops = ("input_grad", "weight_grad") if input_grad_needed else ("weight_grad",)
-    return all(cpu_algorithm(op, C, K, R, W - R + 1, dtype) == "direct" for op in ops)

@@ -3,24 +3,20 @@
     conv2d_forward(x[N,C,H,W], w[K,C,R,R], b[K], relu=False)  -> y[N,K,H-R+1,W-R+1]
     conv2d_backward_input(dy[N,K,OH,OW], w[K,C,R,R])           -> dx[N,C,OH+R-1,OW+R-1]
     conv2d_backward_params(x[N,C,H,W], dy[N,K,OH,OW])          -> (dw[K,C,R,R], db[K])
-    conv2d_backward(dy, x, w, relu_y=None, input_grad=True, overwrite_dy=False)
-                                                               -> (dx or None, dw, db), after the ReLU's backward
 
 (Like every deep-learning "convolution", this is a cross-correlation: y[oh,ow] sums
 x[oh+r, ow+s] * w[r,s], the filter is not flipped.) With ``relu=True`` the forward
-returns max(conv + b, 0): the ReLU costs nothing inside the GEMM epilogue. Its backward
-comes first in conv2d_backward (what the autograd layer calls): on the cpu's C++ kernels
-as they read dy, elsewhere as one relu_backward pass.
+returns max(conv + b, 0): the ReLU costs nothing inside the GEMM epilogue. The autograd
+layer applies relu_backward(y, dy) before the backward ops when it was fused.
 
 cuda/opencl: kernels/conv2d.cu, three implicit GEMMs on the main loop of kernels/gemm.h
 (FP32 on CUDA cores, or TF32 on tensor cores: ``runtime.math``; the files' top comments
 explain the mapping). The tile shape is chosen by the GEMM's column count and the weight
 gradient's long reduction is split by the policy both GEMM ops share (cunet/ops/gemm.py).
 
-cpu: cunet/cpu/conv2d.py, three algorithms picked per op by the layer's shape: the C++
-direct kernels of kernels/host/ for the float32 3x3 ops, Winograd F(2x2, 3x3) around BLAS
-for the weight gradient of short-rowed wide layers, im2col + BLAS for the rest (that
-file's top comment says why).
+cpu: cunet/cpu/conv2d.py, three algorithms picked per layer by its shape: the C++ direct
+kernels of kernels/host/ for narrow layers, Winograd F(2x2, 3x3) around BLAS for wide 3x3
+layers, im2col + BLAS for the rest (that file's top comment says why).
 float32 and float64 both work on cpu (float64 for gradient checks).
 """
 from __future__ import annotations
@@ -31,7 +27,6 @@ from cunet.cpu import conv2d as cpu
 
 from .common import INT32_LIMIT, ceil_div, check_float_array, check_same_device, check_same_dtype, grid_1d
 from .gemm import TileConfig, declare_modules, gemm_module, split_k, tile_config
-from .relu import relu_backward
 
 FILTER_SIZES = (1, 3)
 
@@ -146,8 +141,9 @@ def conv2d_forward(x, w, b, relu: bool = False):
     return _forward_device(runtime, x, w, b, bool(relu))
 
 
-def _check_backward_input(op: str, dy, w):
-    """The backward input's arguments; returns the runtime (None: cpu)."""
+def conv2d_backward_input(dy, w):
+    """dx[N,C,OH+R-1,OW+R-1]: the gradient of the loss with respect to conv2d_forward's x."""
+    op = "conv2d_backward_input"
     runtime = _check_operands(op, dy=dy, w=w)
     R = _check_filter(op, w)
     N, K, OH, OW = dy.shape
@@ -158,11 +154,14 @@ def _check_backward_input(op: str, dy, w):
     if OH < 1 or OW < 1:
         raise ValueError(f"{op}: dy {tuple(dy.shape)} has an empty image; expected OH, OW >= 1")
     _check_fits_int32(op, "input gradient", (N, w.shape[1], OH + R - 1, OW + R - 1))
-    return runtime
+    if runtime is None:
+        return cpu.input_grad(dy, w)
+    return _backward_input_device(runtime, dy, w)
 
 
-def _check_backward_params(op: str, x, dy):
-    """The weight gradient's arguments; returns the runtime (None: cpu)."""
+def conv2d_backward_params(x, dy):
+    """(dw[K,C,R,R], db[K]): the gradients for conv2d_forward's w and b; R = H - OH + 1."""
+    op = "conv2d_backward_params"
     runtime = _check_operands(op, x=x, dy=dy)
     N, C, H, W = x.shape
     _, K, OH, OW = dy.shape
@@ -175,52 +174,6 @@ def _check_backward_params(op: str, x, dy):
                          f"(R = H - OH + 1, S = W - OW + 1); expected 1x1 or 3x3")
     if OH < 1 or OW < 1 or K < 1:
         raise ValueError(f"{op}: dy {tuple(dy.shape)} is empty; expected K, OH, OW >= 1")
-    return runtime
-
-
-def conv2d_backward(dy, x, w, relu_y=None, input_grad: bool = True, overwrite_dy: bool = False):
-    """(dx or None, dw, db): both backwards of conv2d_forward(x, w, b, relu=relu_y is not None).
-
-    ``relu_y`` is the forward's output when it fused the ReLU: the ReLU's backward, dy where
-    relu_y > 0 else 0, comes first. The cpu's C++ kernels apply it as they read dy (no pass
-    of its own); elsewhere it is one relu_backward pass, into a new array, or into dy itself
-    when ``overwrite_dy`` (a caller that needs dy no more saves the memory: the autograd).
-    ``input_grad=False`` skips dx (a first layer, whose input needs none).
-    """
-    op = "conv2d_backward"
-    runtime = _check_backward_params(op, x, dy)
-    _check_backward_input(op, dy, w)
-    R = x.shape[2] - dy.shape[2] + 1
-    if tuple(w.shape) != (dy.shape[1], x.shape[1], R, R):
-        raise ValueError(f"{op}: w {tuple(w.shape)} is not the [K, C, R, R] = {(dy.shape[1], x.shape[1], R, R)} "
-                         f"of x {tuple(x.shape)} and dy {tuple(dy.shape)}")
-    if relu_y is not None:
-        check_float_array(op, "relu_y", relu_y, ndim=4, layout="N, K, OH, OW")
-        if tuple(relu_y.shape) != tuple(dy.shape):
-            raise ValueError(f"{op}: relu_y {tuple(relu_y.shape)} must have dy's shape {tuple(dy.shape)} "
-                             "(it is the forward's output)")
-        check_same_dtype(op, dy=dy, relu_y=relu_y)
-        check_same_device(op, dy=dy, relu_y=relu_y)
-    if runtime is None and relu_y is not None and cpu.fuses_relu_backward(x.shape, w.shape, x.dtype, input_grad):
-        dx = cpu.input_grad(dy, w, relu_y) if input_grad else None
-        return (dx, *cpu.params_grad(x, dy, relu_y))
-    if relu_y is not None:
-        dy = relu_backward(relu_y, dy, out=dy if overwrite_dy else None)
-    dx = conv2d_backward_input(dy, w) if input_grad else None
-    return (dx, *conv2d_backward_params(x, dy))
-
-
-def conv2d_backward_input(dy, w):
-    """dx[N,C,OH+R-1,OW+R-1]: the gradient of the loss with respect to conv2d_forward's x."""
-    runtime = _check_backward_input("conv2d_backward_input", dy, w)
-    if runtime is None:
-        return cpu.input_grad(dy, w)
-    return _backward_input_device(runtime, dy, w)
-
-
-def conv2d_backward_params(x, dy):
-    """(dw[K,C,R,R], db[K]): the gradients for conv2d_forward's w and b; R = H - OH + 1."""
-    runtime = _check_backward_params("conv2d_backward_params", x, dy)
     if runtime is None:
         return cpu.params_grad(x, dy)
     return _backward_params_device(runtime, x, dy)

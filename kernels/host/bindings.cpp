@@ -119,16 +119,7 @@ void forward(const py::object& x_, const py::object& w_, const py::object& b_, c
     cunet_host::conv3x3_forward(xp, wp, bp, yp, N, C, H, W, K, relu);
 }
 
-// The optional relu_y of the two backwards: None, or an array shaped like dy (nullptr / its data).
-const float* relu_y_ptr(const char* op, const py::object& relu_y_, const py::array& dy, py::array& keep) {
-    if (relu_y_.is_none()) return nullptr;
-    keep = checked(op, "relu_y", relu_y_, {"N", "K", "OH", "OW"}, false);
-    expect_shape(op, "relu_y", keep, {dy.shape(0), dy.shape(1), dy.shape(2), dy.shape(3)},
-                 "= dy's shape (the forward's output, whose ReLU's backward masks dy)");
-    return in_ptr(keep);
-}
-
-void backward_input(const py::object& dy_, const py::object& w_, const py::object& dx_, const py::object& relu_y_) {
+void backward_input(const py::object& dy_, const py::object& w_, const py::object& dx_) {
     const char* op = "conv3x3_backward_input";
     py::array dy = checked(op, "dy", dy_, {"N", "K", "OH", "OW"}, false);
     py::array w = checked(op, "w", w_, {"K", "C", "3", "3"}, false);
@@ -137,17 +128,14 @@ void backward_input(const py::object& dy_, const py::object& w_, const py::objec
     expect_shape(op, "w", w, {K, C, 3, 3}, "= [K, C, 3, 3] for dy " + shape_of(dy) + " (K = dy.shape[1])");
     expect_shape(op, "dx", dx, {N, C, OH + 2, OW + 2},
                  "= [N, C, OH+2, OW+2] for dy " + shape_of(dy) + " and w " + shape_of(w));
-    py::array relu_y;
-    const float* yp = relu_y_ptr(op, relu_y_, dy, relu_y);
-    expect_disjoint(op, {{"dx", &dx}}, {{"dy", &dy}, {"w", &w}, {"dx", &dx}, {"relu_y", yp ? &relu_y : &dy}});
+    expect_disjoint(op, {{"dx", &dx}}, {{"dy", &dy}, {"w", &w}, {"dx", &dx}});
     const float *dyp = in_ptr(dy), *wp = in_ptr(w);
     float* dxp = out_ptr(dx);
     py::gil_scoped_release release;
-    cunet_host::conv3x3_backward_input(dyp, wp, dxp, N, K, OH, OW, C, yp);
+    cunet_host::conv3x3_backward_input(dyp, wp, dxp, N, K, OH, OW, C);
 }
 
-void backward_params(const py::object& x_, const py::object& dy_, const py::object& dw_, const py::object& db_,
-                     const py::object& relu_y_) {
+void backward_params(const py::object& x_, const py::object& dy_, const py::object& dw_, const py::object& db_) {
     const char* op = "conv3x3_backward_params";
     py::array x = checked(op, "x", x_, {"N", "C", "H", "W"}, false);
     py::array dy = checked(op, "dy", dy_, {"N", "K", "H-2", "W-2"}, false);
@@ -159,34 +147,28 @@ void backward_params(const py::object& x_, const py::object& dy_, const py::obje
     expect_shape(op, "dy", dy, {N, K, H - 2, W - 2}, "= [N, K, H-2, W-2] for x " + shape_of(x) + " and a 3x3 filter");
     expect_shape(op, "dw", dw, {K, C, 3, 3}, "= [K, C, 3, 3] for x " + shape_of(x) + " and dy " + shape_of(dy));
     expect_shape(op, "db", db, {K}, "= [K] for dy " + shape_of(dy));
-    py::array relu_y;
-    const float* yp = relu_y_ptr(op, relu_y_, dy, relu_y);
-    expect_disjoint(op, {{"dw", &dw}, {"db", &db}},
-                    {{"x", &x}, {"dy", &dy}, {"dw", &dw}, {"db", &db}, {"relu_y", yp ? &relu_y : &dy}});
+    expect_disjoint(op, {{"dw", &dw}, {"db", &db}}, {{"x", &x}, {"dy", &dy}, {"dw", &dw}, {"db", &db}});
     const float *xp = in_ptr(x), *dyp = in_ptr(dy);
     float *dwp = out_ptr(dw), *dbp = out_ptr(db);
     py::gil_scoped_release release;
-    cunet_host::conv3x3_backward_params(xp, dyp, dwp, dbp, N, C, H, W, K, yp);
+    cunet_host::conv3x3_backward_params(xp, dyp, dwp, dbp, N, C, H, W, K);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_host, m) {
     m.doc() = "cunet's CPU kernels in C++ (kernels/host/): the 3x3 convolutions, float32, NCHW, valid, stride 1.\n\n"
-              "Each op writes into a preallocated output and returns None. cunet/cpu/conv2d.py calls them.";
+              "Each op writes into a preallocated output and returns None. Not yet used by cunet.ops.";
 
     m.def("conv3x3_forward", &forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("relu") = false,
           "y[N,K,H-2,W-2] = b + the valid 3x3 cross-correlation of x[N,C,H,W] with w[K,C,3,3]; then max(., 0) if "
           "relu (NaN -> 0, as cunet's other paths).");
     m.def("conv3x3_backward_input", &backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"),
-          py::arg("relu_y") = py::none(),
           "dx[N,C,OH+2,OW+2] = the gradient of conv3x3_forward's x: dy[N,K,OH,OW] zero-padded by 2, correlated "
-          "with w[K,C,3,3] flipped and transposed. relu_y (the forward's output after its ReLU): dy is read as "
-          "dy where relu_y > 0, else 0 (the ReLU's backward, fused).");
+          "with w[K,C,3,3] flipped and transposed.");
     m.def("conv3x3_backward_params", &backward_params, py::arg("x"), py::arg("dy"), py::arg("dw"), py::arg("db"),
-          py::arg("relu_y") = py::none(),
           "dw[K,C,3,3] = sum over n and pixels of dy times the shifted x; db[K] = the sum of dy. Bitwise "
-          "independent of the number of threads. relu_y: as for conv3x3_backward_input.");
+          "independent of the number of threads.");
 
     m.def("simd_level", [] { return std::string(cunet_host::isa_name(cunet_host::cpu_isa())); },
           "Which compiled version of the kernels the ops run: 'avx512' (AVX-512F), 'avx2' (AVX2 + FMA: the "

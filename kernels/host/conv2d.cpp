@@ -410,7 +410,6 @@ void forward_task_generic(const Forward& f, index_t task, const float* x0, index
 struct WeightGrad {
     const float* x;   // [N, C, H, W]
     const float* dy;  // [N, K, OH, OW]
-    const float* relu_y;  // [N, K, OH, OW]: the fused ReLU's output, or nullptr (see relu_masked_copy)
     float* dw;        // [K, C, 3, 3]
     float* db;        // [K]
     const float* zeros;  // OW zeros: the dy row of the padding filters of a partial block
@@ -419,22 +418,6 @@ struct WeightGrad {
     index_t N, C, H, W, K, OH, OW;
     index_t kblocks, cgroups, rows, total_floats, band_floats, band_width;
 };
-
-// n floats of dy into `to`, through the fused ReLU's backward when y is given: dy where y > 0,
-// else 0 (a select, as cunet.ops.relu_backward: an inf or NaN in dy where y <= 0 gives 0).
-CUNET_INLINE void relu_masked_copy(float* to, const float* dy, const float* y, index_t n) {
-    if (!y) {
-        std::memcpy(to, dy, size_t(n) * sizeof(float));
-        return;
-    }
-    // dy[i] is read whatever y[i] is: a load behind the condition would keep the compiler from
-    // turning the loop into vector selects, and a branch on random signs mispredicts half the
-    // time (this copy then cost 4x the backward input's whole time on a 16-channel layer).
-    for (index_t i = 0; i < n; ++i) {
-        const float d = dy[i];
-        to[i] = y[i] > 0.0f ? d : 0.0f;
-    }
-}
 
 // The start of thread t's slot of `floats` floats in a buffer of such slots, rounded up to 64
 // bytes (each slot is allocated 16 floats longer for that).
@@ -449,23 +432,15 @@ CUNET_INLINE void bias_grad_impl(const WeightGrad& g, index_t k) {
     vec<L> acc{};
     float rest = 0.0f;
     for (index_t n = 0; n < g.N; ++n) {
-        const index_t plane = (n * g.K + k) * g.OH * g.OW;
-        const float* p = g.dy + plane;
-        const float* y = g.relu_y ? g.relu_y + plane : nullptr;
-        for (index_t oy = 0; oy < g.OH; ++oy, p += g.OW, y = y ? y + g.OW : nullptr) {
+        const float* p = g.dy + (n * g.K + k) * g.OH * g.OW;
+        for (index_t oy = 0; oy < g.OH; ++oy, p += g.OW) {
             index_t ox = 0;
             for (; ox + L <= g.OW; ox += L) {
                 vec<L> v;
                 load<L>(v, p + ox);
-                if (y) {   // the fused ReLU's backward: dy where y > 0
-                    vec<L> yv;
-                    load<L>(yv, y + ox);
-                    const mask<L> positive = yv > 0.0f;
-                    v = positive ? v : vec<L>{};
-                }
                 acc += v;
             }
-            for (; ox < g.OW; ++ox) rest += y && !(y[ox] > 0.0f) ? 0.0f : p[ox];
+            for (; ox < g.OW; ++ox) rest += p[ox];
         }
     }
     g.db[k] = lane_sum<L>(acc) + rest;
@@ -517,11 +492,9 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
         for (index_t h0 = 0; h0 < g.OH; h0 += g.rows) {
             const index_t h1 = std::min(h0 + g.rows, g.OH);
             for (index_t k = 0; k < kn; ++k)
-                for (index_t oy = h0; oy < h1; ++oy) {
-                    const index_t at = (n * g.K + k0 + k) * out_plane + oy * OW;
-                    relu_masked_copy(band + (k * g.rows + oy - h0) * g.band_width, g.dy + at,
-                                     g.relu_y ? g.relu_y + at : nullptr, OW);
-                }
+                for (index_t oy = h0; oy < h1; ++oy)
+                    std::memcpy(band + (k * g.rows + oy - h0) * g.band_width,
+                                g.dy + (n * g.K + k0 + k) * out_plane + oy * OW, size_t(OW) * sizeof(float));
             for (index_t c = c0; c < c1; ++c) {
                 for (int r = 0; r < 3; ++r) {
                     vec<L> acc[KB][3];
@@ -681,11 +654,9 @@ index_t forward_tasks(const Forward& f) { return f.N * f.groups * f.kblocks; }
 index_t forward_macs(const Forward& f) { return f.N * f.K * f.C * 9 * f.OH * f.OW; }
 
 // Rows oy0 .. oy0 + rows - 1 of every channel of dy zero-padded by 2 on every side (the
-// backward input's input, H = OH + 4 rows of W = OW + 4), written into band [K][rows][W];
-// through the fused ReLU's backward where relu_y_image is given.
+// backward input's input, H = OH + 4 rows of W = OW + 4), written into band [K][rows][W].
 // Rows past the padded image (the last group's band) are zeros, never read.
-void pad_band(const float* dy_image, const float* relu_y_image, index_t K, index_t OH, index_t OW, index_t oy0,
-              index_t rows, float* band) {
+void pad_band(const float* dy_image, index_t K, index_t OH, index_t OW, index_t oy0, index_t rows, float* band) {
     const index_t W = OW + 4;
     for (index_t k = 0; k < K; ++k) {
         for (index_t i = 0; i < rows; ++i) {
@@ -696,8 +667,7 @@ void pad_band(const float* dy_image, const float* relu_y_image, index_t K, index
                 continue;
             }
             row[0] = row[1] = 0.0f;
-            const index_t at = (k * OH + src) * OW;
-            relu_masked_copy(row + 2, dy_image + at, relu_y_image ? relu_y_image + at : nullptr, OW);
+            std::memcpy(row + 2, dy_image + (k * OH + src) * OW, size_t(OW) * sizeof(float));
             row[OW + 2] = row[OW + 3] = 0.0f;
         }
     }
@@ -770,7 +740,7 @@ void conv3x3_forward(const float* x, const float* w, const float* b, float* y, i
 // band of its own (K x (rows + 2) x (OW + 4)) and keeps it for its next task if that one
 // reads the same rows (consecutive tasks differ only in their block of filters).
 void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
-                            index_t OW, index_t C, const float* relu_y) {
+                            index_t OW, index_t C) {
     reset_scratch_peak();
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
@@ -787,8 +757,7 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
         const int thread = thread_index();
         float* band = bands.data() + thread * band_floats;
         if (band_holds[size_t(thread)] != t.n * f.groups + t.g) {
-            const index_t image = t.n * K * OH * OW;
-            pad_band(dy + image, relu_y ? relu_y + image : nullptr, K, OH, OW, t.oy0, band_rows, band);
+            pad_band(dy + t.n * K * OH * OW, K, OH, OW, t.oy0, band_rows, band);
             band_holds[size_t(thread)] = t.n * f.groups + t.g;
         }
         v.forward_task(f, task, band, band_rows * W);
@@ -796,7 +765,7 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
 }
 
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
-                             index_t W, index_t K, const float* relu_y) {
+                             index_t W, index_t K) {
     reset_scratch_peak();
     const Version v = current_version();
     const Geometry geo = v.geometry;
@@ -811,7 +780,7 @@ void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* 
     const index_t band_width = ceil_div(OW, geo.wgrad_pixels) * geo.wgrad_pixels;
     const index_t band_floats = geo.wgrad_filters * rows * band_width;
     const Scratch bands(index_t(max_threads()) * (band_floats + 16), /*zero=*/false);
-    WeightGrad g{x, dy, relu_y, dw, db, zeros.data(), totals.data(), bands.data(), N, C, H, W, K, OH, OW,
+    WeightGrad g{x, dy, dw, db, zeros.data(), totals.data(), bands.data(), N, C, H, W, K, OH, OW,
                  ceil_div(K, geo.wgrad_filters), ceil_div(C, kWgradChannels), rows, total_floats,
                  band_floats, band_width};
     run_tasks(g.kblocks * g.cgroups, N * K * C * 9 * OH * OW, [&](index_t t) { v.wgrad_task(g, t); });

@@ -38,13 +38,10 @@ Geometry geometry(Isa isa);
 
 void conv3x3_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C,
                      index_t H, index_t W, index_t K, bool relu);
-// The two backwards take relu_y: the forward's output when it fused a ReLU, else nullptr.
-// Given, they read dy through the ReLU's backward, dy where relu_y > 0 and 0 elsewhere (a
-// select: dy = inf or NaN there still gives 0), so no separate pass over dy writes it first.
 void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
-                            index_t OW, index_t C, const float* relu_y = nullptr);
+                            index_t OW, index_t C);
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C,
-                             index_t H, index_t W, index_t K, const float* relu_y = nullptr);
+                             index_t H, index_t W, index_t K);
 
 // OpenMP threads: what the next parallel loop may use, and what the last one did use.
 int max_threads();
