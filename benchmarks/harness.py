@@ -290,6 +290,16 @@ class Peaks:
     tf32_gflops: float | None = None
 
 
+def measure_sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """NumPy's float32 matmul (BLAS sgemm on all cores) of two n x n matrices: 2 n^3 FLOPs over
+    the best of ``repeats`` after a warm-up (a peak is the best the machine did), in GFLOP/s."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.T.copy()
+    c = np.empty_like(a)
+    t_gemm = min(repeat(CpuTimer(flush_bytes=0), lambda: np.matmul(a, b, out=c), 1, repeats))
+    return 2 * n**3 / t_gemm / 1e9
+
+
 def measure_cpu_peaks(gemm_n: int = 2048, copy_bytes: int = 512 << 20, repeats: int = 5) -> Peaks:
     """Measure this CPU's practical peaks.
 
@@ -304,13 +314,8 @@ def measure_cpu_peaks(gemm_n: int = 2048, copy_bytes: int = 512 << 20, repeats: 
     best of ``repeats``. Bytes counted: read + write (STREAM's convention; the hardware
     also reads each destination line before writing it, which this does not count).
     """
-    a = np.random.default_rng(0).standard_normal((gemm_n, gemm_n)).astype(np.float32)
-    b = a.T.copy()
-    c = np.empty_like(a)
+    gflops = measure_sgemm_gflops(gemm_n, repeats)
     timer = CpuTimer(flush_bytes=0)
-    t_gemm = min(repeat(timer, lambda: np.matmul(a, b, out=c), 1, repeats))
-    gflops = 2 * gemm_n**3 / t_gemm / 1e9
-
     src = np.ones(copy_bytes // 4, np.float32)
     dst = np.empty_like(src)
     t_numpy = min(repeat(timer, lambda: np.copyto(dst, src), 1, repeats))

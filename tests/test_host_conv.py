@@ -19,6 +19,7 @@ the installed one. (So nothing here imports cunet.ops: Numba's compiler stays ou
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import platform
 import subprocess
@@ -383,6 +384,15 @@ def test_scratch_memory_is_the_documented_buffers_and_no_more(level, shape, rest
     assert host._scratch_peak_bytes() == expected_scratch_bytes(taller, 2)[1]
     run_backward_params(x, dy)
     assert host._scratch_peak_bytes() == expected_scratch_bytes(taller, 2)[2]
+
+
+def test_fma_peak_is_a_finite_positive_rate_in_every_version(level):
+    """The FMA loop runs in each version and reports FLOPs over a measured time (its speed is
+    benchmarks.conv2d_cpu's business, not a test's)."""
+    rate = host.fma_peak_gflops(10**5)
+    assert math.isfinite(rate) and rate > 0, rate
+    with pytest.raises(ValueError, match="fma_peak_gflops: iterations must be >= 1, got 0"):
+        host.fma_peak_gflops(0)
 
 
 def test_set_num_threads_refuses_zero():

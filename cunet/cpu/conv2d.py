@@ -21,7 +21,8 @@ the filter dimensions are tiny (K = 16 outputs, C*9 = 144 reduction terms at bas
 so BLAS spends its time packing panels and copying the im2col matrix, which is 9x the
 image and does only K multiply-adds per element copied; the direct kernels instead keep a
 tile of 8 filters x 32 pixels in registers for the whole sum (kernels/host/conv2d.cpp) and
-run at 200-330 GFLOP/s on the 2-core AVX-512 VMs, near or above OpenBLAS's own sgemm.
+run at 200-460 GFLOP/s on the 2-core AVX-512 VMs, near or above OpenBLAS's own sgemm
+(up to 92% of the FMA units' measured peak: `python -m benchmarks.conv2d_cpu`).
 Winograd's 2.25x fewer multiplies pay for its transforms (3 passes over the data, 16 small
 GEMMs) only where the direct kernel is slowed down by short rows (see WINOGRAD_WGRAD_MAX_OW).
 `python -m benchmarks.conv2d_cpu --pick` times the two per op and layer.

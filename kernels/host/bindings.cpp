@@ -211,6 +211,18 @@ PYBIND11_MODULE(_host, m) {
             return d;
         },
         "The register tile of the version simd_level() names (kernels/host/conv2d.cpp explains them).");
+    m.def(
+        "fma_peak_gflops",
+        [](std::int64_t iterations) {
+            if (iterations < 1)
+                throw py::value_error("fma_peak_gflops: iterations must be >= 1, got " + std::to_string(iterations));
+            py::gil_scoped_release release;
+            return cunet_host::fma_peak_gflops(iterations);
+        },
+        py::arg("iterations"),
+        "GFLOP/s of register-only FMAs on every OpenMP thread, in simd_level()'s version: the ceiling "
+        "the convolutions are measured against. Each thread runs `iterations` rounds (~10^8: a few "
+        "tenths of a second).");
     m.def("max_threads", &cunet_host::max_threads, "OpenMP threads the next parallel loop may use.");
     m.def(
         "set_num_threads",

@@ -1,9 +1,9 @@
 // The U-Net's 3x3 convolutions on the CPU: register-blocked direct loops on OpenMP threads.
 //
-// Read conv2d.hpp first for what each function computes. This file is in five parts: the
+// Read conv2d.hpp first for what each function computes. This file is in six parts: the
 // SIMD dispatch, the forward (which the backward input reuses), the weight gradient, the
-// table of the versions compiled for each instruction set, and the OpenMP drivers that
-// split each op into tasks.
+// FMA peak they are measured against, the table of the versions compiled for each
+// instruction set, and the OpenMP drivers that split each op into tasks.
 //
 // ---------------------------------------------------------------------------------------------
 // Register blocking: why a tile of outputs, and why this size
@@ -63,6 +63,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstdint>
 #include <cstring>
@@ -578,22 +579,58 @@ void wgrad_task_generic(const WeightGrad& g, index_t task) {
     wgrad_task_impl<kGeometry[0].wgrad_filters, kGeometry[0].wgrad_pixels>(g, task);
 }
 
+// --- the FMA peak ---------------------------------------------------------------------------------
+// What the FMA units can do when nothing else limits them, the ceiling the convolutions are
+// measured against (benchmarks/conv2d_cpu.py): A independent accumulators, each one FMA per
+// iteration, no loads or stores. A is the number of chains that hides the FMA latency on
+// both units with registers to spare (2 units x 4 cycles = 8; more do no harm): 24 of
+// AVX-512's 32 registers, 12 of AVX2's 16. (BLAS's sgemm is no such ceiling: on the 2-core
+// AMD EPYC NumPy's OpenBLAS and PyTorch reach 200-240 GFLOP/s, under half of this.)
+// Returns the floating-point operations done (2 per lane per FMA; the generic x86-64
+// version has no FMA instruction and issues a multiply and an add).
+template <int L, int A>
+CUNET_INLINE double fma_loop_impl(index_t iterations, float scale) {
+    vec<L> acc[A];
+    const vec<L> m = vec<L>{} + scale, c = vec<L>{} + (1.0f - scale);  // scale = 1: acc stays finite
+#pragma GCC unroll 24
+    for (int a = 0; a < A; ++a) acc[a] = vec<L>{} + float(a);
+    for (index_t i = 0; i < iterations; ++i) {
+#pragma GCC unroll 24
+        for (int a = 0; a < A; ++a) acc[a] = acc[a] * m + c;
+    }
+    vec<L> sum{};
+#pragma GCC unroll 24
+    for (int a = 0; a < A; ++a) sum += acc[a];
+    volatile float sink = lane_sum<L>(sum);   // the result is used: the loop cannot be dropped
+    (void)sink;
+    return 2.0 * A * L * double(iterations);
+}
+
+#if CUNET_VERSIONS
+CUNET_AVX512 double fma_loop_avx512(index_t iterations, float scale) {
+    return fma_loop_impl<16, 24>(iterations, scale);
+}
+CUNET_AVX2 double fma_loop_avx2(index_t iterations, float scale) { return fma_loop_impl<8, 12>(iterations, scale); }
+#endif
+double fma_loop_generic(index_t iterations, float scale) { return fma_loop_impl<4, 12>(iterations, scale); }
+
 // --- the versions' table ---------------------------------------------------------------------------
 struct Version {
     Isa isa;
     Geometry geometry;
     void (*forward_task)(const Forward&, index_t, const float*, index_t);
     void (*wgrad_task)(const WeightGrad&, index_t);
+    double (*fma_loop)(index_t iterations, float scale);
 };
 
 namespace {
 
 Version version_of(Isa isa) {
 #if CUNET_VERSIONS
-    if (isa == Isa::avx512) return {isa, kGeometry[2], forward_task_avx512, wgrad_task_avx512};
-    if (isa == Isa::avx2) return {isa, kGeometry[1], forward_task_avx2, wgrad_task_avx2};
+    if (isa == Isa::avx512) return {isa, kGeometry[2], forward_task_avx512, wgrad_task_avx512, fma_loop_avx512};
+    if (isa == Isa::avx2) return {isa, kGeometry[1], forward_task_avx2, wgrad_task_avx2, fma_loop_avx2};
 #endif
-    return {Isa::generic, kGeometry[0], forward_task_generic, wgrad_task_generic};
+    return {Isa::generic, kGeometry[0], forward_task_generic, wgrad_task_generic, fma_loop_generic};
 }
 
 // The version the ops run: -1 until the first call picks the best one (isa_by_cpu_features).
@@ -784,6 +821,16 @@ void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* 
                  ceil_div(K, geo.wgrad_filters), ceil_div(C, kWgradChannels), rows, total_floats,
                  band_floats, band_width};
     run_tasks(g.kblocks * g.cgroups, N * K * C * 9 * OH * OW, [&](index_t t) { v.wgrad_task(g, t); });
+}
+
+double fma_peak_gflops(index_t iterations) {
+    const Version v = current_version();
+    double flops = 0.0;
+    const auto start = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : flops)
+    flops += v.fma_loop(iterations, 1.0f);
+    const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+    return flops / seconds.count() * 1e-9;
 }
 
 int max_threads() {

@@ -43,6 +43,10 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C,
                              index_t H, index_t W, index_t K);
 
+// The FMA units' throughput on every OpenMP thread, in GFLOP/s: each thread runs `iterations`
+// rounds of register-only FMAs in the current version (conv2d.cpp, "The FMA peak").
+double fma_peak_gflops(index_t iterations);
+
 // OpenMP threads: what the next parallel loop may use, and what the last one did use.
 int max_threads();
 void set_num_threads(int n);
