@@ -32,6 +32,11 @@ process: cunet._host's register-only FMA loop on every thread (kernels/host/conv
 no ceiling: on the 2-core AMD EPYC it is 240 GFLOP/s, half the FMA peak (OpenBLAS runs
 its AVX2 kernel there), and the direct kernels pass it by up to 1.9x.
 
+Both libraries allocate under the malloc policy ``python -m cunet.train`` sets
+(cunet.cpu.keep_freed_memory). Under glibc's defaults an op's output above the dynamic
+mmap threshold can come back as fresh pages every call, which the kernel zero-fills:
+the head's 9.6 MB backward input took 8.3 ms so after the wide layers ran, 0.27 ms alone.
+
 ``--pick`` times no PyTorch: per layer and op it alternates cunet's direct and Winograd
 algorithms call by call (so a change in the machine's load hits both alike), prints both
 medians and the faster, and which one ``cpu_algorithm`` picks today.
@@ -343,6 +348,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(2)
     cpu_conv2d.CPU_ALGORITHM = args.algorithm
     print(f"cpu algorithm: {args.algorithm} (auto: {cpu_conv2d.host_kernels_status()})")
+    from cunet.cpu import TRAINING_MALLOC, keep_freed_memory
+    kept = keep_freed_memory(**TRAINING_MALLOC)
+    print("malloc: " + ("cunet.train's policy, for both libraries (cunet.cpu.keep_freed_memory)" if kept
+                        else "the C library's defaults (not glibc)"))
     only = set(args.only.split(",")) if args.only else None
     if args.quick:
         global IDLE_S

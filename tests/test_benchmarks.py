@@ -356,6 +356,7 @@ def test_conv2d_cpu_cli_validates_and_prints_a_table(algorithm):
     else:   # the %pk columns divide by the C++ FMA loop's rate; sgemm's is printed as its share of it
         assert re.search(r"measured FMA peak: \d+ GFLOP/s \(cunet._host, every thread; %pk below\), "
                          r"sgemm \d+ GFLOP/s = \d+% of it \(NumPy/OpenBLAS, 512\^3\)", result.stdout), result.stdout
+    assert "malloc: cunet.train's policy" in result.stdout or "malloc: the C library's defaults" in result.stdout
     assert "U-Net base 2, 44x44, depth 3" in result.stdout
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("down", "up", "head"))]
     assert len(rows) == 11   # 2 convs per level (3 down, 2 up) + the head
