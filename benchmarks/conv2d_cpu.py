@@ -33,9 +33,10 @@ no ceiling: on the 2-core AMD EPYC it is 240 GFLOP/s, half the FMA peak (OpenBLA
 its AVX2 kernel there), and the direct kernels pass it by up to 1.9x.
 
 Both libraries allocate under the malloc policy ``python -m cunet.train`` sets
-(cunet.cpu.keep_freed_memory). Under glibc's defaults an op's output above the dynamic
-mmap threshold can come back as fresh pages every call, which the kernel zero-fills:
-the head's 9.6 MB backward input took 8.3 ms so after the wide layers ran, 0.27 ms alone.
+(cunet.cpu.keep_freed_memory), as in benchmarks.train_step. Not understood yet: in the
+full sweep the head's 1x1 forward and backward input (GEMMs with 2 rows or an inner
+dimension of 2, on OpenBLAS) read 8-16 ms, and 0.2-0.9 ms when run alone (``--only
+head``) or with OPENBLAS_NUM_THREADS=1 (2026-12-07, 2-core AMD EPYC).
 
 ``--pick`` times no PyTorch: per layer and op it alternates cunet's direct and Winograd
 algorithms call by call (so a change in the machine's load hits both alike), prints both
