@@ -159,6 +159,7 @@ def test_backward_input_matches_reference(level, shape, seed):
 
 @given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
 @edge_examples
+@example(shape=(1, 20, 70, 5, 9), seed=2)   # 9 blocks of 8 filters (the last one 6): two groups of filters per task
 def test_backward_params_matches_reference(level, shape, seed):
     x, _, _, dy = random_case(seed, shape)
     dw, db = run_backward_params(x, dy)
@@ -309,7 +310,9 @@ def run_all(x, w, b, dy):
 
 
 # (N, C, K, OH, OW): every op >= 2**21 multiply-adds, so each runs in parallel
-@pytest.mark.parametrize("shape", [(2, 8, 24, 38, 38), (1, 20, 9, 40, 45), (3, 3, 40, 14, 61)])
+# (1, 20, 70, ...): the weight gradient splits its 9 or 18 blocks of filters into 2 or 3 groups
+# per channel group, by the thread count: the sums must not notice.
+@pytest.mark.parametrize("shape", [(2, 8, 24, 38, 38), (1, 20, 9, 40, 45), (3, 3, 40, 14, 61), (1, 20, 70, 12, 20)])
 def test_results_do_not_depend_on_the_number_of_threads(level, shape, restore_threads):
     x, w, b, dy = random_case(7, shape)
     results = {}
@@ -360,10 +363,15 @@ def expected_scratch_bytes(shape, threads):
     # in conv2d.cpp, on rows OW + 4 wide) plus 2, every channel; then the filters, a zero bias
     rows = max(1, min(OH + 2, -(-2048 // (OW + 4))))
     backward_input = threads * K * (rows + 2) * (OW + 4) + packed(C, K) + C
-    # the weight gradient: a zero row of dy, and per thread its totals and a band of dy on
-    # rows rounded up to whole vectors (kWgradOutputs = 1024 outputs), 16 floats for alignment
+    # the weight gradient: a zero row of dy, and per thread its totals (a task's blocks of
+    # filters: at most kWgradTaskKblocks = 8, split further only until every thread has a task
+    # among the groups of 16 channels) and a band of dy on rows rounded up to whole vectors
+    # (kWgradOutputs = 1024 outputs), 16 floats for alignment
+    kblocks, cgroups = -(-K // KBw), -(-C // 16)
+    kgroups = min(kblocks, max(-(-kblocks // 8), -(-threads // cgroups)))
+    task_kblocks = -(-kblocks // kgroups)
     band = KBw * max(1, min(OH, -(-1024 // OW))) * -(-OW // L) * L
-    backward_params = OW + threads * (min(C, 16) * 3 * KBw * 3 * L + band + 16)
+    backward_params = OW + threads * (task_kblocks * min(C, 16) * 3 * KBw * 3 * L + band + 16)
     return tuple(4 * n for n in (forward, backward_input, backward_params))
 
 

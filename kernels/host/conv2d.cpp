@@ -132,6 +132,10 @@ constexpr Geometry kGeometry[3] = {
 constexpr index_t kTaskOutputs = 2048;
 // Channels per weight-gradient task (more tasks for the layers with few filters).
 constexpr index_t kWgradChannels = 16;
+// Blocks of filters per weight-gradient task at most: a task reads and writes all its
+// running totals once per band, and they should stay in L2 beside the band's rows of x
+// (AVX-512: 16 channels x 8 blocks x 8 filters x 9 taps x 16 lanes x 4 bytes = 590 KB).
+constexpr index_t kWgradTaskKblocks = 8;
 // Output pixels per band of the weight gradient: the band of dy that every channel's rows of
 // x stream past (KB filters x ~1024 floats: 32 KB for AVX-512's 8 filters) then stays in the
 // 48 KB L1 cache. Measured at 256, 512, 1024 and 2048 on six U-Net layers (2-core AVX-512
@@ -418,6 +422,7 @@ struct WeightGrad {
     float* dy_bands;     // per thread, band_floats: a band of dy on aligned rows (wgrad_task_impl)
     index_t N, C, H, W, K, OH, OW;
     index_t kblocks, cgroups, rows, total_floats, band_floats, band_width;
+    index_t channels, task_kblocks, kgroups;   // a task's channels, its blocks of filters, tasks per channel group
 };
 
 // The start of thread t's slot of `floats` floats in a buffer of such slots, rounded up to 64
@@ -468,19 +473,20 @@ CUNET_INLINE void wgrad_masked_step(vec<L> (&acc)[KB][3], const float* const (&d
 
 template <int KB, int L>
 CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
-    const index_t kb = task % g.kblocks, cg = task / g.kblocks;
-    const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
-    const index_t c0 = cg * kWgradChannels, c1 = std::min(c0 + kWgradChannels, g.C);
+    const index_t kg = task % g.kgroups, cg = task / g.kgroups;
+    const index_t kb0 = kg * g.task_kblocks, kb1 = std::min(kb0 + g.task_kblocks, g.kblocks);
+    const index_t c0 = cg * g.channels, c1 = std::min(c0 + g.channels, g.C);
     const index_t OW = g.OW, out_plane = g.OH * g.OW;
     vec<L> lane;
     for (int l = 0; l < L; ++l) lane[l] = float(l);
 
-    // The task's running totals, lane by lane: [c - c0][r][k][s][L], in this thread's slot of
-    // the buffer the driver allocated once for the op. (Floats, read and written with
-    // unaligned vector moves: the slot is not aligned to the vectors' 64 bytes, which GCC's
-    // aligned moves would assume.)
-    float* const total = g.totals + thread_index() * g.total_floats;
-    std::fill(total, total + (c1 - c0) * 3 * KB * 3 * L, 0.0f);
+    // The task's running totals, lane by lane: [kb - kb0][c - c0][r][k][s][L], in this
+    // thread's slot of the buffer the driver allocated once for the op. (Floats, read and
+    // written with unaligned vector moves: the slot is not aligned to the vectors' 64 bytes,
+    // which GCC's aligned moves would assume.)
+    const index_t block_floats = (c1 - c0) * 3 * KB * 3 * L;   // one block of filters' totals
+    float* const totals = g.totals + thread_index() * g.total_floats;
+    std::fill(totals, totals + (kb1 - kb0) * block_floats, 0.0f);
 
     // The band of dy is copied onto rows of band_width floats (OW rounded up to a whole
     // vector) starting at a 64-byte boundary, so the 8 loads of dy in each step of the inner
@@ -488,10 +494,20 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
     // port twice, and with 11 loads per 24 FMAs that made the loop wait on loads (~70% of
     // the FMA peak on one core; aligned, see kWgradOutputs). The copy is read 3 x channels
     // of the task (up to 48) times.
+    //
+    // The blocks of filters are the innermost loop over a band: their x is the same rows of
+    // the task's channels, (rows + 2) x W floats each, which stay in L2 from one block to the
+    // next, so x comes from memory once per task rather than once per block of filters. (One
+    // task per block of filters read x K/8 times: the 64-channel layer at 570^2 moved ~1 GB
+    // for 24 GFLOP and ran at 50% of the FMA peak, memory-bound, where the same layer at
+    // 130^2, in the L3, ran at 83%.)
     float* const band = aligned_slot(g.dy_bands, g.band_floats, thread_index());
     for (index_t n = 0; n < g.N; ++n) {
         for (index_t h0 = 0; h0 < g.OH; h0 += g.rows) {
-            const index_t h1 = std::min(h0 + g.rows, g.OH);
+          const index_t h1 = std::min(h0 + g.rows, g.OH);
+          for (index_t kb = kb0; kb < kb1; ++kb) {
+            const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
+            float* const total = totals + (kb - kb0) * block_floats;
             for (index_t k = 0; k < kn; ++k)
                 for (index_t oy = h0; oy < h1; ++oy)
                     std::memcpy(band + (k * g.rows + oy - h0) * g.band_width,
@@ -552,18 +568,23 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
                     }
                 }
             }
+          }
         }
     }
-    for (index_t c = c0; c < c1; ++c)
-        for (int r = 0; r < 3; ++r)
-            for (index_t k = 0; k < kn; ++k)
-                for (int s = 0; s < 3; ++s) {
-                    vec<L> sum;
-                    load<L>(sum, total + ((((c - c0) * 3 + r) * KB + k) * 3 + s) * L);
-                    g.dw[((k0 + k) * g.C + c) * 9 + r * 3 + s] = lane_sum<L>(sum);
-                }
-    if (cg == 0)   // the first group of channels' tasks also sum the bias gradient of their filters
-        for (index_t k = k0; k < k0 + kn; ++k) bias_grad_impl<L>(g, k);
+    for (index_t kb = kb0; kb < kb1; ++kb) {
+        const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
+        const float* const total = totals + (kb - kb0) * block_floats;
+        for (index_t c = c0; c < c1; ++c)
+            for (int r = 0; r < 3; ++r)
+                for (index_t k = 0; k < kn; ++k)
+                    for (int s = 0; s < 3; ++s) {
+                        vec<L> sum;
+                        load<L>(sum, total + ((((c - c0) * 3 + r) * KB + k) * 3 + s) * L);
+                        g.dw[((k0 + k) * g.C + c) * 9 + r * 3 + s] = lane_sum<L>(sum);
+                    }
+        if (cg == 0)   // the first group of channels' tasks also sum the bias gradient of their filters
+            for (index_t k = k0; k < k0 + kn; ++k) bias_grad_impl<L>(g, k);
+    }
 }
 
 // One weight-gradient task, in each version (see "SIMD dispatch").
@@ -808,9 +829,18 @@ void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* 
     const Geometry geo = v.geometry;
     const index_t OH = H - 2, OW = W - 2;
     const Scratch zeros(OW);
+    // The tasks: groups of up to kWgradChannels channels x groups of up to kWgradTaskKblocks
+    // blocks of filters; the filters are split only as far as it takes to give every thread
+    // a task (a group of filters reads its x once: wgrad_task_impl). No split changes a
+    // result: each dw[k, c] is summed band by band in the same order by whichever task owns it.
+    const index_t kblocks = ceil_div(K, geo.wgrad_filters), cgroups = ceil_div(C, kWgradChannels);
+    const index_t kgroups = std::min(kblocks, std::max(ceil_div(kblocks, kWgradTaskKblocks),
+                                                       ceil_div(index_t(max_threads()), cgroups)));
+    const index_t task_kblocks = ceil_div(kblocks, kgroups);
     // One slot of running totals per thread, allocated once for the op (not once per task):
-    // [channels of a task][r][filters of a tile][s][lanes].
-    const index_t total_floats = std::min(C, kWgradChannels) * 3 * geo.wgrad_filters * 3 * geo.wgrad_pixels;
+    // [blocks of filters of a task][channels of a task][r][filters of a tile][s][lanes].
+    const index_t total_floats =
+        task_kblocks * std::min(C, kWgradChannels) * 3 * geo.wgrad_filters * 3 * geo.wgrad_pixels;
     const Scratch totals(index_t(max_threads()) * total_floats, /*zero=*/false);   // each task zeroes its slot
     // And one band of dy per thread: wgrad_filters x rows x band_width, 64-byte aligned.
     const index_t rows = std::max<index_t>(1, std::min(OH, ceil_div(kWgradOutputs, OW)));
@@ -818,9 +848,9 @@ void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* 
     const index_t band_floats = geo.wgrad_filters * rows * band_width;
     const Scratch bands(index_t(max_threads()) * (band_floats + 16), /*zero=*/false);
     WeightGrad g{x, dy, dw, db, zeros.data(), totals.data(), bands.data(), N, C, H, W, K, OH, OW,
-                 ceil_div(K, geo.wgrad_filters), ceil_div(C, kWgradChannels), rows, total_floats,
-                 band_floats, band_width};
-    run_tasks(g.kblocks * g.cgroups, N * K * C * 9 * OH * OW, [&](index_t t) { v.wgrad_task(g, t); });
+                 kblocks, cgroups, rows, total_floats, band_floats, band_width,
+                 kWgradChannels, task_kblocks, ceil_div(kblocks, task_kblocks)};
+    run_tasks(g.kgroups * g.cgroups, N * K * C * 9 * OH * OW, [&](index_t t) { v.wgrad_task(g, t); });
 }
 
 double fma_peak_gflops(index_t iterations) {
