@@ -130,12 +130,15 @@ constexpr Geometry kGeometry[3] = {
 // of filters), small enough that a task's rows of x (C x (rows + 2) rows) stay in L2 while
 // every block of filters reads them (the span the deleted Numba loops used too, measured there).
 constexpr index_t kTaskOutputs = 2048;
-// Channels per weight-gradient task (more tasks for the layers with few filters).
-constexpr index_t kWgradChannels = 16;
-// Blocks of filters per weight-gradient task at most: a task reads and writes all its
-// running totals once per band, and they should stay in L2 beside the band's rows of x
-// (AVX-512: 16 channels x 8 blocks x 8 filters x 9 taps x 16 lanes x 4 bytes = 590 KB).
-constexpr index_t kWgradTaskKblocks = 8;
+// A weight-gradient task: up to kWgradChannels channels x kWgradTaskKblocks blocks of
+// filters. It reads its channels' x once per group of filters and dy once per group of
+// channels, and reads and writes all its running totals once per band, which should stay
+// in L2 beside the band's rows of x (AVX-512: 32 channels x 4 blocks x 8 filters x 9 taps x
+// 16 lanes x 4 bytes = 590 KB). 32 x 4 against 16 x 8 (the same totals), eight layers of
+// the U-Net at base 64, cunet._host directly, two builds alternating (2-core AMD EPYC):
+// 326-352 ms against 359-376 in all; 32 x 2 378, 64 x 2 346, 64 x 4 347.
+constexpr index_t kWgradChannels = 32;
+constexpr index_t kWgradTaskKblocks = 4;
 // Output pixels per band of the weight gradient: the band of dy that every channel's rows of
 // x stream past (KB filters x ~1024 floats: 32 KB for AVX-512's 8 filters) then stays in the
 // 48 KB L1 cache. Measured at 256, 512, 1024 and 2048 on six U-Net layers (2-core AVX-512
@@ -493,7 +496,7 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
     // loop are aligned: an unaligned 64-byte load spans two cache lines and costs the load
     // port twice, and with 11 loads per 24 FMAs that made the loop wait on loads (~70% of
     // the FMA peak on one core; aligned, see kWgradOutputs). The copy is read 3 x channels
-    // of the task (up to 48) times.
+    // of the task (up to 96) times.
     //
     // The blocks of filters are the innermost loop over a band: their x is the same rows of
     // the task's channels, (rows + 2) x W floats each, which stay in L2 from one block to the
