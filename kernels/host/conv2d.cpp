@@ -401,9 +401,10 @@ void forward_task_generic(const Forward& f, index_t task, const float* x0, index
 // shifted loads of x, and issues 3*KB FMAs: AVX-512 8 x 3 = 24 accumulators (of 32
 // registers), 11 loads for 24 FMAs; AVX2 and generic 4 x 3 = 12.
 //
-// A task owns a block of KB filters and a group of channels: it alone writes their dw, so
-// no sum is ever split between threads. It walks the images in bands of rows; a band of dy
-// (KB filters x ~kWgradOutputs pixels) stays in L1 while each channel's rows of x stream past it.
+// A task owns a few blocks of KB filters and a group of channels: it alone writes their dw,
+// so no sum is ever split between threads. It walks the images in bands of rows, and each
+// band one block of filters after the other; a band of dy (KB filters x ~kWgradOutputs
+// pixels) stays in L1 while each channel's rows of x stream past it.
 // Each band's register sums are added into the task's lane-wise totals (in memory) and the
 // lanes are summed once, at the end: the order of every addition is fixed by the shapes
 // and the tile (the vector width), not by the threads. So dw and db are bitwise the same
@@ -507,71 +508,71 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
     float* const band = aligned_slot(g.dy_bands, g.band_floats, thread_index());
     for (index_t n = 0; n < g.N; ++n) {
         for (index_t h0 = 0; h0 < g.OH; h0 += g.rows) {
-          const index_t h1 = std::min(h0 + g.rows, g.OH);
-          for (index_t kb = kb0; kb < kb1; ++kb) {
-            const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
-            float* const total = totals + (kb - kb0) * block_floats;
-            for (index_t k = 0; k < kn; ++k)
-                for (index_t oy = h0; oy < h1; ++oy)
-                    std::memcpy(band + (k * g.rows + oy - h0) * g.band_width,
-                                g.dy + (n * g.K + k0 + k) * out_plane + oy * OW, size_t(OW) * sizeof(float));
-            for (index_t c = c0; c < c1; ++c) {
-                for (int r = 0; r < 3; ++r) {
-                    vec<L> acc[KB][3];
+            const index_t h1 = std::min(h0 + g.rows, g.OH);
+            for (index_t kb = kb0; kb < kb1; ++kb) {
+                const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
+                float* const total = totals + (kb - kb0) * block_floats;
+                for (index_t k = 0; k < kn; ++k)
+                    for (index_t oy = h0; oy < h1; ++oy)
+                        std::memcpy(band + (k * g.rows + oy - h0) * g.band_width,
+                                    g.dy + (n * g.K + k0 + k) * out_plane + oy * OW, size_t(OW) * sizeof(float));
+                for (index_t c = c0; c < c1; ++c) {
+                    for (int r = 0; r < 3; ++r) {
+                        vec<L> acc[KB][3];
 #pragma GCC unroll 8
-                    for (int k = 0; k < KB; ++k) acc[k][0] = acc[k][1] = acc[k][2] = vec<L>{};
-                    for (index_t oy = h0; oy < h1; ++oy) {
-                        const float* xr = g.x + ((n * g.C + c) * g.H + oy + r) * g.W;
-                        const float* d[KB];
+                        for (int k = 0; k < KB; ++k) acc[k][0] = acc[k][1] = acc[k][2] = vec<L>{};
+                        for (index_t oy = h0; oy < h1; ++oy) {
+                            const float* xr = g.x + ((n * g.C + c) * g.H + oy + r) * g.W;
+                            const float* d[KB];
 #pragma GCC unroll 8
-                        for (int k = 0; k < KB; ++k)
-                            d[k] = k < kn ? band + (k * g.rows + oy - h0) * g.band_width : g.zeros;
-                        index_t ox = 0;
-                        for (; ox + L <= OW; ox += L) {
-                            vec<L> x0, x1, x2;   // the row of x at taps s = 0, 1, 2
-                            load<L>(x0, xr + ox);
-                            load<L>(x1, xr + ox + 1);
-                            load<L>(x2, xr + ox + 2);
+                            for (int k = 0; k < KB; ++k)
+                                d[k] = k < kn ? band + (k * g.rows + oy - h0) * g.band_width : g.zeros;
+                            index_t ox = 0;
+                            for (; ox + L <= OW; ox += L) {
+                                vec<L> x0, x1, x2;   // the row of x at taps s = 0, 1, 2
+                                load<L>(x0, xr + ox);
+                                load<L>(x1, xr + ox + 1);
+                                load<L>(x2, xr + ox + 2);
 #pragma GCC unroll 8
-                            for (int k = 0; k < KB; ++k) {
-                                vec<L> dv;
-                                load<L>(dv, d[k] + ox);
-                                keep_in_register<L>(dv);   // one load, three FMAs
-                                acc[k][0] += dv * x0;
-                                acc[k][1] += dv * x1;
-                                acc[k][2] += dv * x2;
+                                for (int k = 0; k < KB; ++k) {
+                                    vec<L> dv;
+                                    load<L>(dv, d[k] + ox);
+                                    keep_in_register<L>(dv);   // one load, three FMAs
+                                    acc[k][0] += dv * x0;
+                                    acc[k][1] += dv * x1;
+                                    acc[k][2] += dv * x2;
+                                }
+                            }
+                            if (ox == OW) continue;
+                            if (OW >= L) {   // the last step, moved back; its first L - (OW - ox) lanes are done
+                                const mask<L> keep = lane >= float(L - (OW - ox));
+                                wgrad_masked_step<KB, L>(acc, d, xr, OW - L, keep);
+                            } else {         // a row narrower than a vector: zero-filled copies
+                                alignas(64) float xb[L + 2] = {}, dyb[KB][L] = {};
+                                for (index_t j = 0; j < OW + 2; ++j) xb[j] = xr[j];
+                                const float* dcopy[KB];
+#pragma GCC unroll 8
+                                for (int k = 0; k < KB; ++k) {
+                                    for (index_t j = 0; j < OW; ++j) dyb[k][j] = d[k][j];
+                                    dcopy[k] = dyb[k];
+                                }
+                                const mask<L> keep = lane < float(OW);   // dy is 0 there too; the mask is what counts
+                                wgrad_masked_step<KB, L>(acc, dcopy, xb, 0, keep);
                             }
                         }
-                        if (ox == OW) continue;
-                        if (OW >= L) {   // the last step, moved back; its first L - (OW - ox) lanes are done
-                            const mask<L> keep = lane >= float(L - (OW - ox));
-                            wgrad_masked_step<KB, L>(acc, d, xr, OW - L, keep);
-                        } else {         // a row narrower than a vector: zero-filled copies
-                            alignas(64) float xb[L + 2] = {}, dyb[KB][L] = {};
-                            for (index_t j = 0; j < OW + 2; ++j) xb[j] = xr[j];
-                            const float* dcopy[KB];
+                        float* t = total + ((c - c0) * 3 + r) * KB * 3 * L;
 #pragma GCC unroll 8
-                            for (int k = 0; k < KB; ++k) {
-                                for (index_t j = 0; j < OW; ++j) dyb[k][j] = d[k][j];
-                                dcopy[k] = dyb[k];
-                            }
-                            const mask<L> keep = lane < float(OW);   // dy is 0 there too; the mask is what counts
-                            wgrad_masked_step<KB, L>(acc, dcopy, xb, 0, keep);
-                        }
-                    }
-                    float* t = total + ((c - c0) * 3 + r) * KB * 3 * L;
-#pragma GCC unroll 8
-                    for (int k = 0; k < KB; ++k) {
+                        for (int k = 0; k < KB; ++k) {
 #pragma GCC unroll 3
-                        for (int s = 0; s < 3; ++s) {
-                            vec<L> sum;
-                            load<L>(sum, t + (k * 3 + s) * L);
-                            store<L>(t + (k * 3 + s) * L, sum + acc[k][s]);
+                            for (int s = 0; s < 3; ++s) {
+                                vec<L> sum;
+                                load<L>(sum, t + (k * 3 + s) * L);
+                                store<L>(t + (k * 3 + s) * L, sum + acc[k][s]);
+                            }
                         }
                     }
                 }
             }
-          }
         }
     }
     for (index_t kb = kb0; kb < kb1; ++kb) {
