@@ -158,7 +158,7 @@ void backward_params(const py::object& x_, const py::object& dy_, const py::obje
 
 PYBIND11_MODULE(_host, m) {
     m.doc() = "cunet's CPU kernels in C++ (kernels/host/): the 3x3 convolutions, float32, NCHW, valid, stride 1.\n\n"
-              "Each op writes into a preallocated output and returns None. Not yet used by cunet.ops.";
+              "Each op writes into a preallocated output and returns None. cunet/cpu/conv2d.py calls them.";
 
     m.def("conv3x3_forward", &forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("relu") = false,
           "y[N,K,H-2,W-2] = b + the valid 3x3 cross-correlation of x[N,C,H,W] with w[K,C,3,3]; then max(., 0) if "
