@@ -436,25 +436,32 @@ CUNET_INLINE float* aligned_slot(float* buffer, index_t floats, int t) {
     return reinterpret_cast<float*>((at + 63) & ~std::uintptr_t(63));
 }
 
-// db[k] = the sum of dy[:, k]: lane-wise over full vectors, the rest one by one, in a fixed order.
+// The bias gradient db[k] = the sum of dy[:, k], added up row by row as the rows of dy are
+// copied into a band (so dy is read from memory once, for both gradients): lane-wise over
+// whole vectors, the rest one by one, rows in the order n, oy. Only the first group of
+// channels' tasks sum it, each for its own filters, so the order never depends on the threads.
 template <int L>
-CUNET_INLINE void bias_grad_impl(const WeightGrad& g, index_t k) {
-    vec<L> acc{};
+struct BiasSum {
+    float lanes[L] = {};   // floats, not a vec<L>: a std::vector of these need not be 64-byte aligned
     float rest = 0.0f;
-    for (index_t n = 0; n < g.N; ++n) {
-        const float* p = g.dy + (n * g.K + k) * g.OH * g.OW;
-        for (index_t oy = 0; oy < g.OH; ++oy, p += g.OW) {
-            index_t ox = 0;
-            for (; ox + L <= g.OW; ox += L) {
-                vec<L> v;
-                load<L>(v, p + ox);
-                acc += v;
-            }
-            for (; ox < g.OW; ++ox) rest += p[ox];
+    CUNET_INLINE void add_row(const float* row, index_t OW) {
+        vec<L> acc;
+        load<L>(acc, lanes);
+        index_t ox = 0;
+        for (; ox + L <= OW; ox += L) {
+            vec<L> v;
+            load<L>(v, row + ox);
+            acc += v;
         }
+        store<L>(lanes, acc);
+        for (; ox < OW; ++ox) rest += row[ox];
     }
-    g.db[k] = lane_sum<L>(acc) + rest;
-}
+    CUNET_INLINE float total() const {
+        vec<L> acc;
+        load<L>(acc, lanes);
+        return lane_sum<L>(acc) + rest;
+    }
+};
 
 // acc[k][s] += d_k * x_s in the lanes that `keep` selects (the partial last step of a row).
 template <int KB, int L>
@@ -506,6 +513,8 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
     // for 24 GFLOP and ran at 50% of the FMA peak, memory-bound, where the same layer at
     // 130^2, in the L3, ran at 83%.)
     float* const band = aligned_slot(g.dy_bands, g.band_floats, thread_index());
+    const bool sums_bias = cg == 0;   // the first group of channels' tasks also sum db of their filters
+    std::vector<BiasSum<L>> bias(sums_bias ? size_t((kb1 - kb0) * KB) : 0);
     for (index_t n = 0; n < g.N; ++n) {
         for (index_t h0 = 0; h0 < g.OH; h0 += g.rows) {
             const index_t h1 = std::min(h0 + g.rows, g.OH);
@@ -513,9 +522,11 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
                 const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
                 float* const total = totals + (kb - kb0) * block_floats;
                 for (index_t k = 0; k < kn; ++k)
-                    for (index_t oy = h0; oy < h1; ++oy)
-                        std::memcpy(band + (k * g.rows + oy - h0) * g.band_width,
-                                    g.dy + (n * g.K + k0 + k) * out_plane + oy * OW, size_t(OW) * sizeof(float));
+                    for (index_t oy = h0; oy < h1; ++oy) {
+                        float* const row = band + (k * g.rows + oy - h0) * g.band_width;
+                        std::memcpy(row, g.dy + (n * g.K + k0 + k) * out_plane + oy * OW, size_t(OW) * sizeof(float));
+                        if (sums_bias) bias[(kb - kb0) * KB + k].add_row(row, OW);
+                    }
                 for (index_t c = c0; c < c1; ++c) {
                     for (int r = 0; r < 3; ++r) {
                         vec<L> acc[KB][3];
@@ -586,8 +597,8 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
                         load<L>(sum, total + ((((c - c0) * 3 + r) * KB + k) * 3 + s) * L);
                         g.dw[((k0 + k) * g.C + c) * 9 + r * 3 + s] = lane_sum<L>(sum);
                     }
-        if (cg == 0)   // the first group of channels' tasks also sum the bias gradient of their filters
-            for (index_t k = k0; k < k0 + kn; ++k) bias_grad_impl<L>(g, k);
+        if (sums_bias)
+            for (index_t k = 0; k < kn; ++k) g.db[k0 + k] = bias[(kb - kb0) * KB + k].total();
     }
 }
 
