@@ -1,7 +1,8 @@
 """Checkpoints: everything a run needs to continue exactly, written atomically.
 
 One ``.npz`` file holds the weights (``param/<name>``), the momentum buffers
-(``velocity/<i>``) and a JSON document (``meta``) with the step, the configuration, the
+(``velocity/<i>``), the running average of the weights if the run keeps one
+(``average/<name>``, what predict and evaluate use) and a JSON document (``meta``) with the step, the configuration, the
 random-number state of the data sampler and the drop-out call counter, and the loss of
 the last step. It is written to a temporary file in the same folder, flushed to disk and
 renamed over the old one, so a crash at any moment leaves either the old checkpoint or
@@ -16,7 +17,7 @@ import json
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,12 @@ class Checkpoint:
     params: dict[str, np.ndarray]
     velocities: list[np.ndarray]
     meta: dict
+    averages: dict[str, np.ndarray] = field(default_factory=dict)  # by parameter name; empty if none kept
+
+    @property
+    def inference_params(self) -> dict[str, np.ndarray]:
+        """The weights to predict with: the running average where the run kept one, else the weights."""
+        return self.averages or self.params
 
     @property
     def step(self) -> int:
@@ -49,12 +56,14 @@ class Checkpoint:
         return self.meta["config"]
 
 
-def save_checkpoint(path, params: dict[str, np.ndarray], velocities: list[np.ndarray], meta: dict) -> Path:
+def save_checkpoint(path, params: dict[str, np.ndarray], velocities: list[np.ndarray], meta: dict,
+                    averages: dict[str, np.ndarray] | None = None) -> Path:
     """Write a checkpoint atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays |= {f"velocity/{i}": v for i, v in enumerate(velocities)}
+    arrays |= {f"average/{k}": v for k, v in (averages or {}).items()}
     arrays["meta"] = np.frombuffer(json.dumps(dict(meta, format=FORMAT)).encode(), dtype=np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -101,4 +110,5 @@ def load_checkpoint(path) -> Checkpoint:
     params = {k.removeprefix("param/"): v for k, v in arrays.items() if k.startswith("param/")}
     n_velocities = sum(k.startswith("velocity/") for k in arrays)
     velocities = [arrays[f"velocity/{i}"] for i in range(n_velocities)]
-    return Checkpoint(params, velocities, meta)
+    averages = {k.removeprefix("average/"): v for k, v in arrays.items() if k.startswith("average/")}
+    return Checkpoint(params, velocities, meta, averages)

@@ -135,13 +135,17 @@ def predict_with_tta(model: UNet, image: np.ndarray, tile: int, batch: int = 1, 
 
 
 def model_from_checkpoint(path, device: Device) -> tuple[UNet, dict]:
-    """The trained U-Net stored in a checkpoint, on ``device``, and the run's configuration."""
+    """The trained U-Net stored in a checkpoint, on ``device``, and the run's configuration.
+
+    Its weights are the run's running average where it kept one (``--weight-average``),
+    the weights of the last step otherwise (Checkpoint.inference_params).
+    """
     ckpt = load_checkpoint(path)
     c = ckpt.config
     model = UNet(1, 2, c["base"], c["depth"], c["dropout"], seed=c["seed"],
                  input_mean=c["input_mean"], input_std=c["input_std"]).to(device)
     try:
-        model.load_state_dict(ckpt.params)
+        model.load_state_dict(ckpt.inference_params)
     except ValueError as exc:
         raise CheckpointError(f"checkpoint {path} does not fit its own configuration: {exc}") from exc
     return model.eval(), c

@@ -219,6 +219,9 @@ def cost(launch: Launch) -> tuple[int, int]:
     if k == "sgd_momentum_update":
         p, v, g = arrays
         return 5 * p.size, touched + p.nbytes + v.nbytes  # p and v read and written, g read
+    if k == "weight_average_update":
+        a, p = arrays
+        return 3 * a.size, touched + a.nbytes  # a read and written, p read
     if k == "maxpool2x2_forward":
         return 3 * arrays[1].size, touched  # three comparisons per window
     if k == "maxpool2x2_backward":

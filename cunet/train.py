@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from cunet.device import DEVICE_NAMES, Device, add_math_argument, get_device
 from cunet.loss import weighted_cross_entropy
 from cunet.isbi import score_stack
 from cunet.metrics import dice, iou, seg
-from cunet.optim import SGD
+from cunet.optim import SGD, WeightAverage
 from cunet.predict import USER_ERRORS, predict_probabilities
 from cunet.runlog import append_record, cut_log_at, read_log
 from cunet.scale.data_parallel import GradientAverager, World, mpi_world, rank_seed
@@ -84,6 +85,7 @@ class TrainConfig:
     lr_drops: list[int] = field(default_factory=list)  # steps after which lr is multiplied by LR_DROP_FACTOR
     momentum: float = 0.99
     weight_decay: float = 0.0
+    weight_average: float = 0.0  # decay of the weights' running average (WeightAverage); 0: none kept
     batch: int = 1
     seed: int = 0
     dropout: float = 0.5
@@ -154,6 +156,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "comma-separated (default: none; the isbi-cpu-1h preset: 17000)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.99, the paper's)")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
+    p.add_argument("--weight-average", type=float, metavar="DECAY",
+                   help="keep a running average of the weights, decay per step (0.9995: over ~2000 steps); "
+                        "validation, predict and evaluate use it (default 0: none)")
     p.add_argument("--batch", type=int, help="tiles per step (default 1: the paper's one large tile)")
     p.add_argument("--seed", type=int, help="seed for weights, data, augmentation and drop-out (default 0)")
     p.add_argument("--dropout", type=float, help="drop-out probability at the end of the contracting path (default 0.5)")
@@ -197,7 +202,7 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
                                      "10 minutes on 2 cores; pass --tile 572 --base 64 --depth 5 for the paper's network")
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     notes = [why] if any(getattr(args, k) is None for k in defaults) else []
-    extra = {k: getattr(args, k) for k in ("lr_drops", "momentum", "weight_decay", "batch", "seed", "dropout", "w0",
+    extra = {k: getattr(args, k) for k in ("lr_drops", "momentum", "weight_decay", "weight_average", "batch", "seed", "dropout", "w0",
                                            "sigma", "val_every", "checkpoint_every", "data", "synthetic_images")
              if getattr(args, k) is not None and k not in chosen}
     config = TrainConfig(**chosen, **extra, notes=notes)
@@ -219,6 +224,9 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"the weight map needs --w0 >= 0 and --sigma > 0 (pixels), got {c.w0} and {c.sigma}")
     if c.data is None and c.synthetic_images < 2:
         raise ValueError(f"--synthetic-images must be at least 2 (one to train on, one held out), got {c.synthetic_images}")
+    if not 0 <= c.weight_average < 1:
+        raise ValueError(f"--weight-average must be a decay in [0, 1) (0: no average; 0.9995 averages over ~2000 "
+                         f"steps), got {c.weight_average}")
     if not (c.lr > 0 and 0 <= c.momentum < 1 and c.weight_decay >= 0 and 0 <= c.dropout < 1):
         raise ValueError(f"need lr > 0, 0 <= momentum < 1, weight decay >= 0, 0 <= dropout < 1; got "
                          f"{c.lr}, {c.momentum}, {c.weight_decay}, {c.dropout}")
@@ -327,6 +335,7 @@ class Run:
         self.model = UNet(1, 2, config.base, config.depth, config.dropout, seed=config.seed,
                           input_mean=config.input_mean, input_std=config.input_std).to(device)
         self.optimizer = SGD(self.model.parameters(), config.lr, config.momentum, config.weight_decay)
+        self.average = WeightAverage(self.model.parameters(), config.weight_average) if config.weight_average else None
         self.averager = None
         if world is not None:
             self.model.dropout.seed = rank_seed(config.seed, world.rank)
@@ -352,7 +361,8 @@ class Run:
             return self.checkpoint_path
         meta = dict(step=self.step, config=asdict(self.config), dropout_calls=self.model.dropout.calls,
                     loss=self.last_loss, split=self.data.split, ranks=self.ranks)
-        return save_checkpoint(self.checkpoint_path, params, self.optimizer.state_dict()["velocities"], meta)
+        averages = None if self.average is None else dict(zip(params, self.average.host_averages()))
+        return save_checkpoint(self.checkpoint_path, params, self.optimizer.state_dict()["velocities"], meta, averages)
 
     def restore(self, path) -> None:
         """Load weights, momentum, step and random state from a checkpoint of this configuration."""
@@ -371,6 +381,10 @@ class Run:
             self.model.load_state_dict(ckpt.params)
             self.optimizer.load_state_dict(dict(lr=self.config.lr, momentum=self.config.momentum,
                                                 weight_decay=self.config.weight_decay, velocities=ckpt.velocities))
+            if self.average is not None:
+                if not ckpt.averages:
+                    raise ValueError("it holds no weight average, and this run keeps one")
+                self.average.load([ckpt.averages[name] for name, _ in self.model.named_parameters()])
         except ValueError as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this model: {exc}") from exc
         self.model.dropout.calls = ckpt.meta["dropout_calls"]
@@ -396,6 +410,8 @@ class Run:
             loss = Tensor(self.device.to_device(np.array([mean_loss], np.float32)))
         self.optimizer.step()
         self.optimizer.zero_grad()
+        if self.average is not None:
+            self.average.update(self.step + 1)
         if self.device.runtime is None:
             # Weights can overflow while the loss still looks fine: ReLU maps NaN to 0 (as
             # fmaxf does), so a NaN layer reads as a dead one. On cpu checking every step
@@ -429,8 +445,18 @@ class Run:
             append_record(self.out / "log.jsonl", record)
 
     def validate(self) -> dict[str, float]:
-        """``validate`` on rank 0 (the weights are the same on every rank); {} elsewhere."""
-        return validate(self.model, self.data) if self.writes else {}
+        """``validate`` on rank 0 (the weights are the same on every rank); {} elsewhere.
+
+        With a weight average, the average is what is scored: what predict and evaluate use.
+        """
+        if not self.writes:
+            return {}
+        with self.inference_weights():
+            return validate(self.model, self.data)
+
+    def inference_weights(self):
+        """A ``with`` block in which the model holds the weights to predict with (the average, if kept)."""
+        return nullcontext() if self.average is None else self.average.swapped_in()
 
     def run(self) -> dict:
         """Train until ``config.steps``; returns a summary dict. Raises Diverged, saving nothing new."""
@@ -477,7 +503,8 @@ class Run:
         """The learning curves and the held-out panel; a failed plot is a warning (the run is saved)."""
         try:
             plot_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
-            plot_validation_panel(self.model, self.data, self.out / "validation.png")
+            with self.inference_weights():
+                plot_validation_panel(self.model, self.data, self.out / "validation.png")
         except (OSError, ValueError) as exc:
             print(f"warning: no plots ({exc})", file=sys.stderr)
 
@@ -692,8 +719,9 @@ def train_main(args: argparse.Namespace, world: World | None) -> int:
     say(f"model: U-Net base {c.base}, depth {c.depth}, tile {c.tile} -> {output_size(c.tile, c.depth)}, "
         f"{sum(p.data.size for p in run.model.parameters()) / 1e6:.2f} M parameters")
     drops = f" (x{LR_DROP_FACTOR} after step {', '.join(map(str, c.lr_drops))})" if c.lr_drops else ""
+    average = f", weights averaged (decay {c.weight_average}: validated and saved for prediction)" if c.weight_average else ""
     say(f"training: {c.steps} steps (from step {run.step}), batch {c.batch}, lr {c.lr}{drops}, momentum {c.momentum}, "
-        f"seed {c.seed}")
+        f"seed {c.seed}{average}")
     say(f"data: {run.data.description}; {run.workers or 'no'} sampler worker(s), losses read every "
         f"{run.sync_every} step(s)")
     say(f"output: {out}")

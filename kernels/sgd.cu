@@ -25,3 +25,25 @@ KERNEL void sgd_momentum_update(GLOBAL float* RESTRICT param, GLOBAL float* REST
         param[i] = p + v;
     }
 }
+
+/*
+ * The running average of the weights (Polyak averaging: an exponential moving average),
+ * updated after each SGD step:
+ *
+ *     a <- a + (1 - decay) * (p - a)        (= decay * a + (1 - decay) * p)
+ *
+ * SGD with a batch of one tile wanders around a minimum; the average of the recent
+ * weights sits nearer its centre. Written as one multiply-add on the difference, so a
+ * weight that stopped changing (p = a) keeps its average exactly.
+ *
+ * Work mapping: one element per thread. Reads a, p (8 B), writes a (4 B).
+ */
+KERNEL void weight_average_update(GLOBAL float* RESTRICT average, GLOBAL const float* RESTRICT param,
+                                  float rate, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        float a = average[i];
+        average[i] = a + rate * (param[i] - a);
+    }
+}

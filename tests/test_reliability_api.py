@@ -173,6 +173,8 @@ OPS = [
        (Arg("param", **SAME, writes=True), Arg("velocity", **SAME, writes=True), Arg("grad", **SAME),
         Arg("lr", "real", bad=(-0.1, 1e39)), Arg("momentum", "real", bad=(-0.1, 1.0)),
         Arg("weight_decay", "real", bad=(-1.0,)))),
+    Op("weight_average_update", lambda r: dict(average=f32(r, 5, 3), param=f32(r, 5, 3), decay=0.9),
+       (Arg("average", **SAME, writes=True), Arg("param", **SAME), Arg("decay", "real", bad=(-0.1, 1.5)))),
     Op("add_inplace", lambda r: dict(y=f32(r, 5, 3), x=f32(r, 5, 3)),
        (Arg("y", **SAME, writes=True), Arg("x", **SAME))),
 ]

@@ -1,10 +1,11 @@
-"""The fused SGD-with-momentum update against a float64 reference, on cpu and PoCL, and under Oclgrind."""
+"""The fused SGD-with-momentum update and the weights' running average against float64 references,
+on cpu and PoCL, and under Oclgrind."""
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cunet.ops import sgd_momentum_update
+from cunet.ops import sgd_momentum_update, weight_average_update
 from helpers import assert_oclgrind_clean, run_under_oclgrind
 
 sizes = st.one_of(st.sampled_from([0, 1, 255, 256, 257, 4096]), st.integers(0, 3000))
@@ -142,3 +143,82 @@ def oclgrind_case_sgd(device):
 @pytest.mark.oclgrind
 def test_sgd_under_oclgrind(tmp_path):
     assert_oclgrind_clean(run_under_oclgrind("test_sgd", "oclgrind_case_sgd", tmp_path))
+
+
+def average_reference(a, p, decay):
+    """The running average's update in float64, element by element: decay * a + (1 - decay) * p."""
+    a = a.astype(np.float64)
+    for i in range(a.size):
+        a[i] = decay * a[i] + (1 - decay) * float(p[i])
+    return a
+
+
+@given(n=sizes, decay=st.one_of(st.sampled_from([0.0, 0.5, 0.9995, 1.0]), st.floats(0, 1)), steps=st.integers(1, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_weight_average_matches_reference(device, n, decay, steps, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(n).astype(np.float32)
+    a_dev, a_ref = device.to_device(a), a.astype(np.float64)
+    for _ in range(steps):
+        p = rng.standard_normal(n).astype(np.float32)
+        weight_average_update(a_dev, device.to_device(p), decay)
+        a_ref = average_reference(a_ref, p, decay)
+    # float32: a + rate * (p - a) rounds three times per step, each within an ulp of |a|, |p| ~ 1..4
+    np.testing.assert_allclose(device.to_host(a_dev), a_ref, rtol=1e-6, atol=1e-6 * steps)
+
+
+def test_weight_average_ends_and_fixed_point_are_exact(device, rng):
+    """decay 1 keeps the average and p = a leaves it exactly as it is (a + rate * 0); decay 0
+    lands on the weights within the rounding of a + (p - a)."""
+    a, p = (rng.standard_normal(300).astype(np.float32) for _ in range(2))
+    a_dev = device.to_device(a)
+    weight_average_update(a_dev, device.to_device(p), 1.0)
+    np.testing.assert_array_equal(device.to_host(a_dev), a)
+    weight_average_update(a_dev, device.to_device(p), 0.0)
+    np.testing.assert_allclose(device.to_host(a_dev), p, rtol=0, atol=4e-7)
+    a_dev = device.to_device(a)
+    weight_average_update(a_dev, device.to_device(a), 0.9995)
+    np.testing.assert_array_equal(device.to_host(a_dev), a)
+
+
+@pytest.mark.parametrize("decay,error,message", [
+    (1.5, ValueError, r"decay must be in \[0, 1\], got 1.5"),
+    (-0.1, ValueError, r"decay must be in \[0, 1\]"),
+    (float("nan"), ValueError, "decay must be in"),
+    (True, TypeError, "decay must be a real number"),
+])
+def test_weight_average_bad_decay_names_it(device, rng, decay, error, message):
+    a = device.to_device(rng.standard_normal(8).astype(np.float32))
+    before = device.to_host(a).copy()
+    with pytest.raises(error, match=f"weight_average_update: {message}"):
+        weight_average_update(a, device.to_device(np.zeros(8, np.float32)), decay)
+    np.testing.assert_array_equal(device.to_host(a), before)
+
+
+def test_weight_average_bad_arrays(rng):
+    a, p = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    with pytest.raises(ValueError, match="weight_average_update: shapes must match"):
+        weight_average_update(a, p[:7], 0.9)
+    p.setflags(write=False)
+    weight_average_update(a, p, 0.9)   # param is only read
+    a.setflags(write=False)
+    with pytest.raises(ValueError, match="weight_average_update: average is read-only"):
+        weight_average_update(a, p, 0.9)
+
+
+def oclgrind_case_weight_average(device):
+    """Two updates of a ragged size, checked against the reference: Oclgrind runs the OpenCL
+    kernel on any CPU, so its arithmetic is checked where PoCL cannot run."""
+    rng = np.random.default_rng(0)
+    a0 = rng.standard_normal(300).astype(np.float32)
+    a, a_ref = device.to_device(a0), a0.astype(np.float64)
+    for _ in range(2):
+        p = rng.standard_normal(300).astype(np.float32)
+        weight_average_update(a, device.to_device(p), 0.99)
+        a_ref = average_reference(a_ref, p, 0.99)
+    np.testing.assert_allclose(device.to_host(a), a_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.oclgrind
+def test_weight_average_under_oclgrind(tmp_path):
+    assert_oclgrind_clean(run_under_oclgrind("test_sgd", "oclgrind_case_weight_average", tmp_path))

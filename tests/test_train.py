@@ -11,6 +11,7 @@ import pytest
 
 from cunet import train
 from cunet.checkpoint import load_checkpoint
+from cunet.predict import model_from_checkpoint
 from helpers import skip_without_pocl
 
 TINY = ["--tile", "44", "--base", "2", "--depth", "2", "--synthetic-images", "3", "--quiet", "--lr", "0.01"]
@@ -109,6 +110,43 @@ def test_resume_is_bit_identical_to_one_run(tmp_path):
     for va, vb in zip(a.velocities, b.velocities):
         np.testing.assert_array_equal(va, vb)
     assert [r["loss"] for r in steps_logged(straight)] == [r["loss"] for r in steps_logged(split)]
+
+
+def test_weight_average_resumes_exactly_and_is_what_predict_loads(tmp_path, capsys):
+    """--weight-average: the average is saved beside the weights, continues exactly after a
+    resume, is what validation scores and what predict loads."""
+    average = ["--device", "cpu", "--weight-average", "0.5"]
+    code, straight = run_main(tmp_path, "--steps", "4", *average, name="straight")
+    assert code == 0 and "weights averaged (decay 0.5" in capsys.readouterr().out
+    code, split = run_main(tmp_path, "--steps", "2", *average, name="split")
+    assert code == 0 and train.main(["--resume", str(split / "checkpoint.npz"), "--steps", "4", "--quiet"]) == 0
+    a, b = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
+    assert set(a.averages) == set(a.params)
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name], err_msg=name)
+        np.testing.assert_array_equal(a.averages[name], b.averages[name], err_msg=name)
+    assert any(not np.array_equal(a.averages[k], a.params[k]) for k in a.params)   # an average, not a copy
+    model, _ = model_from_checkpoint(straight / "checkpoint.npz", train.get_device("cpu"))
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, a.averages[name], err_msg=name)
+    # What validation scored at the end is the average's score.
+    config = train.config_for_resume(train.parse_args([]), straight / "checkpoint.npz")
+    data = train.load_data(config)
+    final = [json.loads(line)["validation"] for line in open(straight / "log.jsonl") if '"validation"' in line][-1]
+    assert train.validate(model, data) == pytest.approx(final)
+
+
+def test_weight_average_of_a_run_without_one_cannot_be_resumed_into(tmp_path, capsys):
+    code, out = run_main(tmp_path, "--steps", "2", "--device", "cpu")
+    assert code == 0
+    capsys.readouterr()
+    assert train.main(["--resume", str(out / "checkpoint.npz"), "--steps", "3", "--weight-average", "0.9"]) == 2
+    assert "--weight-average 0.9 differs from the checkpoint's 0.0" in capsys.readouterr().err
+
+
+def test_bad_weight_average_is_a_clear_error(tmp_path, capsys):
+    assert run_main(tmp_path, "--weight-average", "1")[0] == 2
+    assert "--weight-average must be a decay in [0, 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("workers", [(0, 2), (2, 0)], ids=["0-then-2-workers", "2-then-0-workers"])

@@ -10,7 +10,7 @@ from .dropout import dropout_backward, dropout_forward, dropout_mask
 from .maxpool import maxpool2x2_backward, maxpool2x2_forward
 from .random import philox_bits
 from .relu import relu_backward, relu_forward
-from .sgd import sgd_momentum_update
+from .sgd import sgd_momentum_update, weight_average_update
 from .softmax_ce import softmax_ce_backward, softmax_ce_check, softmax_ce_forward
 from .upconv import upconv2x2_backward_input, upconv2x2_backward_params, upconv2x2_forward
 
@@ -22,5 +22,5 @@ __all__ = [
     "relu_forward", "relu_backward",
     "dropout_forward", "dropout_backward", "dropout_mask", "philox_bits",
     "softmax_ce_check", "softmax_ce_forward", "softmax_ce_backward",
-    "sgd_momentum_update", "add_inplace",
+    "sgd_momentum_update", "weight_average_update", "add_inplace",
 ]

@@ -1,4 +1,4 @@
-"""SGD with momentum: the fused in-place parameter update, on every device.
+"""SGD with momentum, and the running average of the weights: in-place updates, on every device.
 
 Caffe's convention (the U-Net paper trained with Caffe):
 
@@ -8,6 +8,9 @@ Caffe's convention (the U-Net paper trained with Caffe):
 ``param`` and ``velocity`` are updated in place (so they must be writable); ``grad`` is
 only read (a read-only array is fine). The hyper-parameters may be any Python or NumPy
 real number whose value fits a float32: lr >= 0, 0 <= momentum < 1, weight_decay >= 0.
+
+``weight_average_update`` keeps an exponential moving average of the weights (Polyak
+averaging, ``--weight-average`` in cunet.train): a <- a + (1 - decay) * (p - a).
 """
 from __future__ import annotations
 
@@ -66,3 +69,40 @@ def sgd_momentum_update(param, velocity, grad, lr: float, momentum: float, weigh
         runtime.launch_numba(numba_sgd.sgd_momentum_update, grid, block, flat + scalars)
     else:
         runtime.launch(SGD_CU, "sgd_momentum_update", grid, block, (param, velocity, grad) + scalars)
+
+
+@njit(cache=True)
+def average_step(a, p, rate):
+    """One element's running average, moved ``rate`` (= 1 - decay) of the way to p."""
+    return a + rate * (p - a)
+
+
+@njit_serial_or_parallel()
+def _average_cpu(average, param, rate):
+    for i in prange(average.size):
+        average[i] = average_step(average[i], param[i], rate)
+
+
+def weight_average_update(average, param, decay: float) -> None:
+    """``average`` <- decay * ``average`` + (1 - decay) * ``param``, in place; 0 <= decay <= 1, any shape, both alike."""
+    op = "weight_average_update"
+    check_float_array(op, "average", average)
+    check_float_array(op, "param", param)
+    check_same_shape(op, average=average, param=param)
+    check_same_dtype(op, average=average, param=param)
+    runtime = check_same_device(op, average=average, param=param)
+    check_writable(op, "average", average)
+    decay = check_real(op, "decay", decay, low=0.0, high=1.0, high_open=False)
+    rate = 1.0 - decay   # the kernels take the step towards p: exact for decay 1 (rate 0) and near it
+    if runtime is None:
+        _average_cpu(average.reshape(-1), param.reshape(-1), average.dtype.type(rate), work=average.size)
+        return
+    grid, block = grid_1d(average.size, SGD_CU.threads)
+    scalars = (np.float32(rate), np.int32(average.size))
+    if runtime.use_numba_kernels:
+        from .numba_cuda import sgd as numba_sgd
+
+        runtime.launch_numba(numba_sgd.weight_average_update, grid, block,
+                             (average.reshape(-1), param.reshape(-1)) + scalars)
+    else:
+        runtime.launch(SGD_CU, "weight_average_update", grid, block, (average, param) + scalars)

@@ -1,4 +1,4 @@
-"""ReLU and SGD Numba CUDA kernels under the simulator (NUMBA_ENABLE_CUDASIM=1), tiny shapes."""
+"""ReLU, SGD and weight-average Numba CUDA kernels under the simulator (NUMBA_ENABLE_CUDASIM=1), tiny shapes."""
 import numpy as np
 from numba import config
 
@@ -31,3 +31,13 @@ def test_sgd_kernel():
     sgd.sgd_momentum_update[grid, block](p, v, g, np.float32(0.1), np.float32(0.9), np.float32(1e-3), np.int32(n))
     np.testing.assert_allclose(p, p_ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(v, v_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_weight_average_kernel():
+    rng = np.random.default_rng(3)
+    n = 70
+    a, p = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    a_ref = 0.9 * a.astype(np.float64) + 0.1 * p
+    grid, block = grid_1d(n, 256)
+    sgd.weight_average_update[grid, block](a, p, np.float32(0.1), np.int32(n))
+    np.testing.assert_allclose(a, a_ref, rtol=1e-6, atol=1e-6)
