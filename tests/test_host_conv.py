@@ -359,19 +359,22 @@ def expected_scratch_bytes(shape, threads):
     KB, KBw, L = g["forward_filters"], g["wgrad_filters"], g["wgrad_lanes"]
     packed = lambda filters, channels: -(-filters // KB) * KB * channels * 9   # noqa: E731
     forward = packed(K, C)
-    # one band of padded dy per thread: the rows of a task (kTaskOutputs = 2048 wide outputs
-    # in conv2d.cpp, on rows OW + 4 wide) plus 2, every channel; then the filters, a zero bias
-    rows = max(1, min(OH + 2, -(-2048 // (OW + 4))))
+    # one band of padded dy per thread: the rows of a task plus 2, every channel (a task: up
+    # to kTaskOutputs = 2048 wide outputs in conv2d.cpp, on rows OW + 4 wide, the OH + 2 rows
+    # of dx in groups of equal rows); then the filters, a zero bias
+    groups = -(-(OH + 2) // max(1, min(OH + 2, -(-2048 // (OW + 4)))))
+    rows = -(-(OH + 2) // groups)
     backward_input = threads * K * (rows + 2) * (OW + 4) + packed(C, K) + C
     # the weight gradient: a zero row of dy, and per thread its totals (a task's blocks of
     # filters: at most kWgradTaskKblocks = 4, split further only until every thread has a task
-    # among the groups of 32 channels) and a band of dy on rows rounded up to whole vectors
-    # (kWgradOutputs = 1024 outputs), 16 floats for alignment
+    # among the equal groups of up to 32 channels) and a band of dy on rows rounded up to
+    # whole vectors (kWgradOutputs = 1024 outputs), 16 floats for alignment
     kblocks, cgroups = -(-K // KBw), -(-C // 32)
+    channels = -(-C // cgroups)
     kgroups = min(kblocks, max(-(-kblocks // 4), -(-threads // cgroups)))
     task_kblocks = -(-kblocks // kgroups)
     band = KBw * max(1, min(OH, -(-1024 // OW))) * -(-OW // L) * L
-    backward_params = OW + threads * (task_kblocks * min(C, 32) * 3 * KBw * 3 * L + band + 16)
+    backward_params = OW + threads * (task_kblocks * channels * 3 * KBw * 3 * L + band + 16)
     return tuple(4 * n for n in (forward, backward_input, backward_params))
 
 
