@@ -23,7 +23,8 @@ from . import harness
 
 def loops(n: int, rng):
     """(name, SerialOrParallel loop, args) for each CPU loop, sized to stream about n elements."""
-    from cunet.ops import dropout, maxpool, relu, sgd, softmax_ce, upconv
+    from cunet.cpu import upconv
+    from cunet.ops import dropout, maxpool, relu, sgd, softmax_ce
     from cunet.ops.random import split_seed
 
     f32 = np.float32

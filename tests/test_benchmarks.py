@@ -290,11 +290,12 @@ def test_serial_and_parallel_variants_agree_bit_for_bit():
 
 def test_threshold_picks_as_documented():
     from cunet.cpu import parallel as common
-    from cunet.ops import dropout, maxpool, relu, sgd, softmax_ce, upconv
+    from cunet.cpu import upconv
+    from cunet.ops import dropout, maxpool, relu, sgd, softmax_ce
 
     assert common.PARALLEL_MIN_WORK == 1 << 17
     for loop in (relu._relu_forward_cpu, relu._relu_backward_cpu, sgd._sgd_cpu, maxpool._forward_cpu,
-                 maxpool._backward_cpu, upconv._scatter_rows_cpu):
+                 maxpool._backward_cpu, upconv._scatter_rows_cpu, sgd._average_cpu):
         assert loop.min_work == common.PARALLEL_MIN_WORK
     assert dropout._dropout_cpu.min_work == dropout.PHILOX_MIN_WORK
     assert softmax_ce._forward_cpu.min_work == softmax_ce.SOFTMAX_MIN_WORK

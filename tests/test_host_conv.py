@@ -1,4 +1,4 @@
-"""cunet._host, the C++ 3x3 convolutions (kernels/host/), against NumPy.
+"""cunet._host, the C++ 3x3 convolutions and up-convolution (kernels/host/), against NumPy.
 
 The references below are written here, independently of the kernels: float64 einsums over
 the 9 taps of the filter, on whole shifted views of the arrays. A result must lie within
@@ -409,6 +409,147 @@ def test_fma_peak_is_a_finite_positive_rate_in_every_version(level):
 def test_set_num_threads_refuses_zero():
     with pytest.raises(ValueError, match="n must be >= 1"):
         host.set_num_threads(0)
+
+
+# --- the up-convolution ----------------------------------------------------------------------------------
+# Its references are tests/test_upconv.py's (one reference per op): float64 loops over the
+# 2x2 output blocks, returning the sums and the sums of |terms| for the error bound.
+from test_upconv import backward_input_reference as upconv_input_reference  # noqa: E402
+from test_upconv import upconv_reference  # noqa: E402
+
+
+@st.composite
+def upconv_shapes(draw):
+    """(N, C, K, H, W) of the input x: channels on both sides of every tile edge (the forward's
+    product rows are 4K, in blocks of 4 or 8), rows from 1 pixel to past two tiles."""
+    return (draw(st.integers(1, 3)), draw(channels), draw(channels), draw(st.integers(1, 9)),
+            draw(st.integers(1, 40)))
+
+
+UPCONV_EDGES = [
+    (1, 1, 1, 1, 1),      # one pixel: the one-at-a-time path
+    (2, 3, 2, 1, 31),     # a span one pixel short of an AVX-512 tile
+    (1, 5, 3, 2, 16),     # two rows of 16: the tile crosses the end of a row (AVX-512)
+    (1, 9, 5, 7, 33),     # odd everything; K = 5: a partial block of product rows
+    (3, 17, 9, 4, 40),    # N > 1, rows longer than a tile, the last tile moved back
+    (1, 64, 32, 28, 28),  # a base-64 bottom layer's shape, smaller
+]
+
+
+def upconv_case(seed, shape):
+    rng = np.random.default_rng(seed)
+    N, C, K, H, W = shape
+    return (rng.standard_normal((N, C, H, W), dtype=np.float32), rng.standard_normal((C, K, 2, 2), dtype=np.float32),
+            rng.standard_normal(K, dtype=np.float32), rng.standard_normal((N, K, 2 * H, 2 * W), dtype=np.float32))
+
+
+def run_upconv(x, w, b):
+    y = np.full((x.shape[0], w.shape[1], 2 * x.shape[2], 2 * x.shape[3]), np.nan, np.float32)
+    host.upconv2x2_forward(x, w, b, y)
+    return y
+
+
+def run_upconv_input(dy, w):
+    dx = np.full((dy.shape[0], w.shape[0], dy.shape[2] // 2, dy.shape[3] // 2), np.nan, np.float32)
+    host.upconv2x2_backward_input(dy, w, dx)
+    return dx
+
+
+def assert_upconv_within_bound(got, exact_and_abs, terms, what):
+    exact, abs_sum = exact_and_abs
+    assert_within_sum_bound(got, exact, abs_sum, terms, what)
+
+
+def upconv_edge_examples(test):
+    for i, shape in enumerate(UPCONV_EDGES):
+        test = example(shape=shape, seed=i)(test)
+    return test
+
+
+@given(shape=upconv_shapes(), seed=st.integers(0, 2**32 - 1))
+@upconv_edge_examples
+def test_upconv_matches_reference(level, shape, seed):
+    x, w, b, dy = upconv_case(seed, shape)
+    N, C, K, H, W = shape
+    assert_upconv_within_bound(run_upconv(x, w, b), upconv_reference(x, w, b), C + 1, f"up-convolution {shape}")
+    assert_upconv_within_bound(run_upconv_input(dy, w), upconv_input_reference(dy, w), 4 * K,
+                               f"up-convolution backward input {shape}")
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 3, 4, 37), (2, 3, 9, 1, 5)])
+def test_upconv_nan_reaches_exactly_its_outputs(level, shape):
+    """A NaN in x reaches the 2x2 block of every output channel above it, nothing else; a NaN
+    in dy reaches the input pixel under its block, in every channel."""
+    x, w, b, dy = upconv_case(5, shape)
+    N, C, K, H, W = shape
+    n, c, i, j = N - 1, C // 2, H - 1, W // 2
+    x[n, c, i, j] = np.nan
+    expected = np.zeros((N, K, 2 * H, 2 * W), bool)
+    expected[n, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2] = True
+    np.testing.assert_array_equal(np.isnan(run_upconv(x, w, b)), expected)
+    dy[n, K - 1, 2 * i + 1, 2 * j] = np.nan
+    expected = np.zeros((N, C, H, W), bool)
+    expected[n, :, i, j] = True
+    np.testing.assert_array_equal(np.isnan(run_upconv_input(dy, w)), expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 12, 30, 37), (1, 40, 70, 9, 61)])
+def test_upconv_results_do_not_depend_on_the_number_of_threads(level, shape, restore_threads):
+    """Each output is summed by one task, over its product's rows in order: the same bits with any team."""
+    x, w, b, dy = upconv_case(9, shape)
+    results = {}
+    for threads in THREAD_COUNTS:
+        host.set_num_threads(threads)
+        y = run_upconv(x, w, b)
+        teams = [host._last_team_size()]
+        dx = run_upconv_input(dy, w)
+        teams.append(host._last_team_size())
+        assert teams == [threads] * 2, f"forward, backward input ran on {teams} threads"
+        results[threads] = (y, dx)
+    for threads in THREAD_COUNTS[1:]:
+        for name, one, many in zip(("forward", "backward input"), results[1], results[threads]):
+            np.testing.assert_array_equal(many, one, err_msg=f"up-convolution {name} {shape}: {threads} threads vs 1")
+
+
+@pytest.mark.parametrize("shape", [(2, 20, 9, 10, 45), (1, 3, 40, 7, 61)])
+def test_upconv_scratch_is_the_documented_buffers(shape, restore_threads):
+    """The packed weights (whole blocks of product rows), and for the backward input one band of
+    dY per thread: 4K rows x (a task's input rows, ~2048 pixels in equal groups) x W."""
+    host.set_num_threads(2)
+    x, w, b, dy = upconv_case(3, shape)
+    N, C, K, H, W = shape
+    KB = host.tile_geometry()["forward_filters"]
+    run_upconv(x, w, b)
+    assert host._scratch_peak_bytes() == 4 * (-(-4 * K // KB) * KB * C)
+    groups = -(-H // max(1, min(H, -(-2048 // W))))
+    rows = -(-H // groups)
+    run_upconv_input(dy, w)
+    assert host._scratch_peak_bytes() == 4 * (-(-C // KB) * KB * 4 * K + 2 * 4 * K * rows * W)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5), np.float32), np.zeros((2, 4, 2, 2), np.float32),
+                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 10), np.float32)),
+     r"upconv2x2_forward: w has shape \(2, 4, 2, 2\); expected \(3, 4, 2, 2\)"),
+    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5), np.float32), np.zeros((3, 4, 2, 2), np.float32),
+                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 9), np.float32)),
+     r"y has shape \(1, 4, 8, 9\); expected \(1, 4, 8, 10\) = \[N, K, 2H, 2W\]"),
+    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5)), np.zeros((3, 4, 2, 2), np.float32),
+                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 10), np.float32)),
+     r"upconv2x2_forward: x has dtype float64; expected float32"),
+    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 9), np.float32), np.zeros((3, 4, 2, 2), np.float32),
+                                           np.zeros((1, 3, 4, 4), np.float32)),
+     r"upconv2x2_backward_input: dy \(1, 4, 8, 9\) must have an even height and width"),
+    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 10), np.float32), np.zeros((3, 5, 2, 2), np.float32),
+                                           np.zeros((1, 3, 4, 5), np.float32)),
+     r"w has shape \(3, 5, 2, 2\); expected \(3, 4, 2, 2\)"),
+    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 10), np.float32), np.zeros((3, 4, 2, 2), np.float32),
+                                           np.zeros((1, 3, 4, 4), np.float32)),
+     r"dx has shape \(1, 3, 4, 4\); expected \(1, 3, 4, 5\) = \[N, C, H, W\]"),
+])
+def test_upconv_refuses_bad_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 # --- argument checks ------------------------------------------------------------------------------------

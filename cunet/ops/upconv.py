@@ -13,9 +13,8 @@ per image: with w read as a [C, 4K] matrix W (column m = 4k + 2a + e) and x[n] a
     dX = W dY       dY[4k+2a+e, i*W+j] = dy[n, k, 2i+a, 2j+e]
     dW = sum_n X dY^T,   db[k] = sum of dy[:, k]
 
-cpu: those products with np.matmul (BLAS, float32 or float64), plus one pass each way
-between the [4K, H*W] matrix order and the interleaved image order (a Numba loop for the
-forward's scatter, a NumPy copy for the backward's gather).
+cpu: cunet/cpu/upconv.py (float32: the C++ kernels of kernels/host/ for the forward and
+the backward input, BLAS for the weight gradient; float64: BLAS for all three).
 cuda/opencl: kernels/upconv.cu, the GEMM main loop of kernels/gemm.h (FP32 or TF32 tensor
 cores, ``runtime.math``; the tile and split-K policy of cunet/ops/gemm.py, shared with
 conv2d) with the scatter/gather in its loaders and epilogue; the weight gradient is split
@@ -26,74 +25,13 @@ kernels run on cuda whatever ``use_numba_kernels`` says.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
-from cunet.cpu.parallel import njit_serial_or_parallel
+from cunet.cpu import upconv as cpu
 
 from .common import ceil_div, check_float_array, check_output_size, check_same_device, check_same_dtype, grid_1d
 from .gemm import declare_modules, gemm_module, split_k, tile_config
 
 declare_modules("upconv.cu")  # every (tile, math) module, so the compile check finds them all
-
-
-# --- cpu ------------------------------------------------------------------------------
-def _forward_cpu(x, w, b):
-    N, C, H, W = x.shape
-    K = w.shape[1]
-    Y = np.matmul(w.reshape(C, 4 * K).T, x.reshape(N, C, H * W))  # [N, 4K, H*W], one GEMM per image
-    y = np.empty((N, K, 2 * H, 2 * W), x.dtype)
-    _scatter_rows_cpu(Y, b, y, work=y.size)
-    return y
-
-
-@njit_serial_or_parallel()
-def _scatter_rows_cpu(Y, b, y):
-    """y[n, k, 2i+a, 2j+e] = Y[n, 4k+2a+e, i*W+j] + b[k], one output plane per parallel task.
-
-    Each output row interleaves two rows of Y (e = 0, 1). NumPy can do this as one strided
-    np.add into a [N, K, H, 2, W, 2] view, but its innermost loop then runs over length-2
-    axes: 4-20x slower than this loop on 2 cores. (A task per output row, with n, k and
-    the row computed by division, ran 2x slower at the U-Net's bottom level: 512 planes
-    of 56x56.)
-    """
-    N, K, H2, W2 = y.shape
-    H, W = H2 // 2, W2 // 2
-    for nk in prange(N * K):
-        n, k = nk // K, nk % K
-        bias = b[k]
-        for i in range(H):
-            for a in range(2):
-                top, r = 4 * k + 2 * a, 2 * i + a
-                for j in range(W):
-                    y[n, k, r, 2 * j] = Y[n, top, i * W + j] + bias
-                    y[n, k, r, 2 * j + 1] = Y[n, top + 1, i * W + j] + bias
-
-
-def _dy_matrix(dy):
-    """dy [N, K, 2H, 2W] as the contiguous [N, 4K, H*W] matrix dY (row 4k+2a+e, column i*W+j).
-
-    The gather, as one NumPy copy of a transposed view: about as fast as a Numba loop here.
-    """
-    N, K, H2, W2 = dy.shape
-    H, W = H2 // 2, W2 // 2
-    return np.ascontiguousarray(dy.reshape(N, K, H, 2, W, 2).transpose(0, 1, 3, 5, 2, 4)).reshape(N, 4 * K, H * W)
-
-
-def _backward_input_cpu(dy, w):
-    N, K, H2, W2 = dy.shape
-    C = w.shape[0]
-    return np.matmul(w.reshape(C, 4 * K), _dy_matrix(dy)).reshape(N, C, H2 // 2, W2 // 2)
-
-
-def _backward_params_cpu(x, dy):
-    N, C, H, W = x.shape
-    K = dy.shape[1]
-    # dW^T = dY X^T, one [4K, H*W] @ [H*W, C] product per image (BLAS reads the transposed
-    # view as is). Computing dW = X dY^T instead gives the same numbers, but OpenBLAS's
-    # threading handled that orientation badly here (C = 32: 12 ms vs over 1 s when the two
-    # cores were busy), so the small transpose of the result is the cheaper path.
-    dw_t = np.matmul(_dy_matrix(dy), x.reshape(N, C, H * W).transpose(0, 2, 1)).sum(axis=0)  # [4K, C]
-    return np.ascontiguousarray(dw_t.T).reshape(C, K, 2, 2), dy.sum(axis=(0, 2, 3))
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -133,7 +71,7 @@ def upconv2x2_forward(x, w, b):
         raise ValueError(f"{op}: b must be [K] = [{K}] (w has {K} output channels), got shape {tuple(b.shape)}")
     check_output_size(op, "y", (N, K, 2 * H, 2 * W))
     if runtime is None:
-        return _forward_cpu(x, w, b)
+        return cpu.forward(x, w, b)
     y = runtime.empty((N, K, 2 * H, 2 * W), np.float32)
     module, grid, block = _gemm_launch(runtime, rows=N * H * W, columns=4 * K)
     runtime.launch(module, "upconv2x2_forward", grid, block, (x, w, b, y) + _ints(N, C, H, W, K))
@@ -153,7 +91,7 @@ def upconv2x2_backward_input(dy, w):
     _check_weight(op, w, None, K)
     C, H, W = w.shape[0], H2 // 2, W2 // 2
     if runtime is None:
-        return _backward_input_cpu(dy, w)
+        return cpu.input_grad(dy, w)
     dx = runtime.empty((N, C, H, W), np.float32)
     module, grid, block = _gemm_launch(runtime, rows=N * H * W, columns=C)
     runtime.launch(module, "upconv2x2_backward_input", grid, block, (dy, w, dx) + _ints(N, C, H, W, K))
@@ -173,7 +111,7 @@ def upconv2x2_backward_params(x, dy):
     if tuple(dy.shape) != (N, K, 2 * H, 2 * W):
         raise ValueError(f"{op}: dy must be [N, K, 2H, 2W] = [{N}, K, {2 * H}, {2 * W}] for x {tuple(x.shape)}, got {tuple(dy.shape)}")
     if runtime is None:
-        return _backward_params_cpu(x, dy)
+        return cpu.params_grad(x, dy)
     return _backward_params_device(runtime, x, dy)
 
 

@@ -154,10 +154,46 @@ void backward_params(const py::object& x_, const py::object& dy_, const py::obje
     cunet_host::conv3x3_backward_params(xp, dyp, dwp, dbp, N, C, H, W, K);
 }
 
+void upconv_forward(const py::object& x_, const py::object& w_, const py::object& b_, const py::object& y_) {
+    const char* op = "upconv2x2_forward";
+    py::array x = checked(op, "x", x_, {"N", "C", "H", "W"}, false);
+    py::array w = checked(op, "w", w_, {"C", "K", "2", "2"}, false);
+    py::array b = checked(op, "b", b_, {"K"}, false);
+    py::array y = checked(op, "y", y_, {"N", "K", "2H", "2W"}, true);
+    const index_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3), K = w.shape(1);
+    expect_shape(op, "w", w, {C, K, 2, 2}, "= [C, K, 2, 2] for x " + shape_of(x) + " (C = x.shape[1])");
+    expect_shape(op, "b", b, {K}, "= [K] for w " + shape_of(w));
+    expect_shape(op, "y", y, {N, K, 2 * H, 2 * W}, "= [N, K, 2H, 2W] for x " + shape_of(x) + " and w " + shape_of(w));
+    expect_disjoint(op, {{"y", &y}}, {{"x", &x}, {"w", &w}, {"b", &b}, {"y", &y}});
+    const float *xp = in_ptr(x), *wp = in_ptr(w), *bp = in_ptr(b);
+    float* yp = out_ptr(y);
+    py::gil_scoped_release release;
+    cunet_host::upconv2x2_forward(xp, wp, bp, yp, N, C, H, W, K);
+}
+
+void upconv_backward_input(const py::object& dy_, const py::object& w_, const py::object& dx_) {
+    const char* op = "upconv2x2_backward_input";
+    py::array dy = checked(op, "dy", dy_, {"N", "K", "2H", "2W"}, false);
+    py::array w = checked(op, "w", w_, {"C", "K", "2", "2"}, false);
+    py::array dx = checked(op, "dx", dx_, {"N", "C", "H", "W"}, true);
+    const index_t N = dy.shape(0), K = dy.shape(1), C = w.shape(0);
+    if (dy.shape(2) % 2 || dy.shape(3) % 2)
+        throw py::value_error(std::string(op) + ": dy " + shape_of(dy) + " must have an even height and width (2H, 2W)");
+    const index_t H = dy.shape(2) / 2, W = dy.shape(3) / 2;
+    expect_shape(op, "w", w, {C, K, 2, 2}, "= [C, K, 2, 2] for dy " + shape_of(dy) + " (K = dy.shape[1])");
+    expect_shape(op, "dx", dx, {N, C, H, W}, "= [N, C, H, W] for dy " + shape_of(dy) + " and w " + shape_of(w));
+    expect_disjoint(op, {{"dx", &dx}}, {{"dy", &dy}, {"w", &w}, {"dx", &dx}});
+    const float *dyp = in_ptr(dy), *wp = in_ptr(w);
+    float* dxp = out_ptr(dx);
+    py::gil_scoped_release release;
+    cunet_host::upconv2x2_backward_input(dyp, wp, dxp, N, K, H, W, C);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_host, m) {
-    m.doc() = "cunet's CPU kernels in C++ (kernels/host/): the 3x3 convolutions, float32, NCHW, valid, stride 1.\n\n"
+    m.doc() = "cunet's CPU kernels in C++ (kernels/host/): the 3x3 convolutions (float32, NCHW, valid, stride 1) "
+              "and the 2x2 up-convolution's forward and backward input.\n\n"
               "Each op writes into a preallocated output and returns None. cunet/cpu/conv2d.py calls them.";
 
     m.def("conv3x3_forward", &forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("relu") = false,
@@ -170,6 +206,11 @@ PYBIND11_MODULE(_host, m) {
           "dw[K,C,3,3] = sum over n and pixels of dy times the shifted x; db[K] = the sum of dy. Bitwise "
           "independent of the number of threads.");
 
+    m.def("upconv2x2_forward", &upconv_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
+          "y[N,K,2H,2W] = the 2x2, stride-2 up-convolution of x[N,C,H,W] with w[C,K,2,2], plus b[K].");
+    m.def("upconv2x2_backward_input", &upconv_backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"),
+          "dx[N,C,H,W] = the gradient of upconv2x2_forward's x: each 2x2 block of dy[N,K,2H,2W] times w[C,K,2,2], "
+          "summed over K and the block.");
     m.def("simd_level", [] { return std::string(cunet_host::isa_name(cunet_host::cpu_isa())); },
           "Which compiled version of the kernels the ops run: 'avx512' (AVX-512F), 'avx2' (AVX2 + FMA: the "
           "x86-64-v3 level) or 'generic' (the x86-64 baseline, or any non-x86 CPU). The best one this CPU "

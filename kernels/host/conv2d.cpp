@@ -393,6 +393,201 @@ void forward_task_generic(const Forward& f, index_t task, const float* x0, index
     forward_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(f, task, x0, plane);
 }
 
+// --- up-convolution -------------------------------------------------------------------------------
+// The 2x2 up-convolution with stride 2 (cunet/ops/upconv.py):
+//   y[n, k, 2i+a, 2j+e] = b[k] + sum_c x[n, c, i, j] * w[c, k, a, e]
+// Its windows do not overlap, so it is a product of matrices: with w read as [C, 4K] (column
+// m = 4k + 2a + e) and the pixels p = i*W + j of an image as columns,
+//   forward          Y[m, p] = sum_c w[c, m] x[c, p]       then y[k, 2i+a, 2j+e] = Y[m, p] + b[k]
+//   backward input  dx[c, p] = sum_m w[c, m] dY[m, p]      where dY[m, p] = dy[k, 2i+a, 2j+e]
+// Both run on one register tile, the forward's with a single tap: KB rows of the product x L
+// consecutive pixels, summed over the M rows of the other operand (C channels, or the 4K
+// rows of dY), each step L inputs loaded once and KB weights broadcast. What differs is
+// where the pixels live. The forward reads x as it is and scatters each pair of rows e = 0,
+// 1 of its tile into one output row, interleaved (2j, 2j + 1). The backward input first
+// gathers its task's rows of dY from dy (dY_band, below), then stores its tile as it is.
+// Every output is summed over m in order from 0, whatever the tile, task or thread.
+struct Upconv {
+    const float* wp;   // rows of the product, packed [blocks][M][KB] (pack_upconv_*)
+    const float* b;    // forward: [K]; backward input: unused
+    float* out;        // forward: y [N, K, 2H, 2W]; backward input: dx [N, C, H, W]
+    index_t N, M, H, W, rows_out;   // M: the sum's length; rows_out: the product's rows (4K, or C)
+    index_t blocks, rows, groups;   // task = (image, group of `rows` input rows, block of KB product rows)
+};
+
+struct UpconvTask {
+    index_t n, g, block, i0, i1;
+};
+CUNET_INLINE UpconvTask upconv_task_of(const Upconv& u, index_t task) {
+    const index_t block = task % u.blocks, g = (task / u.blocks) % u.groups, n = task / (u.blocks * u.groups);
+    return {n, g, block, g * u.rows, std::min((g + 1) * u.rows, u.H)};
+}
+
+// acc[r][j] = sum over m of wb[m][r] * in[m * stride + q + j*V ..]: KB rows x NV vectors.
+template <int KB, int NV, int V>
+CUNET_INLINE void upconv_tile(const float* in, index_t stride, const float* wb, index_t M, index_t q,
+                              vec<V> (&acc)[KB][NV]) {
+#pragma GCC unroll 8
+    for (int r = 0; r < KB; ++r)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[r][j] = vec<V>{};
+    for (index_t m = 0; m < M; ++m) {
+        vec<V> xv[NV];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) load<V>(xv[j], in + m * stride + q + j * V);
+        const float* wm = wb + m * KB;
+#pragma GCC unroll 8
+        for (int r = 0; r < KB; ++r) {
+            const float weight = wm[r];
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; ++j) acc[r][j] += weight * xv[j];
+        }
+    }
+}
+
+// The tiles of a task's span of pixels (q = 0 .. span - 1, contiguous in `in`'s rows): at q
+// = 0, L, 2L, ..., the last moved back to end at the span's end (recomputing a few outputs
+// to the same bits). A span shorter than a tile goes one pixel at a time, same order.
+template <int KB, int NV, int V, typename StoreTile, typename StorePixel>
+CUNET_INLINE void upconv_span(const float* in, index_t stride, const float* wb, index_t M, index_t span,
+                              StoreTile store_tile, StorePixel store_pixel) {
+    constexpr int L = NV * V;
+    if (span < L) {
+        for (index_t q = 0; q < span; ++q)
+            for (int r = 0; r < KB; ++r) {
+                float sum = 0.0f;
+                for (index_t m = 0; m < M; ++m) sum += wb[m * KB + r] * in[m * stride + q];
+                store_pixel(r, q, sum);
+            }
+        return;
+    }
+    for (index_t q0 = 0; q0 < span; q0 += L) {
+        const index_t q = std::min(q0, span - L);
+        vec<V> acc[KB][NV];
+        upconv_tile<KB, NV, V>(in, stride, wb, M, q, acc);
+        store_tile(acc, q);
+    }
+}
+
+// Interleaves two vectors: (a0, b0, a1, b1, ...), the first V in lo, the rest in hi.
+template <int V>
+CUNET_INLINE void interleave(const vec<V>& a, const vec<V>& b, vec<V>& lo, vec<V>& hi) {
+    mask<V> low, high;
+    for (int l = 0; l < V; ++l) {
+        low[l] = (l % 2 ? V : 0) + l / 2;
+        high[l] = (l % 2 ? V : 0) + V / 2 + l / 2;
+    }
+    lo = __builtin_shuffle(a, b, low);
+    hi = __builtin_shuffle(a, b, high);
+}
+
+// Forward task: rows i0 .. i1 - 1 of image n, product rows m = block*KB .. (KB/4 output
+// channels x the 4 taps (a, e)). A tile's pixels q .. q+L-1 of the span (p = i0*W + q) that
+// lie in one input row are stored as two output rows of 2L interleaved values; a tile that
+// crosses a row's end, one value at a time.
+template <int KB, int NV, int V>
+CUNET_INLINE void upconv_forward_task_impl(const Upconv& u, index_t task, const float* x) {
+    static_assert(KB % 4 == 0, "a block of product rows holds whole output channels (4 taps each)");
+    constexpr int L = NV * V;
+    const UpconvTask t = upconv_task_of(u, task);
+    const index_t W = u.W, K = u.rows_out / 4, k0 = t.block * (KB / 4), plane = u.H * W;
+    const float* in = x + t.n * u.M * plane + t.i0 * W;
+    float* const y = u.out + t.n * K * 4 * plane;   // image n: K planes of 2H x 2W
+    const auto put = [&](index_t kk, int a, index_t i, index_t j, int e, float v) {
+        const index_t k = k0 + kk;
+        y[(k * 2 * u.H + 2 * i + a) * 2 * W + 2 * j + e] = v + u.b[k];
+    };
+    const auto store_tile = [&](vec<V>(&acc)[KB][NV], index_t q) {
+        const index_t i = t.i0 + q / W, j = q % W;
+        for (index_t kk = 0; kk < KB / 4 && k0 + kk < K; ++kk) {
+            const float bias = u.b[k0 + kk];
+            for (int a = 0; a < 2; ++a) {
+                const vec<V>* even = acc[4 * kk + 2 * a];
+                const vec<V>* odd = acc[4 * kk + 2 * a + 1];
+                if (j + L <= W) {
+                    float* row = y + ((k0 + kk) * 2 * u.H + 2 * i + a) * 2 * W + 2 * j;
+#pragma GCC unroll 4
+                    for (int jv = 0; jv < NV; ++jv) {
+                        vec<V> lo, hi;
+                        interleave<V>(even[jv] + bias, odd[jv] + bias, lo, hi);
+                        store<V>(row + 2 * jv * V, lo);
+                        store<V>(row + 2 * jv * V + V, hi);
+                    }
+                } else {
+                    for (int l = 0; l < L; ++l) {
+                        const index_t p = q + l;
+                        put(kk, a, t.i0 + p / W, p % W, 0, even[l / V][l % V]);
+                        put(kk, a, t.i0 + p / W, p % W, 1, odd[l / V][l % V]);
+                    }
+                }
+            }
+        }
+    };
+    const auto store_pixel = [&](int r, index_t q, float v) {
+        if (k0 + r / 4 < K) put(r / 4, (r / 2) % 2, t.i0 + q / W, q % W, r % 2, v);
+    };
+    upconv_span<KB, NV, V>(in, plane, u.wp + t.block * u.M * KB, u.M, (t.i1 - t.i0) * W, store_tile, store_pixel);
+}
+
+// dY's rows for input rows i0 .. i1 - 1 of image n: band[m][q] = dy[n, k, 2i+a, 2j+e] for
+// m = 4k + 2a + e and q = (i - i0)*W + j, every m: each row of dy split into its even and
+// odd columns.
+CUNET_INLINE void gather_dy_band(const Upconv& u, const float* dy, const UpconvTask& t, float* band) {
+    const index_t W = u.W, K = u.M / 4, span = (t.i1 - t.i0) * W;
+    for (index_t k = 0; k < K; ++k)
+        for (int a = 0; a < 2; ++a)
+            for (index_t i = t.i0; i < t.i1; ++i) {
+                const float* src = dy + ((t.n * K + k) * 2 * u.H + 2 * i + a) * 2 * W;
+                float* even = band + (4 * k + 2 * a) * span + (i - t.i0) * W;
+                float* odd = even + span;
+                for (index_t j = 0; j < W; ++j) {
+                    even[j] = src[2 * j];
+                    odd[j] = src[2 * j + 1];
+                }
+            }
+}
+
+// Backward input task: dx of rows i0 .. i1 - 1 of image n, channels block*KB ..; `band`
+// holds those rows of dY (gather_dy_band, done first if `gather`), contiguous like dx's rows.
+template <int KB, int NV, int V>
+CUNET_INLINE void upconv_input_task_impl(const Upconv& u, index_t task, const float* dy, float* band, bool gather) {
+    const UpconvTask t = upconv_task_of(u, task);
+    if (gather) gather_dy_band(u, dy, t, band);
+    const index_t C = u.rows_out, c0 = t.block * KB, cn = std::min<index_t>(KB, C - c0);
+    const index_t plane = u.H * u.W, span = (t.i1 - t.i0) * u.W;
+    float* const dx = u.out + (t.n * C + c0) * plane + t.i0 * u.W;
+    const auto store_tile = [&](vec<V>(&acc)[KB][NV], index_t q) {
+        for (index_t r = 0; r < cn; ++r)
+#pragma GCC unroll 4
+            for (int jv = 0; jv < NV; ++jv) store<V>(dx + r * plane + q + jv * V, acc[r][jv]);
+    };
+    const auto store_pixel = [&](int r, index_t q, float v) {
+        if (r < cn) dx[r * plane + q] = v;
+    };
+    upconv_span<KB, NV, V>(band, span, u.wp + t.block * u.M * KB, u.M, span, store_tile, store_pixel);
+}
+
+#if CUNET_VERSIONS
+CUNET_AVX512 void upconv_forward_task_avx512(const Upconv& u, index_t task, const float* x) {
+    upconv_forward_task_impl<kGeometry[2].forward_filters, 2, 16>(u, task, x);
+}
+CUNET_AVX512 void upconv_input_task_avx512(const Upconv& u, index_t task, const float* dy, float* band, bool gather) {
+    upconv_input_task_impl<kGeometry[2].forward_filters, 2, 16>(u, task, dy, band, gather);
+}
+CUNET_AVX2 void upconv_forward_task_avx2(const Upconv& u, index_t task, const float* x) {
+    upconv_forward_task_impl<kGeometry[1].forward_filters, 2, 8>(u, task, x);
+}
+CUNET_AVX2 void upconv_input_task_avx2(const Upconv& u, index_t task, const float* dy, float* band, bool gather) {
+    upconv_input_task_impl<kGeometry[1].forward_filters, 2, 8>(u, task, dy, band, gather);
+}
+#endif
+void upconv_forward_task_generic(const Upconv& u, index_t task, const float* x) {
+    upconv_forward_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(u, task, x);
+}
+void upconv_input_task_generic(const Upconv& u, index_t task, const float* dy, float* band, bool gather) {
+    upconv_input_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(u, task, dy, band, gather);
+}
+
 // --- weight gradient -----------------------------------------------------------------------------
 // dw[k, c, r, s] = sum over n, oy, ox of dy[n, k, oy, ox] * x[n, c, oy + r, ox + s]: a dot
 // product over every output pixel. Blocked like the forward: a tile is KB filters x the 3
@@ -657,16 +852,23 @@ struct Version {
     void (*forward_task)(const Forward&, index_t, const float*, index_t);
     void (*wgrad_task)(const WeightGrad&, index_t);
     double (*fma_loop)(index_t iterations, float scale);
+    void (*upconv_forward_task)(const Upconv&, index_t, const float*);
+    void (*upconv_input_task)(const Upconv&, index_t, const float*, float*, bool);
 };
 
 namespace {
 
 Version version_of(Isa isa) {
 #if CUNET_VERSIONS
-    if (isa == Isa::avx512) return {isa, kGeometry[2], forward_task_avx512, wgrad_task_avx512, fma_loop_avx512};
-    if (isa == Isa::avx2) return {isa, kGeometry[1], forward_task_avx2, wgrad_task_avx2, fma_loop_avx2};
+    if (isa == Isa::avx512)
+        return {isa, kGeometry[2], forward_task_avx512, wgrad_task_avx512, fma_loop_avx512, upconv_forward_task_avx512,
+                upconv_input_task_avx512};
+    if (isa == Isa::avx2)
+        return {isa, kGeometry[1], forward_task_avx2, wgrad_task_avx2, fma_loop_avx2, upconv_forward_task_avx2,
+                upconv_input_task_avx2};
 #endif
-    return {Isa::generic, kGeometry[0], forward_task_generic, wgrad_task_generic, fma_loop_generic};
+    return {Isa::generic, kGeometry[0], forward_task_generic, wgrad_task_generic, fma_loop_generic,
+            upconv_forward_task_generic, upconv_input_task_generic};
 }
 
 // The version the ops run: -1 until the first call picks the best one (isa_by_cpu_features).
@@ -727,6 +929,19 @@ Forward forward_plan(const Version& v, const float* packed, const float* b, floa
     f.rows = ceil_div(OH, f.groups);
     return f;
 }
+
+// The up-convolution's tasks over N images of H x W input pixels: `rows_out` product rows in
+// blocks of KB, a sum over M; groups of equal input rows, ~kTaskOutputs pixels each.
+Upconv upconv_plan(const Version& v, const float* packed, const float* b, float* out, index_t N, index_t M,
+                   index_t H, index_t W, index_t rows_out) {
+    Upconv u{packed, b, out, N, M, H, W, rows_out, ceil_div(rows_out, v.geometry.forward_filters), 0, 0};
+    u.groups = ceil_div(H, std::max<index_t>(1, std::min(H, ceil_div(kTaskOutputs, W))));
+    u.rows = ceil_div(H, u.groups);
+    return u;
+}
+
+index_t upconv_tasks(const Upconv& u) { return u.N * u.groups * u.blocks; }
+index_t upconv_macs(const Upconv& u) { return u.N * u.H * u.W * u.M * u.rows_out; }
 
 index_t forward_tasks(const Forward& f) { return f.N * f.groups * f.kblocks; }
 index_t forward_macs(const Forward& f) { return f.N * f.K * f.C * 9 * f.OH * f.OW; }
@@ -873,6 +1088,43 @@ void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* 
                  kblocks, cgroups, rows, total_floats, band_floats, band_width,
                  channels, task_kblocks, ceil_div(kblocks, task_kblocks)};
     run_tasks(g.kgroups * g.cgroups, N * K * C * 9 * OH * OW, [&](index_t t) { v.wgrad_task(g, t); });
+}
+
+// The forward's product rows are w's columns m = 4k + 2a + e, summed over the C channels:
+// packed[block][c][m % KB] = w[c, m]; the backward input's are w's rows c, summed over m.
+void upconv2x2_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C, index_t H,
+                       index_t W, index_t K) {
+    reset_scratch_peak();
+    const Version v = current_version();
+    const int KB = v.geometry.forward_filters;
+    Scratch packed(ceil_div(4 * K, KB) * KB * C);   // zero rows pad the last block
+    for (index_t c = 0; c < C; ++c)
+        for (index_t m = 0; m < 4 * K; ++m) packed.data()[((m / KB) * C + c) * KB + m % KB] = w[c * 4 * K + m];
+    const Upconv u = upconv_plan(v, packed.data(), b, y, N, C, H, W, 4 * K);
+    run_tasks(upconv_tasks(u), upconv_macs(u), [&](index_t task) { v.upconv_forward_task(u, task, x); });
+}
+
+// Each thread gathers the rows of dY its task reads into a band of its own (4K x rows x W)
+// and keeps it for its next task if that one reads the same rows (the next block of channels).
+void upconv2x2_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t H,
+                              index_t W, index_t C) {
+    reset_scratch_peak();
+    const Version v = current_version();
+    const int KB = v.geometry.forward_filters;
+    Scratch packed(ceil_div(C, KB) * KB * 4 * K);
+    for (index_t c = 0; c < C; ++c)
+        for (index_t m = 0; m < 4 * K; ++m) packed.data()[((c / KB) * 4 * K + m) * KB + c % KB] = w[c * 4 * K + m];
+    const Upconv u = upconv_plan(v, packed.data(), nullptr, dx, N, 4 * K, H, W, C);
+    const index_t band_floats = 4 * K * u.rows * W;
+    const Scratch bands(index_t(max_threads()) * band_floats, /*zero=*/false);   // each gather writes what is read
+    std::vector<index_t> band_holds(size_t(max_threads()), -1);                 // per thread: n * groups + g
+    run_tasks(upconv_tasks(u), upconv_macs(u), [&](index_t task) {
+        const UpconvTask t = upconv_task_of(u, task);
+        const int thread = thread_index();
+        const bool gather = band_holds[size_t(thread)] != t.n * u.groups + t.g;
+        band_holds[size_t(thread)] = t.n * u.groups + t.g;
+        v.upconv_input_task(u, task, dy, bands.data() + thread * band_floats, gather);
+    });
 }
 
 double fma_peak_gflops(index_t iterations) {

@@ -43,6 +43,13 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C,
                              index_t H, index_t W, index_t K);
 
+// The 2x2 up-convolution with stride 2 (cunet/ops/upconv.py), w [C, K, 2, 2]:
+//   upconv2x2_forward         y[n,k,2i+a,2j+e] = b[k] + sum_c x[n,c,i,j] * w[c,k,a,e]      x [N,C,H,W], y [N,K,2H,2W]
+//   upconv2x2_backward_input  dx[n,c,i,j] = sum_{k,a,e} w[c,k,a,e] * dy[n,k,2i+a,2j+e]   dy [N,K,2H,2W], dx [N,C,H,W]
+void upconv2x2_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C, index_t H,
+                       index_t W, index_t K);
+void upconv2x2_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t H,
+                              index_t W, index_t C);
 // The FMA units' throughput on every OpenMP thread, in GFLOP/s: each thread runs `iterations`
 // rounds of register-only FMAs in the current version (conv2d.cpp, "The FMA peak").
 double fma_peak_gflops(index_t iterations);
