@@ -1,9 +1,10 @@
 // The U-Net's 3x3 convolutions on the CPU: register-blocked direct loops on OpenMP threads.
 //
-// Read conv2d.hpp first for what each function computes. This file is in six parts: the
-// SIMD dispatch, the forward (which the backward input reuses), the weight gradient, the
-// FMA peak they are measured against, the table of the versions compiled for each
-// instruction set, and the OpenMP drivers that split each op into tasks.
+// Read conv2d.hpp first for what each function computes. This file is in seven parts: the
+// SIMD dispatch, the forward (which the backward input reuses), the up-convolution (the
+// forward's tile with one tap), the weight gradient, the FMA peak they are measured against,
+// the table of the versions compiled for each instruction set, and the OpenMP drivers that
+// split each op into tasks.
 //
 // ---------------------------------------------------------------------------------------------
 // Register blocking: why a tile of outputs, and why this size
