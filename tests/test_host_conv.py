@@ -415,6 +415,7 @@ def test_set_num_threads_refuses_zero():
 # Its references are tests/test_upconv.py's (one reference per op): float64 loops over the
 # 2x2 output blocks, returning the sums and the sums of |terms| for the error bound.
 from test_upconv import backward_input_reference as upconv_input_reference  # noqa: E402
+from test_upconv import backward_params_reference as upconv_params_reference  # noqa: E402
 from test_upconv import upconv_reference  # noqa: E402
 
 
@@ -433,6 +434,8 @@ UPCONV_EDGES = [
     (1, 9, 5, 7, 33),     # odd everything; K = 5: a partial block of product rows
     (3, 17, 9, 4, 40),    # N > 1, rows longer than a tile, the last tile moved back
     (1, 64, 32, 28, 28),  # a base-64 bottom layer's shape, smaller
+    (1, 13, 3, 3, 5),     # weight gradient: 13 channels = 2 tiles of 6 + 1 (AVX-512), rows narrower than a vector
+    (2, 70, 17, 2, 20),   # 70 channels: two groups of channels; 17 filters: two groups of filters
 ]
 
 
@@ -455,6 +458,13 @@ def run_upconv_input(dy, w):
     return dx
 
 
+def run_upconv_params(x, dy):
+    dw = np.full((x.shape[1], dy.shape[1], 2, 2), np.nan, np.float32)
+    db = np.full(dy.shape[1], np.nan, np.float32)
+    host.upconv2x2_backward_params(x, dy, dw, db)
+    return dw, db
+
+
 def assert_upconv_within_bound(got, exact_and_abs, terms, what):
     exact, abs_sum = exact_and_abs
     assert_within_sum_bound(got, exact, abs_sum, terms, what)
@@ -474,12 +484,17 @@ def test_upconv_matches_reference(level, shape, seed):
     assert_upconv_within_bound(run_upconv(x, w, b), upconv_reference(x, w, b), C + 1, f"up-convolution {shape}")
     assert_upconv_within_bound(run_upconv_input(dy, w), upconv_input_reference(dy, w), 4 * K,
                                f"up-convolution backward input {shape}")
+    dw, db = run_upconv_params(x, dy)
+    dw_exact, dw_abs, db_exact, db_abs = upconv_params_reference(x, dy)
+    assert_within_sum_bound(dw, dw_exact, dw_abs, N * H * W, f"up-convolution weight gradient {shape}")
+    assert_within_sum_bound(db, db_exact, db_abs, 4 * N * H * W, f"up-convolution bias gradient {shape}")
 
 
 @pytest.mark.parametrize("shape", [(1, 5, 3, 4, 37), (2, 3, 9, 1, 5)])
 def test_upconv_nan_reaches_exactly_its_outputs(level, shape):
-    """A NaN in x reaches the 2x2 block of every output channel above it, nothing else; a NaN
-    in dy reaches the input pixel under its block, in every channel."""
+    """A NaN in x reaches the 2x2 block of every output channel above it and the weight gradient
+    of its channel, nothing else; a NaN in dy reaches the input pixel under its block in every
+    channel, and the weight and bias gradients of its filter's tap."""
     x, w, b, dy = upconv_case(5, shape)
     N, C, K, H, W = shape
     n, c, i, j = N - 1, C // 2, H - 1, W // 2
@@ -487,10 +502,21 @@ def test_upconv_nan_reaches_exactly_its_outputs(level, shape):
     expected = np.zeros((N, K, 2 * H, 2 * W), bool)
     expected[n, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2] = True
     np.testing.assert_array_equal(np.isnan(run_upconv(x, w, b)), expected)
+    dw, db = run_upconv_params(x, dy)
+    expected = np.zeros((C, K, 2, 2), bool)
+    expected[c] = True
+    np.testing.assert_array_equal(np.isnan(dw), expected)
+    assert not np.isnan(db).any()
+    x[n, c, i, j] = 0.0
     dy[n, K - 1, 2 * i + 1, 2 * j] = np.nan
     expected = np.zeros((N, C, H, W), bool)
     expected[n, :, i, j] = True
     np.testing.assert_array_equal(np.isnan(run_upconv_input(dy, w)), expected)
+    dw, db = run_upconv_params(x, dy)
+    expected = np.zeros((C, K, 2, 2), bool)
+    expected[:, K - 1, 1, 0] = True
+    np.testing.assert_array_equal(np.isnan(dw), expected)
+    np.testing.assert_array_equal(np.isnan(db), np.arange(K) == K - 1)
 
 
 @pytest.mark.parametrize("shape", [(2, 24, 12, 30, 37), (1, 40, 70, 9, 61)])
@@ -504,27 +530,42 @@ def test_upconv_results_do_not_depend_on_the_number_of_threads(level, shape, res
         teams = [host._last_team_size()]
         dx = run_upconv_input(dy, w)
         teams.append(host._last_team_size())
-        assert teams == [threads] * 2, f"forward, backward input ran on {teams} threads"
-        results[threads] = (y, dx)
+        dw, db = run_upconv_params(x, dy)
+        teams.append(host._last_team_size())
+        assert teams == [threads] * 3, f"forward, backward input, backward params ran on {teams} threads"
+        results[threads] = (y, dx, dw, db)
     for threads in THREAD_COUNTS[1:]:
-        for name, one, many in zip(("forward", "backward input"), results[1], results[threads]):
+        for name, one, many in zip(("forward", "backward input", "dw", "db"), results[1], results[threads]):
             np.testing.assert_array_equal(many, one, err_msg=f"up-convolution {name} {shape}: {threads} threads vs 1")
 
 
-@pytest.mark.parametrize("shape", [(2, 20, 9, 10, 45), (1, 3, 40, 7, 61)])
+@pytest.mark.parametrize("shape", [(2, 20, 9, 10, 45), (1, 3, 40, 7, 61), (1, 70, 33, 5, 12)])
 def test_upconv_scratch_is_the_documented_buffers(shape, restore_threads):
     """The packed weights (whole blocks of product rows), and for the backward input one band of
-    dY per thread: 4K rows x (a task's input rows, ~2048 pixels in equal groups) x W."""
+    dY per thread: 4K rows x (a task's input rows, ~2048 pixels in equal groups) x W; the
+    weight gradient's per-thread totals and band."""
     host.set_num_threads(2)
     x, w, b, dy = upconv_case(3, shape)
     N, C, K, H, W = shape
-    KB = host.tile_geometry()["forward_filters"]
+    geometry = host.tile_geometry()
+    KB = geometry["forward_filters"]
     run_upconv(x, w, b)
     assert host._scratch_peak_bytes() == 4 * (-(-4 * K // KB) * KB * C)
     groups = -(-H // max(1, min(H, -(-2048 // W))))
     rows = -(-H // groups)
     run_upconv_input(dy, w)
     assert host._scratch_peak_bytes() == 4 * (-(-C // KB) * KB * 4 * K + 2 * 4 * K * rows * W)
+    # the weight gradient: a zero row of x, and per thread its totals (a task's filters: at most
+    # 16, split further only until every thread has a task, x its channels: equal groups of at
+    # most 5 tiles) and a band of dY (4 taps x ~1024 pixels' rows, rounded up to whole vectors)
+    CB, L = geometry["upconv_grad_channels"], geometry["wgrad_lanes"]
+    cgroups = -(-C // (5 * CB))
+    channels = -(-(-(-C // cgroups)) // CB) * CB
+    kgroups = min(K, max(-(-K // 16), -(-2 // cgroups)))
+    task_k = -(-K // kgroups)
+    band = 4 * max(1, min(H, -(-1024 // W))) * -(-W // L) * L
+    run_upconv_params(x, dy)
+    assert host._scratch_peak_bytes() == 4 * (W + 2 * (task_k * min(C, channels) * 4 * L + band + 16))
 
 
 @pytest.mark.parametrize("call, message", [
@@ -546,6 +587,12 @@ def test_upconv_scratch_is_the_documented_buffers(shape, restore_threads):
     (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 10), np.float32), np.zeros((3, 4, 2, 2), np.float32),
                                            np.zeros((1, 3, 4, 4), np.float32)),
      r"dx has shape \(1, 3, 4, 4\); expected \(1, 3, 4, 5\) = \[N, C, H, W\]"),
+    (lambda: host.upconv2x2_backward_params(np.zeros((1, 3, 4, 5), np.float32), np.zeros((1, 4, 8, 9), np.float32),
+                                            np.zeros((3, 4, 2, 2), np.float32), np.zeros(4, np.float32)),
+     r"upconv2x2_backward_params: dy has shape \(1, 4, 8, 9\); expected \(1, 4, 8, 10\)"),
+    (lambda: host.upconv2x2_backward_params(np.zeros((1, 3, 4, 5), np.float32), np.zeros((1, 4, 8, 10), np.float32),
+                                            np.zeros((4, 3, 2, 2), np.float32), np.zeros(4, np.float32)),
+     r"dw has shape \(4, 3, 2, 2\); expected \(3, 4, 2, 2\)"),
 ])
 def test_upconv_refuses_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):

@@ -7,10 +7,10 @@ Three products of matrices per image (the op's docstring writes them out):
     weight gradient    dW = sum_n X dY^T, db = the sums of dy
 
 float32, with the C++ kernels built (cunet._host, kernels/host/conv2d.cpp "up-convolution"):
-the forward and the backward input are register-tiled loops that do the scatter and the
-gather themselves, like the 3x3 convolutions' direct kernels. Otherwise (float64, the
-gradient checks' dtype, or no C++ build): np.matmul (BLAS) with one pass each way between
-the [4K, H*W] matrix order and the image order. The weight gradient is BLAS in both.
+register-tiled loops that do the scatter and the gather themselves, like the 3x3
+convolutions' direct kernels. Otherwise (float64, the gradient checks' dtype, or no C++
+build): np.matmul (BLAS) with one pass each way between the [4K, H*W] matrix order and the
+image order.
 """
 from __future__ import annotations
 
@@ -47,7 +47,17 @@ def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """upconv2x2_backward_params on the cpu: (dw [C, K, 2, 2], db [K]), BLAS in any dtype."""
+    """upconv2x2_backward_params on the cpu: (dw [C, K, 2, 2], db [K])."""
+    if not host_runs(x.dtype):
+        return _params_grad_blas(x, dy)
+    C, K = x.shape[1], dy.shape[1]
+    dw, db = np.empty((C, K, 2, 2), x.dtype), np.empty(K, x.dtype)
+    _host.upconv2x2_backward_params(np.ascontiguousarray(x), np.ascontiguousarray(dy), dw, db)
+    return dw, db
+
+
+# --- BLAS ------------------------------------------------------------------------------
+def _params_grad_blas(x, dy):
     N, C, H, W = x.shape
     K = dy.shape[1]
     # dW^T = dY X^T, one [4K, H*W] @ [H*W, C] product per image (BLAS reads the transposed
@@ -58,7 +68,6 @@ def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(dw_t.T).reshape(C, K, 2, 2), dy.sum(axis=(0, 2, 3))
 
 
-# --- BLAS ------------------------------------------------------------------------------
 def _forward_blas(x, w, b):
     N, C, H, W = x.shape
     K = w.shape[1]

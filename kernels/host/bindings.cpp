@@ -189,11 +189,28 @@ void upconv_backward_input(const py::object& dy_, const py::object& w_, const py
     cunet_host::upconv2x2_backward_input(dyp, wp, dxp, N, K, H, W, C);
 }
 
+void upconv_backward_params(const py::object& x_, const py::object& dy_, const py::object& dw_, const py::object& db_) {
+    const char* op = "upconv2x2_backward_params";
+    py::array x = checked(op, "x", x_, {"N", "C", "H", "W"}, false);
+    py::array dy = checked(op, "dy", dy_, {"N", "K", "2H", "2W"}, false);
+    py::array dw = checked(op, "dw", dw_, {"C", "K", "2", "2"}, true);
+    py::array db = checked(op, "db", db_, {"K"}, true);
+    const index_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3), K = dy.shape(1);
+    expect_shape(op, "dy", dy, {N, K, 2 * H, 2 * W}, "= [N, K, 2H, 2W] for x " + shape_of(x));
+    expect_shape(op, "dw", dw, {C, K, 2, 2}, "= [C, K, 2, 2] for x " + shape_of(x) + " and dy " + shape_of(dy));
+    expect_shape(op, "db", db, {K}, "= [K] for dy " + shape_of(dy));
+    expect_disjoint(op, {{"dw", &dw}, {"db", &db}}, {{"x", &x}, {"dy", &dy}, {"dw", &dw}, {"db", &db}});
+    const float *xp = in_ptr(x), *dyp = in_ptr(dy);
+    float *dwp = out_ptr(dw), *dbp = out_ptr(db);
+    py::gil_scoped_release release;
+    cunet_host::upconv2x2_backward_params(xp, dyp, dwp, dbp, N, C, H, W, K);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_host, m) {
     m.doc() = "cunet's CPU kernels in C++ (kernels/host/): the 3x3 convolutions (float32, NCHW, valid, stride 1) "
-              "and the 2x2 up-convolution's forward and backward input.\n\n"
+              "and the 2x2 up-convolution.\n\n"
               "Each op writes into a preallocated output and returns None. cunet/cpu/conv2d.py calls them.";
 
     m.def("conv3x3_forward", &forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("relu") = false,
@@ -211,6 +228,10 @@ PYBIND11_MODULE(_host, m) {
     m.def("upconv2x2_backward_input", &upconv_backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"),
           "dx[N,C,H,W] = the gradient of upconv2x2_forward's x: each 2x2 block of dy[N,K,2H,2W] times w[C,K,2,2], "
           "summed over K and the block.");
+    m.def("upconv2x2_backward_params", &upconv_backward_params, py::arg("x"), py::arg("dy"), py::arg("dw"),
+          py::arg("db"),
+          "dw[C,K,2,2] = sum over n and pixels of x times dy's 2x2 blocks; db[K] = the sum of dy. Bitwise "
+          "independent of the number of threads.");
     m.def("simd_level", [] { return std::string(cunet_host::isa_name(cunet_host::cpu_isa())); },
           "Which compiled version of the kernels the ops run: 'avx512' (AVX-512F), 'avx2' (AVX2 + FMA: the "
           "x86-64-v3 level) or 'generic' (the x86-64 baseline, or any non-x86 CPU). The best one this CPU "
@@ -249,6 +270,7 @@ PYBIND11_MODULE(_host, m) {
             d["forward_pixels"] = g.forward_pixels;
             d["wgrad_filters"] = g.wgrad_filters;
             d["wgrad_lanes"] = g.wgrad_pixels;
+            d["upconv_grad_channels"] = g.upconv_grad_channels;
             return d;
         },
         "The register tile of the version simd_level() names (kernels/host/conv2d.cpp explains them).");

@@ -121,10 +121,12 @@ constexpr int kGenericVectors = 2;  // forward: vectors per filter in the generi
 #else
 constexpr int kGenericVectors = 1;
 #endif
+// The up-convolution's weight gradient: channels x 4 taps accumulators plus a register per
+// channel and one for dY: AVX-512 6 x 4 + 6 + 1 = 31 of 32, AVX2 and SSE2 3 x 4 + 3 + 1 = 16.
 constexpr Geometry kGeometry[3] = {
-    /* generic */ {4, 4 * kGenericVectors, 4, 4},
-    /* avx2    */ {4, 16, 4, 8},
-    /* avx512  */ {8, 32, 8, 16},
+    /* generic */ {4, 4 * kGenericVectors, 4, 4, 3},
+    /* avx2    */ {4, 16, 4, 8, 3},
+    /* avx512  */ {8, 32, 8, 16, 6},
 };
 
 // Outputs per task: enough work to amortise a task (~2048 wide outputs x C*9 FMAs x a block
@@ -146,6 +148,12 @@ constexpr index_t kWgradTaskKblocks = 4;
 // VM, cunet._host directly): 1024 fastest on five of them, 10-20% above 2048 (which spills
 // to L2: each step reads 8 dy vectors).
 constexpr index_t kWgradOutputs = 1024;
+// The up-convolution's weight-gradient task: up to this many tiles of channels (its x band:
+// 5 x 6 channels x ~1024 pixels = 123 KB for AVX-512, in L2, read once per filter) x up to
+// this many filters (its totals: 16 x 30 x 4 taps x 16 lanes = 123 KB). dy is read once per
+// group of channels. (Chosen by those sizes, not measured against others.)
+constexpr index_t kUpconvGradTiles = 5;
+constexpr index_t kUpconvGradFilters = 16;
 // A loop of fewer multiply-adds than this runs on the calling thread alone: waking the
 // OpenMP team costs tens of microseconds, as much as the whole loop (~30 us on one core).
 // (Chosen by that estimate, not measured like cunet.cpu.parallel.PARALLEL_MIN_WORK.)
@@ -811,6 +819,145 @@ void wgrad_task_generic(const WeightGrad& g, index_t task) {
     wgrad_task_impl<kGeometry[0].wgrad_filters, kGeometry[0].wgrad_pixels>(g, task);
 }
 
+// --- up-convolution: the weight gradient ---------------------------------------------------------
+// dw[c, k, a, e] = sum over n, i, j of x[n, c, i, j] * dy[n, k, 2i+a, 2j+e]: the conv weight
+// gradient's scheme with other indices. A tile is CB channels x the 4 taps (a, e) of one
+// filter k, 4*CB running sums, each a vector of L lanes (lane l sums the pixels j = l mod
+// L). One step loads L pixels of x for each of the CB channels and of dY for each tap, and
+// issues 4*CB FMAs (AVX-512: 10 loads, 24 FMAs). dY's rows are dy's rows split into their
+// even and odd columns: a band of them per filter (4 taps x rows x W, in L1) is made once
+// and read by every group of CB channels of the task.
+//
+// A task owns a group of channels and a group of filters and alone writes their dw: it walks
+// the images in bands of input rows, and each band filter by filter, adding each tile's sums
+// to its lane-wise totals; the lanes are summed at the end. So, like the conv weight
+// gradient, dw and db are the same bits with any number of threads (and may differ in the
+// last bits between versions of different vector widths).
+struct UpconvGrad {
+    const float* x;   // [N, C, H, W]
+    const float* dy;  // [N, K, 2H, 2W]
+    float* dw;        // [C, K, 2, 2]
+    float* db;        // [K]
+    const float* zeros;  // W zeros: the x row of the padding channels of a partial tile
+    float* totals;       // per thread, total_floats: [filter - k0][channel - c0][tap][L]
+    float* bands;        // per thread, band_floats: [tap][rows][band_width], rows 64-byte aligned
+    index_t N, C, H, W, K;
+    index_t channels, cgroups, task_k, kgroups, rows, band_width, total_floats, band_floats;
+};
+
+template <int CB, int L>
+CUNET_INLINE void upconv_grad_step(vec<L> (&acc)[CB][4], const float* const (&xr)[CB], const float* const (&d)[4],
+                                   index_t j, const mask<L>* keep) {
+    vec<L> xv[CB];
+#pragma GCC unroll 8
+    for (int c = 0; c < CB; ++c) load<L>(xv[c], xr[c] + j);
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t) {
+        vec<L> dv;
+        load<L>(dv, d[t] + j);
+        keep_in_register<L>(dv);   // one load, CB FMAs
+#pragma GCC unroll 8
+        for (int c = 0; c < CB; ++c) acc[c][t] = keep ? (*keep ? acc[c][t] + xv[c] * dv : acc[c][t]) : acc[c][t] + xv[c] * dv;
+    }
+}
+
+template <int CB, int L>
+CUNET_INLINE void upconv_grad_task_impl(const UpconvGrad& g, index_t task) {
+    const index_t kg = task % g.kgroups, cg = task / g.kgroups;
+    const index_t k0 = kg * g.task_k, k1 = std::min(k0 + g.task_k, g.K);
+    const index_t c0 = cg * g.channels, c1 = std::min(c0 + g.channels, g.C), nc = c1 - c0;
+    const index_t W = g.W, H = g.H;
+    vec<L> lane;
+    for (int l = 0; l < L; ++l) lane[l] = float(l);
+    float* const totals = g.totals + thread_index() * g.total_floats;
+    std::fill(totals, totals + (k1 - k0) * nc * 4 * L, 0.0f);
+    float* const band = aligned_slot(g.bands, g.band_floats, thread_index());
+    const bool sums_bias = cg == 0;   // the first group of channels' tasks also sum db of their filters
+    std::vector<BiasSum<L>> bias(sums_bias ? size_t(k1 - k0) : 0);
+    for (index_t n = 0; n < g.N; ++n) {
+        for (index_t i0 = 0; i0 < H; i0 += g.rows) {
+            const index_t i1 = std::min(i0 + g.rows, H);
+            for (index_t k = k0; k < k1; ++k) {
+                for (index_t i = i0; i < i1; ++i)
+                    for (int a = 0; a < 2; ++a) {
+                        const float* src = g.dy + ((n * g.K + k) * 2 * H + 2 * i + a) * 2 * W;
+                        if (sums_bias) bias[size_t(k - k0)].add_row(src, 2 * W);
+                        float* even = band + ((2 * a) * g.rows + i - i0) * g.band_width;
+                        float* odd = band + ((2 * a + 1) * g.rows + i - i0) * g.band_width;
+                        for (index_t j = 0; j < W; ++j) {
+                            even[j] = src[2 * j];
+                            odd[j] = src[2 * j + 1];
+                        }
+                    }
+                for (index_t cs = c0; cs < c1; cs += CB) {
+                    const index_t cn = std::min<index_t>(CB, c1 - cs);
+                    vec<L> acc[CB][4];
+#pragma GCC unroll 8
+                    for (int c = 0; c < CB; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = vec<L>{};
+                    for (index_t i = i0; i < i1; ++i) {
+                        const float* xr[CB];
+#pragma GCC unroll 8
+                        for (int c = 0; c < CB; ++c) xr[c] = c < cn ? g.x + ((n * g.C + cs + c) * H + i) * W : g.zeros;
+                        const float* d[4];
+#pragma GCC unroll 4
+                        for (int t = 0; t < 4; ++t) d[t] = band + (t * g.rows + i - i0) * g.band_width;
+                        index_t j = 0;
+                        for (; j + L <= W; j += L) upconv_grad_step<CB, L>(acc, xr, d, j, nullptr);
+                        if (j == W) continue;
+                        if (W >= L) {   // the last step moved back; its first L - (W - j) lanes are done
+                            const mask<L> keep = lane >= float(L - (W - j));
+                            upconv_grad_step<CB, L>(acc, xr, d, W - L, &keep);
+                        } else {        // a row narrower than a vector: zero-filled copies
+                            alignas(64) float xb[CB][L] = {}, db[4][L] = {};
+                            const float* xc[CB];
+                            const float* dc[4];
+                            for (int c = 0; c < CB; ++c) {
+                                for (index_t jj = 0; jj < W; ++jj) xb[c][jj] = xr[c][jj];
+                                xc[c] = xb[c];
+                            }
+                            for (int t = 0; t < 4; ++t) {
+                                for (index_t jj = 0; jj < W; ++jj) db[t][jj] = d[t][jj];
+                                dc[t] = db[t];
+                            }
+                            const mask<L> keep = lane < float(W);
+                            upconv_grad_step<CB, L>(acc, xc, dc, 0, &keep);
+                        }
+                    }
+                    float* t0 = totals + ((k - k0) * nc + cs - c0) * 4 * L;
+                    for (index_t c = 0; c < cn; ++c)
+#pragma GCC unroll 4
+                        for (int t = 0; t < 4; ++t) {
+                            vec<L> sum;
+                            load<L>(sum, t0 + (c * 4 + t) * L);
+                            store<L>(t0 + (c * 4 + t) * L, sum + acc[c][t]);
+                        }
+                }
+            }
+        }
+    }
+    for (index_t k = k0; k < k1; ++k) {
+        for (index_t c = c0; c < c1; ++c)
+            for (int t = 0; t < 4; ++t) {
+                vec<L> sum;
+                load<L>(sum, totals + (((k - k0) * nc + c - c0) * 4 + t) * L);
+                g.dw[(c * g.K + k) * 4 + t] = lane_sum<L>(sum);
+            }
+        if (sums_bias) g.db[k] = bias[size_t(k - k0)].total();
+    }
+}
+
+#if CUNET_VERSIONS
+CUNET_AVX512 void upconv_grad_task_avx512(const UpconvGrad& g, index_t task) {
+    upconv_grad_task_impl<kGeometry[2].upconv_grad_channels, kGeometry[2].wgrad_pixels>(g, task);
+}
+CUNET_AVX2 void upconv_grad_task_avx2(const UpconvGrad& g, index_t task) {
+    upconv_grad_task_impl<kGeometry[1].upconv_grad_channels, kGeometry[1].wgrad_pixels>(g, task);
+}
+#endif
+void upconv_grad_task_generic(const UpconvGrad& g, index_t task) {
+    upconv_grad_task_impl<kGeometry[0].upconv_grad_channels, kGeometry[0].wgrad_pixels>(g, task);
+}
+
 // --- the FMA peak ---------------------------------------------------------------------------------
 // What the FMA units can do when nothing else limits them, the ceiling the convolutions are
 // measured against (benchmarks/conv2d_cpu.py): A independent accumulators, each one FMA per
@@ -855,6 +1002,7 @@ struct Version {
     double (*fma_loop)(index_t iterations, float scale);
     void (*upconv_forward_task)(const Upconv&, index_t, const float*);
     void (*upconv_input_task)(const Upconv&, index_t, const float*, float*, bool);
+    void (*upconv_grad_task)(const UpconvGrad&, index_t);
 };
 
 namespace {
@@ -863,13 +1011,13 @@ Version version_of(Isa isa) {
 #if CUNET_VERSIONS
     if (isa == Isa::avx512)
         return {isa, kGeometry[2], forward_task_avx512, wgrad_task_avx512, fma_loop_avx512, upconv_forward_task_avx512,
-                upconv_input_task_avx512};
+                upconv_input_task_avx512, upconv_grad_task_avx512};
     if (isa == Isa::avx2)
         return {isa, kGeometry[1], forward_task_avx2, wgrad_task_avx2, fma_loop_avx2, upconv_forward_task_avx2,
-                upconv_input_task_avx2};
+                upconv_input_task_avx2, upconv_grad_task_avx2};
 #endif
     return {Isa::generic, kGeometry[0], forward_task_generic, wgrad_task_generic, fma_loop_generic,
-            upconv_forward_task_generic, upconv_input_task_generic};
+            upconv_forward_task_generic, upconv_input_task_generic, upconv_grad_task_generic};
 }
 
 // The version the ops run: -1 until the first call picks the best one (isa_by_cpu_features).
@@ -1126,6 +1274,29 @@ void upconv2x2_backward_input(const float* dy, const float* w, float* dx, index_
         band_holds[size_t(thread)] = t.n * u.groups + t.g;
         v.upconv_input_task(u, task, dy, bands.data() + thread * band_floats, gather);
     });
+}
+
+// Tasks: equal groups of up to kUpconvGradTiles tiles of channels x groups of up to
+// kUpconvGradFilters filters, the filters split only as far as it takes to give every thread
+// a task (a group of filters reads its x once).
+void upconv2x2_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
+                               index_t W, index_t K) {
+    reset_scratch_peak();
+    const Version v = current_version();
+    const index_t CB = v.geometry.upconv_grad_channels, L = v.geometry.wgrad_pixels;
+    const index_t cgroups = ceil_div(C, kUpconvGradTiles * CB);
+    const index_t channels = ceil_div(ceil_div(C, cgroups), CB) * CB;
+    const index_t kgroups = std::min(K, std::max(ceil_div(K, kUpconvGradFilters), ceil_div(index_t(max_threads()), cgroups)));
+    const index_t task_k = ceil_div(K, kgroups);
+    const index_t rows = std::max<index_t>(1, std::min(H, ceil_div(kWgradOutputs, W)));
+    const index_t band_width = ceil_div(W, L) * L, band_floats = 4 * rows * band_width;
+    const index_t total_floats = task_k * std::min(C, channels) * 4 * L;
+    const Scratch zeros(W);
+    const Scratch totals(index_t(max_threads()) * total_floats, /*zero=*/false);     // each task zeroes its slot
+    const Scratch bands(index_t(max_threads()) * (band_floats + 16), /*zero=*/false);
+    UpconvGrad g{x, dy, dw, db, zeros.data(), totals.data(), bands.data(), N, C, H, W, K,
+                 channels, ceil_div(C, channels), task_k, ceil_div(K, task_k), rows, band_width, total_floats, band_floats};
+    run_tasks(g.cgroups * g.kgroups, N * H * W * C * 4 * K, [&](index_t t) { v.upconv_grad_task(g, t); });
 }
 
 double fma_peak_gflops(index_t iterations) {

@@ -33,7 +33,8 @@ struct Geometry {
     int forward_filters;  // output channels per tile of the forward / backward input
     int forward_pixels;   // consecutive outputs per tile (a multiple of the vector width)
     int wgrad_filters;    // filters per tile of the weight gradient
-    int wgrad_pixels;     // lanes of its partial sums
+    int wgrad_pixels;     // lanes of its partial sums (and of the up-convolution's weight gradient)
+    int upconv_grad_channels;  // input channels per tile of the up-convolution's weight gradient
 };
 Geometry geometry(Isa isa);
 
@@ -51,6 +52,9 @@ void upconv2x2_forward(const float* x, const float* w, const float* b, float* y,
                        index_t W, index_t K);
 void upconv2x2_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t H,
                               index_t W, index_t C);
+//   upconv2x2_backward_params dw[c,k,a,e] = sum_{n,i,j} x[n,c,i,j] * dy[n,k,2i+a,2j+e],  db[k] = sum dy[n,k]
+void upconv2x2_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
+                               index_t W, index_t K);
 // The FMA units' throughput on every OpenMP thread, in GFLOP/s: each thread runs `iterations`
 // rounds of register-only FMAs in the current version (conv2d.cpp, "The FMA peak").
 double fma_peak_gflops(index_t iterations);
