@@ -568,37 +568,6 @@ def test_upconv_scratch_is_the_documented_buffers(shape, restore_threads):
     assert host._scratch_peak_bytes() == 4 * (W + 2 * (task_k * min(C, channels) * 4 * L + band + 16))
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5), np.float32), np.zeros((2, 4, 2, 2), np.float32),
-                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 10), np.float32)),
-     r"upconv2x2_forward: w has shape \(2, 4, 2, 2\); expected \(3, 4, 2, 2\)"),
-    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5), np.float32), np.zeros((3, 4, 2, 2), np.float32),
-                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 9), np.float32)),
-     r"y has shape \(1, 4, 8, 9\); expected \(1, 4, 8, 10\) = \[N, K, 2H, 2W\]"),
-    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5)), np.zeros((3, 4, 2, 2), np.float32),
-                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 10), np.float32)),
-     r"upconv2x2_forward: x has dtype float64; expected float32"),
-    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 9), np.float32), np.zeros((3, 4, 2, 2), np.float32),
-                                           np.zeros((1, 3, 4, 4), np.float32)),
-     r"upconv2x2_backward_input: dy \(1, 4, 8, 9\) must have an even height and width"),
-    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 10), np.float32), np.zeros((3, 5, 2, 2), np.float32),
-                                           np.zeros((1, 3, 4, 5), np.float32)),
-     r"w has shape \(3, 5, 2, 2\); expected \(3, 4, 2, 2\)"),
-    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 10), np.float32), np.zeros((3, 4, 2, 2), np.float32),
-                                           np.zeros((1, 3, 4, 4), np.float32)),
-     r"dx has shape \(1, 3, 4, 4\); expected \(1, 3, 4, 5\) = \[N, C, H, W\]"),
-    (lambda: host.upconv2x2_backward_params(np.zeros((1, 3, 4, 5), np.float32), np.zeros((1, 4, 8, 9), np.float32),
-                                            np.zeros((3, 4, 2, 2), np.float32), np.zeros(4, np.float32)),
-     r"upconv2x2_backward_params: dy has shape \(1, 4, 8, 9\); expected \(1, 4, 8, 10\)"),
-    (lambda: host.upconv2x2_backward_params(np.zeros((1, 3, 4, 5), np.float32), np.zeros((1, 4, 8, 10), np.float32),
-                                            np.zeros((4, 3, 2, 2), np.float32), np.zeros(4, np.float32)),
-     r"dw has shape \(4, 3, 2, 2\); expected \(3, 4, 2, 2\)"),
-])
-def test_upconv_refuses_bad_arguments(call, message):
-    with pytest.raises(ValueError, match=message):
-        call()
-
-
 # --- argument checks ------------------------------------------------------------------------------------
 def good_forward_args():
     x, w, b, _ = random_case(0, (2, 3, 4, 5, 6))
@@ -659,8 +628,32 @@ def test_outputs_must_be_writable_and_separate():
     (lambda: host.conv3x3_backward_params(np.zeros((1, 3, 7, 7), np.float32), np.zeros((1, 4, 5, 5), np.float32),
                                           np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float64)),
      r"db has dtype float64; expected float32"),
+    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5), np.float32), np.zeros((2, 4, 2, 2), np.float32),
+                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 10), np.float32)),
+     r"upconv2x2_forward: w has shape \(2, 4, 2, 2\); expected \(3, 4, 2, 2\)"),
+    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5), np.float32), np.zeros((3, 4, 2, 2), np.float32),
+                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 9), np.float32)),
+     r"y has shape \(1, 4, 8, 9\); expected \(1, 4, 8, 10\) = \[N, K, 2H, 2W\]"),
+    (lambda: host.upconv2x2_forward(np.zeros((1, 3, 4, 5)), np.zeros((3, 4, 2, 2), np.float32),
+                                    np.zeros(4, np.float32), np.zeros((1, 4, 8, 10), np.float32)),
+     r"upconv2x2_forward: x has dtype float64; expected float32"),
+    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 9), np.float32), np.zeros((3, 4, 2, 2), np.float32),
+                                           np.zeros((1, 3, 4, 4), np.float32)),
+     r"upconv2x2_backward_input: dy \(1, 4, 8, 9\) must have an even height and width"),
+    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 10), np.float32), np.zeros((3, 5, 2, 2), np.float32),
+                                           np.zeros((1, 3, 4, 5), np.float32)),
+     r"w has shape \(3, 5, 2, 2\); expected \(3, 4, 2, 2\)"),
+    (lambda: host.upconv2x2_backward_input(np.zeros((1, 4, 8, 10), np.float32), np.zeros((3, 4, 2, 2), np.float32),
+                                           np.zeros((1, 3, 4, 4), np.float32)),
+     r"dx has shape \(1, 3, 4, 4\); expected \(1, 3, 4, 5\) = \[N, C, H, W\]"),
+    (lambda: host.upconv2x2_backward_params(np.zeros((1, 3, 4, 5), np.float32), np.zeros((1, 4, 8, 9), np.float32),
+                                            np.zeros((3, 4, 2, 2), np.float32), np.zeros(4, np.float32)),
+     r"upconv2x2_backward_params: dy has shape \(1, 4, 8, 9\); expected \(1, 4, 8, 10\)"),
+    (lambda: host.upconv2x2_backward_params(np.zeros((1, 3, 4, 5), np.float32), np.zeros((1, 4, 8, 10), np.float32),
+                                            np.zeros((4, 3, 2, 2), np.float32), np.zeros(4, np.float32)),
+     r"dw has shape \(4, 3, 2, 2\); expected \(3, 4, 2, 2\)"),
 ])
-def test_backward_ops_refuse_bad_arguments(call, message):
+def test_other_ops_refuse_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
 

@@ -237,6 +237,14 @@ CUNET_INLINE void keep_in_register(vec<L>& v) {
 #endif
 }
 
+// p[0 .. L) += v (unaligned): adds a tile's register sums to running totals in memory.
+template <int L>
+CUNET_INLINE void add_to(float* p, const vec<L>& v) {
+    vec<L> sum;
+    load<L>(sum, p);
+    store<L>(p, sum + v);
+}
+
 // The sum of a vector's lanes, lane 0 first: a fixed order, so a fixed result.
 template <int L>
 CUNET_INLINE float lane_sum(const vec<L>& v) {
@@ -779,11 +787,7 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
 #pragma GCC unroll 8
                         for (int k = 0; k < KB; ++k) {
 #pragma GCC unroll 3
-                            for (int s = 0; s < 3; ++s) {
-                                vec<L> sum;
-                                load<L>(sum, t + (k * 3 + s) * L);
-                                store<L>(t + (k * 3 + s) * L, sum + acc[k][s]);
-                            }
+                            for (int s = 0; s < 3; ++s) add_to<L>(t + (k * 3 + s) * L, acc[k][s]);
                         }
                     }
                 }
@@ -926,11 +930,7 @@ CUNET_INLINE void upconv_grad_task_impl(const UpconvGrad& g, index_t task) {
                     float* t0 = totals + ((k - k0) * nc + cs - c0) * 4 * L;
                     for (index_t c = 0; c < cn; ++c)
 #pragma GCC unroll 4
-                        for (int t = 0; t < 4; ++t) {
-                            vec<L> sum;
-                            load<L>(sum, t0 + (c * 4 + t) * L);
-                            store<L>(t0 + (c * 4 + t) * L, sum + acc[c][t]);
-                        }
+                        for (int t = 0; t < 4; ++t) add_to<L>(t0 + (c * 4 + t) * L, acc[c][t]);
                 }
             }
         }
