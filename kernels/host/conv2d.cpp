@@ -422,10 +422,10 @@ void forward_task_generic(const Forward& f, index_t task, const float* x0, index
 // rows of dY), each step L inputs loaded once and KB weights broadcast. What differs is
 // where the pixels live. The forward reads x as it is and scatters each pair of rows e = 0,
 // 1 of its tile into one output row, interleaved (2j, 2j + 1). The backward input first
-// gathers its task's rows of dY from dy (dY_band, below), then stores its tile as it is.
+// gathers its task's rows of dY from dy (gather_dy_band), then stores its tile as it is.
 // Every output is summed over m in order from 0, whatever the tile, task or thread.
 struct Upconv {
-    const float* wp;   // rows of the product, packed [blocks][M][KB] (pack_upconv_*)
+    const float* wp;   // rows of the product, packed [blocks][M][KB] (upconv2x2_forward, _backward_input)
     const float* b;    // forward: [K]; backward input: unused
     float* out;        // forward: y [N, K, 2H, 2W]; backward input: dx [N, C, H, W]
     index_t N, M, H, W, rows_out;   // M: the sum's length; rows_out: the product's rows (4K, or C)
