@@ -111,7 +111,7 @@ def host_kernels_status() -> str:
         return (f"cpu convolutions: Winograd + BLAS and im2col + BLAS only; the C++ kernels (cunet._host) "
                 f"are not built ({HOST_IMPORT_ERROR}): `pip install -e .` builds them")
     return (f"cpu convolutions: C++ direct kernels (cunet._host, {_host.simd_level()}, "
-            f"{_host.max_threads()} threads) for 3x3 layers; Winograd + BLAS for the weight gradient of "
+            f"{_host.max_threads()} threads) for 3x3 layers and up-convolutions; Winograd + BLAS for the weight gradient of "
             f"layers with output rows <= {WINOGRAD_WGRAD_MAX_OW} and C*K >= {WINOGRAD_WGRAD_MIN_CK}")
 
 
