@@ -434,8 +434,9 @@ UPCONV_EDGES = [
     (1, 9, 5, 7, 33),     # odd everything; K = 5: a partial block of product rows
     (3, 17, 9, 4, 40),    # N > 1, rows longer than a tile, the last tile moved back
     (1, 64, 32, 28, 28),  # a base-64 bottom layer's shape, smaller
-    (1, 13, 3, 3, 5),     # weight gradient: 13 channels = 2 tiles of 6 + 1 (AVX-512), rows narrower than a vector
-    (2, 70, 17, 2, 20),   # 70 channels: two groups of channels; 17 filters: two groups of filters
+    (1, 13, 3, 3, 5),     # weight gradient: 13 channels = 2 tiles of 6 + 1 (AVX-512), a span of 15 < 16 pixels
+    (2, 70, 17, 2, 20),   # weight gradient: 17 filters, two groups of filters
+    (1, 300, 5, 30, 40),  # weight gradient: 300 channels x 26 rows of 40 pass 1 MiB: two groups of channels
 ]
 
 
@@ -519,7 +520,7 @@ def test_upconv_nan_reaches_exactly_its_outputs(level, shape):
     np.testing.assert_array_equal(np.isnan(db), np.arange(K) == K - 1)
 
 
-@pytest.mark.parametrize("shape", [(2, 24, 12, 30, 37), (1, 40, 70, 9, 61)])
+@pytest.mark.parametrize("shape", [(2, 24, 12, 30, 37), (1, 40, 70, 9, 61), (1, 300, 5, 30, 40)])
 def test_upconv_results_do_not_depend_on_the_number_of_threads(level, shape, restore_threads):
     """Each output is summed by one task, over its product's rows in order: the same bits with any team."""
     x, w, b, dy = upconv_case(9, shape)
@@ -555,17 +556,20 @@ def test_upconv_scratch_is_the_documented_buffers(shape, restore_threads):
     rows = -(-H // groups)
     run_upconv_input(dy, w)
     assert host._scratch_peak_bytes() == 4 * (-(-C // KB) * KB * 4 * K + 2 * 4 * K * rows * W)
-    # the weight gradient: a zero row of x, and per thread its totals (a task's filters: at most
-    # 16, split further only until every thread has a task, x its channels: equal groups of at
-    # most 5 tiles) and a band of dY (4 taps x ~1024 pixels' rows, rounded up to whole vectors)
+    # the weight gradient: zeros for a band of x (~1024 pixels' rows), and per thread its totals
+    # (a task's channels: equal groups of whole tiles whose band of x fits 1 MiB; its filters:
+    # as many as fit 256 KiB of totals, split further only until every thread has a task) and
+    # a band of dY (4 taps x the band's pixels, rounded up to a whole vector)
     CB, L = geometry["upconv_grad_channels"], geometry["wgrad_lanes"]
-    cgroups = -(-C // (5 * CB))
+    rows = max(1, min(H, -(-1024 // W)))
+    cgroups = -(-C // (max(1, (1 << 20) // (CB * rows * W * 4)) * CB))
     channels = -(-(-(-C // cgroups)) // CB) * CB
-    kgroups = min(K, max(-(-K // 16), -(-2 // cgroups)))
+    per_filter = min(C, channels) * 4 * L * 4
+    kgroups = min(K, max(-(-K // max(1, (256 << 10) // per_filter)), -(-2 // cgroups)))
     task_k = -(-K // kgroups)
-    band = 4 * max(1, min(H, -(-1024 // W))) * -(-W // L) * L
+    band = 4 * -(-(rows * W) // L) * L
     run_upconv_params(x, dy)
-    assert host._scratch_peak_bytes() == 4 * (W + 2 * (task_k * min(C, channels) * 4 * L + band + 16))
+    assert host._scratch_peak_bytes() == 4 * (rows * W + 2 * (task_k * min(C, channels) * 4 * L + band + 16))
 
 
 # --- argument checks ------------------------------------------------------------------------------------

@@ -148,12 +148,16 @@ constexpr index_t kWgradTaskKblocks = 4;
 // VM, cunet._host directly): 1024 fastest on five of them, 10-20% above 2048 (which spills
 // to L2: each step reads 8 dy vectors).
 constexpr index_t kWgradOutputs = 1024;
-// The up-convolution's weight-gradient task: up to this many tiles of channels (its x band:
-// 5 x 6 channels x ~1024 pixels = 123 KB for AVX-512, in L2, read once per filter) x up to
-// this many filters (its totals: 16 x 30 x 4 taps x 16 lanes = 123 KB). dy is read once per
-// group of channels. (Chosen by those sizes, not measured against others.)
-constexpr index_t kUpconvGradTiles = 5;
-constexpr index_t kUpconvGradFilters = 16;
+// The up-convolution's weight-gradient task: as many tiles of channels as keep its band of
+// x (channels x a band's rows) within kUpconvGradBandBytes, read once per filter, and as
+// many filters as keep its totals (filters x channels x 4 taps x lanes) within
+// kUpconvGradTotalsBytes. dy is read once per group of channels and x once per group of
+// filters. The eight up-convolutions of both bases, cunet._host directly, alternating
+// builds (2-core AMD EPYC): bands of 256, 512, 1024, 2048 KB (totals 256) 53.9, 48.5-51.3,
+// 45.9-46.6, 50.1 ms; totals 128 or 512 KB (bands 1024 or 512) 50.0, 50.5. (Groups of 30
+// channels x 16 filters, before: 70.8.)
+constexpr index_t kUpconvGradBandBytes = 1024 * 1024;
+constexpr index_t kUpconvGradTotalsBytes = 256 * 1024;
 // A loop of fewer multiply-adds than this runs on the calling thread alone: waking the
 // OpenMP team costs tens of microseconds, as much as the whole loop (~30 us on one core).
 // (Chosen by that estimate, not measured like cunet.cpu.parallel.PARALLEL_MIN_WORK.)
@@ -830,7 +834,9 @@ void wgrad_task_generic(const WeightGrad& g, index_t task) {
 // L). One step loads L pixels of x for each of the CB channels and of dY for each tap, and
 // issues 4*CB FMAs (AVX-512: 10 loads, 24 FMAs). dY's rows are dy's rows split into their
 // even and odd columns: a band of them per filter (4 taps x rows x W, in L1) is made once
-// and read by every group of CB channels of the task.
+// and read by every group of CB channels of the task. No tap crosses a pixel's neighbour
+// here, so a band's rows run on as one span of rows x W pixels, in x as in dY: the steps
+// never stop at the end of a row (28-pixel rows would be a step and a masked step each).
 //
 // A task owns a group of channels and a group of filters and alone writes their dw: it walks
 // the images in bands of input rows, and each band filter by filter, adding each tile's sums
@@ -842,9 +848,9 @@ struct UpconvGrad {
     const float* dy;  // [N, K, 2H, 2W]
     float* dw;        // [C, K, 2, 2]
     float* db;        // [K]
-    const float* zeros;  // W zeros: the x row of the padding channels of a partial tile
+    const float* zeros;  // rows x W zeros: x for the padding channels of a partial tile
     float* totals;       // per thread, total_floats: [filter - k0][channel - c0][tap][L]
-    float* bands;        // per thread, band_floats: [tap][rows][band_width], rows 64-byte aligned
+    float* bands;        // per thread, band_floats: [tap][band_width], a band's rows one after another
     index_t N, C, H, W, K;
     index_t channels, cgroups, task_k, kgroups, rows, band_width, total_floats, band_floats;
 };
@@ -886,8 +892,8 @@ CUNET_INLINE void upconv_grad_task_impl(const UpconvGrad& g, index_t task) {
                     for (int a = 0; a < 2; ++a) {
                         const float* src = g.dy + ((n * g.K + k) * 2 * H + 2 * i + a) * 2 * W;
                         if (sums_bias) bias[size_t(k - k0)].add_row(src, 2 * W);
-                        float* even = band + ((2 * a) * g.rows + i - i0) * g.band_width;
-                        float* odd = band + ((2 * a + 1) * g.rows + i - i0) * g.band_width;
+                        float* even = band + (2 * a) * g.band_width + (i - i0) * W;
+                        float* odd = band + (2 * a + 1) * g.band_width + (i - i0) * W;
                         for (index_t j = 0; j < W; ++j) {
                             even[j] = src[2 * j];
                             odd[j] = src[2 * j + 1];
@@ -898,34 +904,32 @@ CUNET_INLINE void upconv_grad_task_impl(const UpconvGrad& g, index_t task) {
                     vec<L> acc[CB][4];
 #pragma GCC unroll 8
                     for (int c = 0; c < CB; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = vec<L>{};
-                    for (index_t i = i0; i < i1; ++i) {
-                        const float* xr[CB];
+                    const index_t span = (i1 - i0) * W;
+                    const float* xr[CB];
 #pragma GCC unroll 8
-                        for (int c = 0; c < CB; ++c) xr[c] = c < cn ? g.x + ((n * g.C + cs + c) * H + i) * W : g.zeros;
-                        const float* d[4];
+                    for (int c = 0; c < CB; ++c) xr[c] = c < cn ? g.x + ((n * g.C + cs + c) * H + i0) * W : g.zeros;
+                    const float* d[4];
 #pragma GCC unroll 4
-                        for (int t = 0; t < 4; ++t) d[t] = band + (t * g.rows + i - i0) * g.band_width;
-                        index_t j = 0;
-                        for (; j + L <= W; j += L) upconv_grad_step<CB, L>(acc, xr, d, j, nullptr);
-                        if (j == W) continue;
-                        if (W >= L) {   // the last step moved back; its first L - (W - j) lanes are done
-                            const mask<L> keep = lane >= float(L - (W - j));
-                            upconv_grad_step<CB, L>(acc, xr, d, W - L, &keep);
-                        } else {        // a row narrower than a vector: zero-filled copies
-                            alignas(64) float xb[CB][L] = {}, db[4][L] = {};
-                            const float* xc[CB];
-                            const float* dc[4];
-                            for (int c = 0; c < CB; ++c) {
-                                for (index_t jj = 0; jj < W; ++jj) xb[c][jj] = xr[c][jj];
-                                xc[c] = xb[c];
-                            }
-                            for (int t = 0; t < 4; ++t) {
-                                for (index_t jj = 0; jj < W; ++jj) db[t][jj] = d[t][jj];
-                                dc[t] = db[t];
-                            }
-                            const mask<L> keep = lane < float(W);
-                            upconv_grad_step<CB, L>(acc, xc, dc, 0, &keep);
+                    for (int t = 0; t < 4; ++t) d[t] = band + t * g.band_width;
+                    index_t j = 0;
+                    for (; j + L <= span; j += L) upconv_grad_step<CB, L>(acc, xr, d, j, nullptr);
+                    if (j < span && span >= L) {   // the last step moved back; its first L - (span - j) lanes are done
+                        const mask<L> keep = lane >= float(L - (span - j));
+                        upconv_grad_step<CB, L>(acc, xr, d, span - L, &keep);
+                    } else if (j < span) {         // a span shorter than a vector: zero-filled copies
+                        alignas(64) float xb[CB][L] = {}, db[4][L] = {};
+                        const float* xc[CB];
+                        const float* dc[4];
+                        for (int c = 0; c < CB; ++c) {
+                            for (index_t jj = 0; jj < span; ++jj) xb[c][jj] = xr[c][jj];
+                            xc[c] = xb[c];
                         }
+                        for (int t = 0; t < 4; ++t) {
+                            for (index_t jj = 0; jj < span; ++jj) db[t][jj] = d[t][jj];
+                            dc[t] = db[t];
+                        }
+                        const mask<L> keep = lane < float(span);
+                        upconv_grad_step<CB, L>(acc, xc, dc, 0, &keep);
                     }
                     float* t0 = totals + ((k - k0) * nc + cs - c0) * 4 * L;
                     for (index_t c = 0; c < cn; ++c)
@@ -1276,22 +1280,24 @@ void upconv2x2_backward_input(const float* dy, const float* w, float* dx, index_
     });
 }
 
-// Tasks: equal groups of up to kUpconvGradTiles tiles of channels x groups of up to
-// kUpconvGradFilters filters, the filters split only as far as it takes to give every thread
-// a task (a group of filters reads its x once).
+// Tasks: equal groups of channels (whole tiles) x groups of filters, sized by the bytes above;
+// the filters split further only as far as it takes to give every thread a task.
 void upconv2x2_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
                                index_t W, index_t K) {
     reset_scratch_peak();
     const Version v = current_version();
     const index_t CB = v.geometry.upconv_grad_channels, L = v.geometry.wgrad_pixels;
-    const index_t cgroups = ceil_div(C, kUpconvGradTiles * CB);
-    const index_t channels = ceil_div(ceil_div(C, cgroups), CB) * CB;
-    const index_t kgroups = std::min(K, std::max(ceil_div(K, kUpconvGradFilters), ceil_div(index_t(max_threads()), cgroups)));
-    const index_t task_k = ceil_div(K, kgroups);
     const index_t rows = std::max<index_t>(1, std::min(H, ceil_div(kWgradOutputs, W)));
-    const index_t band_width = ceil_div(W, L) * L, band_floats = 4 * rows * band_width;
+    const index_t tile_bytes = CB * rows * W * index_t(sizeof(float));
+    const index_t cgroups = ceil_div(C, std::max<index_t>(1, kUpconvGradBandBytes / tile_bytes) * CB);
+    const index_t channels = ceil_div(ceil_div(C, cgroups), CB) * CB;
+    const index_t filter_bytes = std::min(C, channels) * 4 * L * index_t(sizeof(float));
+    const index_t kgroups = std::min(K, std::max(ceil_div(K, std::max<index_t>(1, kUpconvGradTotalsBytes / filter_bytes)),
+                                                 ceil_div(index_t(max_threads()), cgroups)));
+    const index_t task_k = ceil_div(K, kgroups);
+    const index_t band_width = ceil_div(rows * W, L) * L, band_floats = 4 * band_width;
     const index_t total_floats = task_k * std::min(C, channels) * 4 * L;
-    const Scratch zeros(W);
+    const Scratch zeros(rows * W);   // a band's span of x for the padding channels of a partial tile
     const Scratch totals(index_t(max_threads()) * total_floats, /*zero=*/false);     // each task zeroes its slot
     const Scratch bands(index_t(max_threads()) * (band_floats + 16), /*zero=*/false);
     UpconvGrad g{x, dy, dw, db, zeros.data(), totals.data(), bands.data(), N, C, H, W, K,
