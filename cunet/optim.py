@@ -53,15 +53,7 @@ class SGD:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore velocities (shapes must match the parameters) and hyper-parameters."""
-        velocities = state["velocities"]
-        if len(velocities) != len(self.params):
-            raise ValueError(f"optimiser state has {len(velocities)} velocity buffers, the model has {len(self.params)} parameters")
-        for i, (p, v) in enumerate(zip(self.params, velocities)):
-            if tuple(v.shape) != p.shape:
-                raise ValueError(f"optimiser state: velocity {i} has shape {tuple(v.shape)}, parameter has {p.shape}")
-        runtime = runtime_of(self.params[0].data) if self.params else None
-        self.velocities = [np.array(v, dtype=p.dtype) if runtime is None else runtime.to_device(np.asarray(v, p.dtype))
-                           for p, v in zip(self.params, velocities)]
+        self.velocities = _on_params_device(self.params, state["velocities"], "optimiser state: velocity")
         self.lr, self.momentum, self.weight_decay = state["lr"], state["momentum"], state["weight_decay"]
 
 
@@ -116,11 +108,17 @@ class WeightAverage:
 
     def load(self, averages: list[np.ndarray]) -> None:
         """Restore saved averages (shapes must match the parameters)."""
-        if len(averages) != len(self.params):
-            raise ValueError(f"weight average has {len(averages)} tensors, the model has {len(self.params)} parameters")
-        for i, (p, a) in enumerate(zip(self.params, averages)):
-            if tuple(a.shape) != p.shape:
-                raise ValueError(f"weight average {i} has shape {tuple(a.shape)}, parameter has {p.shape}")
-        runtime = runtime_of(self.params[0].data) if self.params else None
-        self.averages = [np.array(a, dtype=p.dtype) if runtime is None else runtime.to_device(np.asarray(a, p.dtype))
-                         for p, a in zip(self.params, averages)]
+        self.averages = _on_params_device(self.params, averages, "weight average")
+
+
+def _on_params_device(params: list[Parameter], arrays: list[np.ndarray], what: str) -> list:
+    """Copies of saved per-parameter arrays in the parameters' dtype, on their device; a
+    ValueError naming ``what`` if their number or a shape does not fit the parameters."""
+    if len(arrays) != len(params):
+        raise ValueError(f"{what}: {len(arrays)} tensors saved, the model has {len(params)} parameters")
+    for i, (p, a) in enumerate(zip(params, arrays)):
+        if tuple(a.shape) != p.shape:
+            raise ValueError(f"{what} {i} has shape {tuple(a.shape)}, parameter has {p.shape}")
+    runtime = runtime_of(params[0].data) if params else None
+    return [np.array(a, dtype=p.dtype) if runtime is None else runtime.to_device(np.asarray(a, p.dtype))
+            for p, a in zip(params, arrays)]

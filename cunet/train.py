@@ -202,8 +202,9 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
                                      "10 minutes on 2 cores; pass --tile 572 --base 64 --depth 5 for the paper's network")
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     notes = [why] if any(getattr(args, k) is None for k in defaults) else []
-    extra = {k: getattr(args, k) for k in ("lr_drops", "momentum", "weight_decay", "weight_average", "batch", "seed", "dropout", "w0",
-                                           "sigma", "val_every", "checkpoint_every", "data", "synthetic_images")
+    extra = {k: getattr(args, k) for k in ("lr_drops", "momentum", "weight_decay", "weight_average", "batch", "seed",
+                                           "dropout", "w0", "sigma", "val_every", "checkpoint_every", "data",
+                                           "synthetic_images")
              if getattr(args, k) is not None and k not in chosen}
     config = TrainConfig(**chosen, **extra, notes=notes)
     if config.data is not None:  # stored resolved, so the run can be resumed from any directory
