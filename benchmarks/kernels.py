@@ -235,6 +235,7 @@ def build_cases(tile: int, base: int, depth: int, batch: int = 1, seed: int = 0)
     model = UNet(1, 2, base, depth)
     shapes = [p.shape for p in model.parameters()]
     add(("sgd", tuple(shapes)), "all parameters", lambda: sgd_case(shapes))
+    add(("weight_average", tuple(shapes)), "all parameters (--weight-average)", lambda: weight_average_case(shapes))
     # relu_forward is not in a step (the convolutions fuse it), but it is an op: time it once.
     biggest = max((tuple(r.output_shape) for r in rows if "ReLU" in r.kind), key=_n)
     add(("relu_forward", biggest), "(fused in conv)", lambda: relu_forward_case(biggest))
@@ -501,6 +502,30 @@ def sgd_case(shapes):
         return opt.step
     return Case("sgd_momentum_update", "sgd", [], f"{len(shapes)} tensors, {total:,} params", 3 * total, 5 * F32 * total,
                 "memory", make, run, ref, torch=torch_fn, numba=True,
+                notes=f"one call per parameter tensor ({len(shapes)} calls)")
+
+
+def weight_average_case(shapes):
+    from cunet import ops
+
+    total = sum(_n(s) for s in shapes)
+    decay = 0.9995
+    def make(rng):
+        return dict(a=[rng.standard_normal(s).astype(np.float32) for s in shapes],
+                    p=[rng.standard_normal(s).astype(np.float32) for s in shapes])
+    def run(d):
+        for a, p in zip(d["a"], d["p"]):
+            ops.weight_average_update(a, p, decay)
+        return d["a"]  # updated in place: validation looks at the first call only
+    def ref(h):
+        return [decay * a + (1 - decay) * p for a, p in zip(h["a"], h["p"])]
+    def torch_fn(torch, t):
+        def lerp():   # a + (1 - decay) * (p - a): the same formula
+            for a, p in zip(t["a"], t["p"]):
+                a.lerp_(p, 1 - decay)
+        return lerp
+    return Case("weight_average_update", "sgd", [], f"{len(shapes)} tensors, {total:,} params", 3 * total,
+                3 * F32 * total, "memory", make, run, ref, torch=torch_fn, numba=True,
                 notes=f"one call per parameter tensor ({len(shapes)} calls)")
 
 
