@@ -698,6 +698,31 @@ CUNET_INLINE void wgrad_masked_step(vec<L> (&acc)[KB][3], const float* const (&d
     }
 }
 
+// Prefetches the rows of dy that the next band copy of a weight-gradient task will read, a few
+// cache lines at a time while the current band is being used, so the copy finds them in cache
+// instead of waiting for memory. The rows are up to KB ranges (one per filter: its rows of the
+// band are contiguous in dy). 16 layers of both bases, cunet._host directly, two builds
+// alternating (2-core AMD EPYC): 673 -> 655 ms and 660 -> 635 ms.
+template <int KB>
+struct BandPrefetch {
+    const char* start[KB] = {};
+    index_t lines = 0, per_range = 0, done = 0, per_call = 1;
+    void aim(const WeightGrad& g, index_t n, index_t h0, index_t kb, index_t calls) {
+        const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0), h1 = std::min(h0 + g.rows, g.OH);
+        per_range = ceil_lines((h1 - h0) * g.OW * index_t(sizeof(float)));
+        for (index_t k = 0; k < KB; ++k)
+            start[k] = k < kn ? reinterpret_cast<const char*>(g.dy + ((n * g.K + k0 + k) * g.OH + h0) * g.OW) : nullptr;
+        lines = kn * per_range;
+        done = 0;
+        per_call = std::max<index_t>(1, (lines + calls - 1) / calls);
+    }
+    CUNET_INLINE void step() {
+        for (index_t i = 0; i < per_call && done < lines; ++i, ++done)
+            __builtin_prefetch(start[done / per_range] + (done % per_range) * 64, 0, 2);
+    }
+    static index_t ceil_lines(index_t bytes) { return (bytes + 63) / 64; }
+};
+
 template <int KB, int L>
 CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
     const index_t kg = task % g.kgroups, cg = task / g.kgroups;
@@ -737,6 +762,11 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
             for (index_t kb = kb0; kb < kb1; ++kb) {
                 const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
                 float* const total = totals + (kb - kb0) * block_floats;
+                // The next copy: the next block of filters, else the next band, else the next image.
+                BandPrefetch<KB> next;
+                if (kb + 1 < kb1) next.aim(g, n, h0, kb + 1, (c1 - c0) * 3);
+                else if (h0 + g.rows < g.OH) next.aim(g, n, h0 + g.rows, kb0, (c1 - c0) * 3);
+                else if (n + 1 < g.N) next.aim(g, n + 1, 0, kb0, (c1 - c0) * 3);
                 for (index_t k = 0; k < kn; ++k)
                     for (index_t oy = h0; oy < h1; ++oy) {
                         float* const row = band + (k * g.rows + oy - h0) * g.band_width;
@@ -745,6 +775,7 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
                     }
                 for (index_t c = c0; c < c1; ++c) {
                     for (int r = 0; r < 3; ++r) {
+                        next.step();
                         vec<L> acc[KB][3];
 #pragma GCC unroll 8
                         for (int k = 0; k < KB; ++k) acc[k][0] = acc[k][1] = acc[k][2] = vec<L>{};
