@@ -8,8 +8,7 @@ A GPU reader can skip this package; a CPU reader finds the host path here whole:
                             of short-rowed wide layers, im2col + BLAS for the 1x1 head (and
                             for float64, the gradient checks' dtype)
     cunet/cpu/winograd.py   Winograd F(2x2, 3x3): Numba transforms around 16 BLAS GEMMs
-    cunet/cpu/upconv.py     the 2x2 up-convolution: C++ kernels for the float32 forward and
-                            backward input, BLAS for the weight gradient and for float64
+    cunet/cpu/upconv.py     the 2x2 up-convolution: C++ kernels in float32, BLAS in float64
     cunet/cpu/parallel.py   how every other op's Numba loop (ops/relu.py, maxpool.py, ...:
                             a few lines each, kept beside their argument checks) picks one
                             thread or all of them
@@ -21,8 +20,8 @@ arguments and calls the cpu code here or launches the GPU kernel.
 
 Thread pools. A cpu training step alternates between two pools: OpenMP's (libgomp: the
 C++ kernels and every Numba ``prange`` loop share it, Numba's threading layer being "omp")
-and OpenBLAS's (the GEMMs of Winograd, im2col and the up-convolution's weight gradient). Both, by default,
-keep their idle threads spinning after a call so the next call starts sooner; on a
+and OpenBLAS's (the GEMMs of Winograd and im2col). Both, by default, keep their idle
+threads spinning after a call so the next call starts sooner; on a
 machine with as many cores as threads the spinning threads of one pool then take the
 cores from the pool that runs next. Each pool is told to sleep at once instead:
 

@@ -13,8 +13,8 @@ per image: with w read as a [C, 4K] matrix W (column m = 4k + 2a + e) and x[n] a
     dX = W dY       dY[4k+2a+e, i*W+j] = dy[n, k, 2i+a, 2j+e]
     dW = sum_n X dY^T,   db[k] = sum of dy[:, k]
 
-cpu: cunet/cpu/upconv.py (float32: the C++ kernels of kernels/host/ for the forward and
-the backward input, BLAS for the weight gradient; float64: BLAS for all three).
+cpu: cunet/cpu/upconv.py (float32: the C++ kernels of kernels/host/ for all three;
+float64: BLAS).
 cuda/opencl: kernels/upconv.cu, the GEMM main loop of kernels/gemm.h (FP32 or TF32 tensor
 cores, ``runtime.math``; the tile and split-K policy of cunet/ops/gemm.py, shared with
 conv2d) with the scatter/gather in its loaders and epilogue; the weight gradient is split

@@ -1,5 +1,5 @@
 // The U-Net's 3x3 convolutions on the CPU, in C++ (the host side of kernels/conv2d.cu), and
-// the 2x2 up-convolution's forward and backward input (of kernels/upconv.cu).
+// the 2x2 up-convolution (the host side of kernels/upconv.cu).
 //
 //   conv3x3_forward          y[n,k,oy,ox] = b[k] + sum_{c,r,s} x[n,c,oy+r,ox+s] * w[k,c,r,s]   (then ReLU if relu)
 //   conv3x3_backward_input   dx = the full correlation of dy with w flipped and transposed
