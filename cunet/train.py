@@ -34,7 +34,7 @@ import numpy as np
 
 from cunet.autograd import Tensor
 from cunet.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from cunet.data import BatchStream, TrainingSampler, load_dataset, make_split, make_synthetic
+from cunet.data import AugmentConfig, BatchStream, TrainingSampler, load_dataset, make_split, make_synthetic
 from cunet.device import DEVICE_NAMES, Device, add_math_argument, get_device
 from cunet.loss import weighted_cross_entropy
 from cunet.isbi import score_stack
@@ -91,6 +91,7 @@ class TrainConfig:
     dropout: float = 0.5
     w0: float = 10.0
     sigma: float = 5.0
+    elastic_sigma: float = 10.0  # px std of the elastic deformation's coarse displacements (the paper's 10)
     data: str | None = None
     synthetic_images: int = 10
     val_fraction: float = 0.2
@@ -164,6 +165,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, help="drop-out probability at the end of the contracting path (default 0.5)")
     p.add_argument("--w0", type=float, help="border weight w0 of the weight map (default 10)")
     p.add_argument("--sigma", type=float, help="border width sigma of the weight map in pixels (default 5)")
+    p.add_argument("--elastic-sigma", type=float, metavar="PX",
+                   help="strength of the elastic deformation: std in pixels of its 3x3 grid of displacements "
+                        "(default 10, the paper's; 0: none)")
     p.add_argument("--val-every", type=int, help="validate every N steps (default: only before and after)")
     p.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 50)")
     p.add_argument("--out", help="output folder (default runs/<time>; with --resume the checkpoint's folder)")
@@ -203,7 +207,7 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     notes = [why] if any(getattr(args, k) is None for k in defaults) else []
     extra = {k: getattr(args, k) for k in ("lr_drops", "momentum", "weight_decay", "weight_average", "batch", "seed",
-                                           "dropout", "w0", "sigma", "val_every", "checkpoint_every", "data",
+                                           "dropout", "w0", "sigma", "elastic_sigma", "val_every", "checkpoint_every", "data",
                                            "synthetic_images")
              if getattr(args, k) is not None and k not in chosen}
     config = TrainConfig(**chosen, **extra, notes=notes)
@@ -223,6 +227,8 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"--val-every must be 0 (validate only before and after) or a number of steps, got {c.val_every}")
     if not (c.w0 >= 0 and c.sigma > 0):
         raise ValueError(f"the weight map needs --w0 >= 0 and --sigma > 0 (pixels), got {c.w0} and {c.sigma}")
+    if not c.elastic_sigma >= 0:
+        raise ValueError(f"--elastic-sigma must be >= 0 pixels (0 turns the elastic deformation off), got {c.elastic_sigma}")
     if c.data is None and c.synthetic_images < 2:
         raise ValueError(f"--synthetic-images must be at least 2 (one to train on, one held out), got {c.synthetic_images}")
     if not 0 <= c.weight_average < 1:
@@ -263,7 +269,7 @@ def load_data(c: TrainConfig) -> Data:
         c.input_mean, c.input_std = float(images[split.train].mean()), float(images[split.train].std())
     out = output_size(c.tile, c.depth)
     sampler = TrainingSampler(images[split.train], labels[split.train], in_size=c.tile, out_size=out,
-                              augment=c.augment, seed=c.seed,
+                              augment=c.augment, seed=c.seed, config=AugmentConfig(elastic_sigma=c.elastic_sigma),
                               instances=None if instances is None else instances[split.train],
                               weight_kwargs=dict(w0=c.w0, sigma=c.sigma))
     description = (f"{source}: {len(split.train)} for training, {len(split.val)} held out "

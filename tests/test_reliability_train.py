@@ -81,6 +81,8 @@ BAD_INPUTS = [
     ("val-every-negative", lambda tmp, run: [*TINY, "--val-every", "-1", "--out", str(tmp / "o")], "--val-every"),
     ("w0-negative", lambda tmp, run: [*TINY, "--w0", "-5", "--out", str(tmp / "o")], "--w0"),
     ("sigma-zero", lambda tmp, run: [*TINY, "--sigma", "0", "--out", str(tmp / "o")], "--sigma"),
+    ("elastic-sigma-negative", lambda tmp, run: [*TINY, "--elastic-sigma", "-1", "--out", str(tmp / "o")],
+     "--elastic-sigma"),
     ("base-zero", lambda tmp, run: [*TINY, "--base", "0", "--out", str(tmp / "o")], "--base"),
     ("steps-zero", lambda tmp, run: [*TINY, "--steps", "0", "--out", str(tmp / "o")], "--steps"),
     ("depth-9", lambda tmp, run: [*TINY, "--depth", "9", "--out", str(tmp / "o")], "smallest valid size"),

@@ -86,6 +86,16 @@ def test_presets_set_the_recipe_and_options_override_them(capsys):
     assert (paper.tile, paper.base, paper.depth, paper.momentum, paper.w0, paper.sigma) == (572, 64, 5, 0.99, 10, 5)
 
 
+def test_elastic_sigma_reaches_the_sampler():
+    """--elastic-sigma sets the training sampler's deformation (default: the paper's 10 px)."""
+    device = train.get_device("cpu")
+    default = train.resolve_config(train.parse_args(TINY), device)
+    stronger = train.resolve_config(train.parse_args([*TINY, "--elastic-sigma", "15"]), device)
+    assert default.elastic_sigma == 10.0 and stronger.elastic_sigma == 15.0
+    assert train.load_data(stronger).sampler.config.elastic_sigma == 15.0
+    assert train.load_data(default).sampler.config.elastic_sigma == 10.0
+
+
 def test_isbi_preset_without_data_is_a_clear_error(capsys):
     assert train.main(["--preset", "isbi-cpu-1h", "--device", "cpu"]) == 2
     assert "give --data" in capsys.readouterr().err
