@@ -99,7 +99,8 @@ void expect_disjoint(const char* op, const std::vector<std::pair<const char*, co
 const float* in_ptr(const py::array& a) { return static_cast<const float*>(a.data()); }
 float* out_ptr(py::array& a) { return static_cast<float*>(a.mutable_data()); }
 
-void forward(const py::object& x_, const py::object& w_, const py::object& b_, const py::object& y_, bool relu) {
+void forward(const py::object& x_, const py::object& w_, const py::object& b_, const py::object& y_, bool relu,
+             bool winograd) {
     const char* op = "conv3x3_forward";
     py::array x = checked(op, "x", x_, {"N", "C", "H", "W"}, false);
     py::array w = checked(op, "w", w_, {"K", "C", "3", "3"}, false);
@@ -116,10 +117,10 @@ void forward(const py::object& x_, const py::object& w_, const py::object& b_, c
     const float *xp = in_ptr(x), *wp = in_ptr(w), *bp = in_ptr(b);
     float* yp = out_ptr(y);
     py::gil_scoped_release release;
-    cunet_host::conv3x3_forward(xp, wp, bp, yp, N, C, H, W, K, relu);
+    cunet_host::conv3x3_forward(xp, wp, bp, yp, N, C, H, W, K, relu, winograd);
 }
 
-void backward_input(const py::object& dy_, const py::object& w_, const py::object& dx_) {
+void backward_input(const py::object& dy_, const py::object& w_, const py::object& dx_, bool winograd) {
     const char* op = "conv3x3_backward_input";
     py::array dy = checked(op, "dy", dy_, {"N", "K", "OH", "OW"}, false);
     py::array w = checked(op, "w", w_, {"K", "C", "3", "3"}, false);
@@ -132,10 +133,11 @@ void backward_input(const py::object& dy_, const py::object& w_, const py::objec
     const float *dyp = in_ptr(dy), *wp = in_ptr(w);
     float* dxp = out_ptr(dx);
     py::gil_scoped_release release;
-    cunet_host::conv3x3_backward_input(dyp, wp, dxp, N, K, OH, OW, C);
+    cunet_host::conv3x3_backward_input(dyp, wp, dxp, N, K, OH, OW, C, winograd);
 }
 
-void backward_params(const py::object& x_, const py::object& dy_, const py::object& dw_, const py::object& db_) {
+void backward_params(const py::object& x_, const py::object& dy_, const py::object& dw_, const py::object& db_,
+                     bool winograd) {
     const char* op = "conv3x3_backward_params";
     py::array x = checked(op, "x", x_, {"N", "C", "H", "W"}, false);
     py::array dy = checked(op, "dy", dy_, {"N", "K", "H-2", "W-2"}, false);
@@ -151,7 +153,7 @@ void backward_params(const py::object& x_, const py::object& dy_, const py::obje
     const float *xp = in_ptr(x), *dyp = in_ptr(dy);
     float *dwp = out_ptr(dw), *dbp = out_ptr(db);
     py::gil_scoped_release release;
-    cunet_host::conv3x3_backward_params(xp, dyp, dwp, dbp, N, C, H, W, K);
+    cunet_host::conv3x3_backward_params(xp, dyp, dwp, dbp, N, C, H, W, K, winograd);
 }
 
 void upconv_forward(const py::object& x_, const py::object& w_, const py::object& b_, const py::object& y_) {
@@ -214,14 +216,18 @@ PYBIND11_MODULE(_host, m) {
               "Each op writes into a preallocated output and returns None. cunet/cpu/conv2d.py calls them.";
 
     m.def("conv3x3_forward", &forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("relu") = false,
+          py::arg("winograd") = false,
           "y[N,K,H-2,W-2] = b + the valid 3x3 cross-correlation of x[N,C,H,W] with w[K,C,3,3]; then max(., 0) if "
-          "relu (NaN -> 0, as cunet's other paths).");
+          "relu (NaN -> 0, as cunet's other paths). winograd: by Winograd F(2x2, 3x3) (2.25x fewer multiplies) "
+          "instead of the direct sum.");
     m.def("conv3x3_backward_input", &backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"),
+          py::arg("winograd") = false,
           "dx[N,C,OH+2,OW+2] = the gradient of conv3x3_forward's x: dy[N,K,OH,OW] zero-padded by 2, correlated "
-          "with w[K,C,3,3] flipped and transposed.");
+          "with w[K,C,3,3] flipped and transposed (winograd: by Winograd F(2x2, 3x3), as the forward).");
     m.def("conv3x3_backward_params", &backward_params, py::arg("x"), py::arg("dy"), py::arg("dw"), py::arg("db"),
+          py::arg("winograd") = false,
           "dw[K,C,3,3] = sum over n and pixels of dy times the shifted x; db[K] = the sum of dy. Bitwise "
-          "independent of the number of threads.");
+          "independent of the number of threads. winograd: by Winograd F(2x2, 3x3), as the forward.");
 
     m.def("upconv2x2_forward", &upconv_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
           "y[N,K,2H,2W] = the 2x2, stride-2 up-convolution of x[N,C,H,W] with w[C,K,2,2], plus b[K].");

@@ -156,6 +156,11 @@ constexpr index_t kWgradOutputs = 1024;
 // builds (2-core AMD EPYC): bands of 256, 512, 1024, 2048 KB (totals 256) 53.9, 48.5-51.3,
 // 45.9-46.6, 50.1 ms; totals 128 or 512 KB (bands 1024 or 512) 50.0, 50.5. (Groups of 30
 // channels x 16 filters, before: 70.8.)
+// The Winograd forward's chunk of tiles: its transformed input and products (16 (C + K) floats
+// a tile) within this many bytes, so they stay in the 32 MB L3 between the three phases.
+constexpr index_t kWinogradChunkBytes = 32 * 1024 * 1024;
+// A Winograd product task's blocks of tiles: C x L x blocks floats of V within this many bytes (L2).
+constexpr index_t kWinogradGroupBytes = 512 * 1024;
 constexpr index_t kUpconvGradBandBytes = 1024 * 1024;
 constexpr index_t kUpconvGradTotalsBytes = 256 * 1024;
 // A loop of fewer multiply-adds than this runs on the calling thread alone: waking the
@@ -609,6 +614,71 @@ void upconv_input_task_generic(const Upconv& u, index_t task, const float* dy, f
     upconv_input_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(u, task, dy, band, gather);
 }
 
+// --- Winograd F(2x2, 3x3) --------------------------------------------------------------------------
+// The forward (and so the backward input) of the wide layers at the bottom of the U-Net with
+// 2.25x fewer multiplies (Lavin and Gray 2016; cunet/cpu/winograd.py derives it). A 2x2 block
+// of outputs (a "tile") reads a 4x4 block d of the input; with the filter g,
+//     Y = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise: 16 products instead of 36)
+// and the sum over input channels commutes with A^T [.] A, so for each of the 16 elements e
+//     M[e, k, t] = sum_c U[e, k, c] V[e, c, t]     (U = G g G^T, V = B^T d B)
+// is a product of matrices [K, C] x [C, tiles]: the up-convolution's register tile with a
+// single tap (upconv_tile: KB filters x L tiles, each step L values of V loaded once and KB of
+// U broadcast). Both operands are packed for it: U as [e][block of KB filters][c][KB] once per
+// call, V as [e][block of L tiles][c][L] by the input transform, so each step of the sum reads
+// one contiguous line of each. The work goes a chunk of tile rows at a time in three parallel
+// phases: transform the chunk's input (a task per channel), multiply (a task per element and
+// block of filters, walking the blocks of tiles), transform the products back into outputs (a
+// task per filter). The chunk's V and M stay in the last-level cache between the phases.
+// Each output is A^T M A of sums over c in order from 0: the same bits with any threads.
+struct Winograd {
+    const float* u;   // transformed filters [16][kblocks][C][KB] (zero filters pad the last block)
+    const float* v;   // the chunk's transformed input [16][tblocks][C][L] (zero tiles pad the last block)
+    float* m;         // the chunk's products [16][K][tblocks * L]
+    index_t C, K, kblocks, tblocks;
+    index_t group, groups;                 // blocks of tiles per task; tasks per element
+    index_t u_stride, v_stride, m_stride;  // floats from one element e to the next (winograd_stride)
+};
+
+// The distance between two elements' planes of U, V or M: a plane and a cache line. Planes
+// of a whole number of 4 KB pages (a chunk of 27 x 32 tiles x 1024 channels is) would put the
+// 16 values a transform writes for one tile into the same set of every cache, more than its
+// ways: each store would evict the line the previous tile's store had just brought in.
+CUNET_INLINE index_t winograd_stride(index_t plane_floats) { return plane_floats + 16; }
+
+// Task (e, group of blocks of tiles): M[e] for those tiles and every filter. The group's V
+// (C x a few blocks of L tiles, ~kWinogradGroupBytes) stays in L2 while the blocks of filters
+// pass, each block of U (C x KB) in L1 while it meets the group's blocks of tiles.
+template <int KB, int NV, int V>
+CUNET_INLINE void winograd_product_task_impl(const Winograd& w, index_t task) {
+    constexpr int L = NV * V;
+    const index_t e = task / w.groups, tb0 = (task % w.groups) * w.group;
+    const index_t tb1 = std::min(tb0 + w.group, w.tblocks), T = w.tblocks * L;
+    for (index_t kb = 0; kb < w.kblocks; ++kb) {
+        const index_t kn = std::min<index_t>(KB, w.K - kb * KB);
+        const float* u = w.u + e * w.u_stride + kb * w.C * KB;
+        float* const out = w.m + e * w.m_stride + kb * KB * T;
+        for (index_t tb = tb0; tb < tb1; ++tb) {
+            vec<V> acc[KB][NV];
+            upconv_tile<KB, NV, V>(w.v + e * w.v_stride + tb * w.C * L, L, u, w.C, 0, acc);
+            for (index_t r = 0; r < kn; ++r)
+#pragma GCC unroll 4
+                for (int j = 0; j < NV; ++j) store<V>(out + r * T + tb * L + j * V, acc[r][j]);
+        }
+    }
+}
+
+#if CUNET_VERSIONS
+CUNET_AVX512 void winograd_product_task_avx512(const Winograd& w, index_t task) {
+    winograd_product_task_impl<kGeometry[2].forward_filters, 2, 16>(w, task);
+}
+CUNET_AVX2 void winograd_product_task_avx2(const Winograd& w, index_t task) {
+    winograd_product_task_impl<kGeometry[1].forward_filters, 2, 8>(w, task);
+}
+#endif
+void winograd_product_task_generic(const Winograd& w, index_t task) {
+    winograd_product_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(w, task);
+}
+
 // --- weight gradient -----------------------------------------------------------------------------
 // dw[k, c, r, s] = sum over n, oy, ox of dy[n, k, oy, ox] * x[n, c, oy + r, ox + s]: a dot
 // product over every output pixel. Blocked like the forward: a tile is KB filters x the 3
@@ -993,6 +1063,76 @@ void upconv_grad_task_generic(const UpconvGrad& g, index_t task) {
     upconv_grad_task_impl<kGeometry[0].upconv_grad_channels, kGeometry[0].wgrad_pixels>(g, task);
 }
 
+// The weight gradient by Winograd: Y is linear in g, so dL/dg = G^T X G with
+//     X[e, k, c] = sum over tiles t of D[e, k, t] V[e, c, t],   D = A dY A^T (dY: a 2x2 block of dy)
+// 16 products [K, tiles] x [tiles, C], summed over the tiles: the direct weight gradient's
+// tile with the 3 channels c .. c + 2 in place of the 3 taps s (KB filters x 3 channels,
+// each a vector of lane-wise partial sums over the tiles; one step loads L values of D for
+// each filter and of V for each channel). V and D are laid out plainly here ([e][c][tiles],
+// [e][k][tiles], zero past the last tile), and a chunk's sums are added into X lane by lane
+// in a fixed order: X is bitwise the same with any number of threads.
+struct WinogradGrad {
+    const float* v;   // the chunk's V [16][C][T] (v_stride apart)
+    const float* d;   // the chunk's D [16][K][T] (d_stride apart)
+    float* x;         // the running sums X [16][K][C] (x_stride apart)
+    index_t C, K, T, kblocks, kgroup, kgroups, v_stride, d_stride, x_stride;
+};
+
+// acc[k][j] = sum over the chunk's tiles of D[k] * V[c0 + j], lane-wise; then X += the lanes' sums.
+template <int KB, int CB, int L>
+CUNET_INLINE void winograd_grad_tile(const WinogradGrad& g, const float* d, const float* v, float* x, index_t kn) {
+    vec<L> acc[KB][CB];
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 3
+        for (int j = 0; j < CB; ++j) acc[k][j] = vec<L>{};
+    for (index_t t = 0; t < g.T; t += L) {
+        vec<L> vc[CB];
+#pragma GCC unroll 3
+        for (int j = 0; j < CB; ++j) load<L>(vc[j], v + j * g.T + t);
+#pragma GCC unroll 8
+        for (int k = 0; k < KB; ++k) {
+            vec<L> dv;
+            load<L>(dv, d + k * g.T + t);
+            keep_in_register<L>(dv);
+#pragma GCC unroll 3
+            for (int j = 0; j < CB; ++j) acc[k][j] += dv * vc[j];
+        }
+    }
+    for (index_t k = 0; k < kn; ++k)
+        for (int j = 0; j < CB; ++j) x[k * g.C + j] += lane_sum<L>(acc[k][j]);
+}
+
+// Task (e, group of blocks of filters): their X[e] over every channel, 3 channels at a time,
+// the group's blocks innermost (the 3 rows of V stay in L1 while the group's rows of D pass).
+template <int KB, int L>
+CUNET_INLINE void winograd_grad_task_impl(const WinogradGrad& g, index_t task) {
+    const index_t e = task / g.kgroups, kb0 = (task % g.kgroups) * g.kgroup;
+    const index_t kb1 = std::min(kb0 + g.kgroup, g.kblocks);
+    const float* const v = g.v + e * g.v_stride;
+    for (index_t c = 0; c < g.C; c += 3)
+        for (index_t kb = kb0; kb < kb1; ++kb) {
+            const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
+            const float* d = g.d + e * g.d_stride + k0 * g.T;   // D has whole blocks of rows (zeros past K)
+            float* x = g.x + e * g.x_stride + k0 * g.C + c;
+            if (c + 3 <= g.C) winograd_grad_tile<KB, 3, L>(g, d, v + c * g.T, x, kn);
+            else
+                for (index_t j = c; j < g.C; ++j) winograd_grad_tile<KB, 1, L>(g, d, v + j * g.T, x + (j - c), kn);
+        }
+}
+
+#if CUNET_VERSIONS
+CUNET_AVX512 void winograd_grad_task_avx512(const WinogradGrad& g, index_t task) {
+    winograd_grad_task_impl<kGeometry[2].wgrad_filters, kGeometry[2].wgrad_pixels>(g, task);
+}
+CUNET_AVX2 void winograd_grad_task_avx2(const WinogradGrad& g, index_t task) {
+    winograd_grad_task_impl<kGeometry[1].wgrad_filters, kGeometry[1].wgrad_pixels>(g, task);
+}
+#endif
+void winograd_grad_task_generic(const WinogradGrad& g, index_t task) {
+    winograd_grad_task_impl<kGeometry[0].wgrad_filters, kGeometry[0].wgrad_pixels>(g, task);
+}
+
 // --- the FMA peak ---------------------------------------------------------------------------------
 // What the FMA units can do when nothing else limits them, the ceiling the convolutions are
 // measured against (benchmarks/conv2d_cpu.py): A independent accumulators, each one FMA per
@@ -1038,6 +1178,8 @@ struct Version {
     void (*upconv_forward_task)(const Upconv&, index_t, const float*);
     void (*upconv_input_task)(const Upconv&, index_t, const float*, float*, bool);
     void (*upconv_grad_task)(const UpconvGrad&, index_t);
+    void (*winograd_product_task)(const Winograd&, index_t);
+    void (*winograd_grad_task)(const WinogradGrad&, index_t);
 };
 
 namespace {
@@ -1046,13 +1188,16 @@ Version version_of(Isa isa) {
 #if CUNET_VERSIONS
     if (isa == Isa::avx512)
         return {isa, kGeometry[2], forward_task_avx512, wgrad_task_avx512, fma_loop_avx512, upconv_forward_task_avx512,
-                upconv_input_task_avx512, upconv_grad_task_avx512};
+                upconv_input_task_avx512, upconv_grad_task_avx512, winograd_product_task_avx512,
+                winograd_grad_task_avx512};
     if (isa == Isa::avx2)
         return {isa, kGeometry[1], forward_task_avx2, wgrad_task_avx2, fma_loop_avx2, upconv_forward_task_avx2,
-                upconv_input_task_avx2, upconv_grad_task_avx2};
+                upconv_input_task_avx2, upconv_grad_task_avx2, winograd_product_task_avx2,
+                winograd_grad_task_avx2};
 #endif
     return {Isa::generic, kGeometry[0], forward_task_generic, wgrad_task_generic, fma_loop_generic,
-            upconv_forward_task_generic, upconv_input_task_generic, upconv_grad_task_generic};
+            upconv_forward_task_generic, upconv_input_task_generic, upconv_grad_task_generic,
+            winograd_product_task_generic, winograd_grad_task_generic};
 }
 
 // The version the ops run: -1 until the first call picks the best one (isa_by_cpu_features).
@@ -1150,6 +1295,212 @@ void pad_band(const float* dy_image, index_t K, index_t OH, index_t OW, index_t 
     }
 }
 
+// --- Winograd F(2x2, 3x3): the transforms and the chunks (see "Winograd F(2x2, 3x3)") ------------
+// U[e][kb][c][k % KB] = (G g G^T)[e] for g = get(k, c, tap) and every filter k < K; G = the 4x3
+// [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1], applied to the columns of g, then to its rows.
+index_t winograd_filter_stride(int KB, index_t K, index_t C) { return winograd_stride(ceil_div(K, KB) * KB * C); }
+
+template <typename Get>
+void winograd_filters(float* u, int KB, index_t K, index_t C, Get get) {   // u: 16 x winograd_filter_stride
+    const index_t kblocks = ceil_div(K, KB), u_stride = winograd_filter_stride(KB, K, C);
+    const auto times_G = [](float a, float b, float c, float* out, int step) {
+        out[0] = a;
+        out[step] = (a + b + c) * 0.5f;
+        out[2 * step] = (a - b + c) * 0.5f;
+        out[3 * step] = c;
+    };
+    run_tasks(kblocks, K * C * 16, [&](index_t kb) {   // a block's 16 x C x KB values, written line by line
+        for (index_t c = 0; c < C; ++c)
+            for (index_t k = kb * KB; k < std::min<index_t>(K, (kb + 1) * KB); ++k) {
+                float gg[4][3], t[16];
+                for (int s = 0; s < 3; ++s) times_G(get(k, c, s), get(k, c, 3 + s), get(k, c, 6 + s), &gg[0][s], 3);
+                for (int r = 0; r < 4; ++r) times_G(gg[r][0], gg[r][1], gg[r][2], t + 4 * r, 1);
+                for (int e = 0; e < 16; ++e) u[e * u_stride + (kb * C + c) * KB + k % KB] = t[e];
+            }
+        if (kb == kblocks - 1 && K % KB)   // zero filters pad the last block
+            for (int e = 0; e < 16; ++e)
+                for (index_t c = 0; c < C; ++c) {
+                    float* row = u + e * u_stride + ((kblocks - 1) * C + c) * KB;
+                    std::fill(row + K % KB, row + KB, 0.0f);
+                }
+    });
+}
+
+// V = B^T d B for the 4x4 block d of channel c at tile (i, j) of one image (rows 2i .. 2i+3,
+// columns 2j .. 2j+3; zero past the image's edge, for odd output sizes); B^T = [1 0 -1 0;
+// 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Written to v[e][t / L][c][t % L].
+CUNET_INLINE void winograd_input_tile(const float* xc, index_t H, index_t W, index_t i, index_t j, float* v,
+                                      index_t e_stride) {
+    float d[4][4];
+    if (2 * i + 3 < H && 2 * j + 3 < W) {
+        for (int r = 0; r < 4; ++r)
+            for (int s = 0; s < 4; ++s) d[r][s] = xc[(2 * i + r) * W + 2 * j + s];
+    } else {
+        for (int r = 0; r < 4; ++r)
+            for (int s = 0; s < 4; ++s)
+                d[r][s] = 2 * i + r < H && 2 * j + s < W ? xc[(2 * i + r) * W + 2 * j + s] : 0.0f;
+    }
+    float a[4][4];   // B^T d
+    for (int s = 0; s < 4; ++s) {
+        a[0][s] = d[0][s] - d[2][s];
+        a[1][s] = d[1][s] + d[2][s];
+        a[2][s] = d[2][s] - d[1][s];
+        a[3][s] = d[1][s] - d[3][s];
+    }
+    for (int r = 0; r < 4; ++r) {   // (B^T d) B
+        v[(4 * r + 0) * e_stride] = a[r][0] - a[r][2];
+        v[(4 * r + 1) * e_stride] = a[r][1] + a[r][2];
+        v[(4 * r + 2) * e_stride] = a[r][2] - a[r][1];
+        v[(4 * r + 3) * e_stride] = a[r][1] - a[r][3];
+    }
+}
+
+// y[2i + p][2j + q] = (A^T M A)[p][q] + bias (ReLU if relu) for the 16 products of one filter
+// and tile, m[e * e_stride]; A^T = [1 1 1 0; 0 1 -1 -1]. Outputs past the edge are dropped.
+CUNET_INLINE void winograd_output_tile(const float* m, index_t e_stride, float bias, bool relu, float* yk, index_t OH,
+                                       index_t OW, index_t i, index_t j) {
+    float s[4], z[4];   // A^T M: rows 0 + 1 + 2 and 1 - 2 - 3
+    for (int q = 0; q < 4; ++q) {
+        s[q] = m[q * e_stride] + m[(4 + q) * e_stride] + m[(8 + q) * e_stride];
+        z[q] = m[(4 + q) * e_stride] - m[(8 + q) * e_stride] - m[(12 + q) * e_stride];
+    }
+    const float out[2][2] = {{s[0] + s[1] + s[2], s[1] - s[2] - s[3]}, {z[0] + z[1] + z[2], z[1] - z[2] - z[3]}};
+    for (int p = 0; p < 2; ++p)
+        for (int q = 0; q < 2; ++q)
+            if (2 * i + p < OH && 2 * j + q < OW) {
+                const float value = out[p][q] + bias;
+                yk[(2 * i + p) * OW + 2 * j + q] = relu ? relu1(value) : value;
+            }
+}
+
+// V for tile rows row0 .. row0 + rows - 1 of an image x [C, H, W], in blocks of L tiles:
+// v[e * v_stride + (block * C + c) * L + lane] for tile t = block * L + lane (counted along
+// the rows), a task per channel. The last block's padding tiles are zeros. (L = a whole
+// chunk's tiles, rounded up to a vector, gives the plain [e][c][tiles] of the weight gradient.)
+void winograd_input_chunk(const float* x, index_t C, index_t H, index_t W, index_t row0, index_t rows, index_t L,
+                          float* v, index_t v_stride) {
+    const index_t tiles_per_row = ceil_div(W - 2, 2), tiles = rows * tiles_per_row, tblocks = ceil_div(tiles, L);
+    run_tasks(C, C * tiles * 16, [&](index_t c) {
+        for (index_t e = 0; e < 16; ++e) {
+            float* last = v + e * v_stride + ((tblocks - 1) * C + c) * L;
+            std::fill(last + tiles % L, last + (tiles % L ? L : 0), 0.0f);
+        }
+        const float* xc = x + c * H * W;
+        index_t block = 0, lane = 0;
+        for (index_t i = row0; i < row0 + rows; ++i)
+            for (index_t j = 0; j < tiles_per_row; ++j) {
+                winograd_input_tile(xc, H, W, i, j, v + (block * C + c) * L + lane, v_stride);
+                if (++lane == L) lane = 0, ++block;
+            }
+    });
+}
+
+// Tile rows per chunk: the chunk's V and M (16 (C + K) floats a tile) within
+// kWinogradChunkBytes, at least one block of tiles.
+index_t winograd_chunk_rows(index_t C, index_t K, index_t tiles_per_row, index_t tile_rows, int L) {
+    const index_t tiles = std::max<index_t>(L, kWinogradChunkBytes / (16 * (C + K) * index_t(sizeof(float))));
+    return std::max<index_t>(1, std::min(tile_rows, tiles / tiles_per_row));
+}
+
+// The Winograd forward over x [N, C, H, W] with filters already transformed into u.
+void winograd_run(const Version& v, const float* x, const float* u, const float* b, float* y, index_t N, index_t C,
+                  index_t H, index_t W, index_t K, bool relu) {
+    const int KB = v.geometry.forward_filters, L = v.geometry.forward_pixels;
+    const index_t OH = H - 2, OW = W - 2, tile_rows = ceil_div(OH, 2), tiles_per_row = ceil_div(OW, 2);
+    const index_t chunk_rows = winograd_chunk_rows(C, K, tiles_per_row, tile_rows, L);
+    const index_t max_tblocks = ceil_div(chunk_rows * tiles_per_row, L);
+    const index_t v_stride = winograd_stride(max_tblocks * C * L), m_stride = winograd_stride(K * max_tblocks * L);
+    const Scratch vbuf(16 * v_stride, /*zero=*/false), mbuf(16 * m_stride, /*zero=*/false);
+    const index_t group = std::max<index_t>(1, kWinogradGroupBytes / (C * L * index_t(sizeof(float))));
+    for (index_t n = 0; n < N; ++n)
+        for (index_t row0 = 0; row0 < tile_rows; row0 += chunk_rows) {
+            const index_t rows = std::min(chunk_rows, tile_rows - row0), tiles = rows * tiles_per_row;
+            const index_t tblocks = ceil_div(tiles, L), T = tblocks * L;
+            const Winograd w{u, vbuf.data(), mbuf.data(), C, K, ceil_div(K, KB), tblocks, group, ceil_div(tblocks, group),
+                             winograd_filter_stride(KB, K, C), v_stride, m_stride};
+            winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, L, vbuf.data(), v_stride);
+            run_tasks(16 * w.groups, 16 * K * C * T, [&](index_t task) { v.winograd_product_task(w, task); });
+            run_tasks(K, K * tiles * 16, [&](index_t k) {
+                float* yk = y + (n * K + k) * OH * OW;
+                const float* mk = mbuf.data() + k * T;
+                index_t t = 0;
+                for (index_t i = row0; i < row0 + rows; ++i)
+                    for (index_t j = 0; j < tiles_per_row; ++j, ++t)
+                        winograd_output_tile(mk + t, m_stride, b[k], relu, yk, OH, OW, i, j);
+            });
+        }
+}
+
+// D = A dY A^T for the 2x2 block of dy_k at tile (i, j) (zero past dy's edge), A^T = [1 1 1 0;
+// 0 1 -1 -1]: the block (p q; r s) gives rows (p, q), (p + r, q + s), (p - r, q - s), (-r, -s),
+// each row (a, b) the four values a, a + b, a - b, -b. Written to d[e * e_stride].
+CUNET_INLINE void winograd_gradient_tile(const float* dyk, index_t OH, index_t OW, index_t i, index_t j, float* d,
+                                         index_t e_stride) {
+    const auto at = [&](index_t r, index_t c) { return r < OH && c < OW ? dyk[r * OW + c] : 0.0f; };
+    const float p = at(2 * i, 2 * j), q = at(2 * i, 2 * j + 1), r = at(2 * i + 1, 2 * j), s = at(2 * i + 1, 2 * j + 1);
+    const float rows[4][2] = {{p, q}, {p + r, q + s}, {p - r, q - s}, {-r, -s}};
+    for (int u = 0; u < 4; ++u) {
+        const float a = rows[u][0], b = rows[u][1];
+        d[(4 * u) * e_stride] = a;
+        d[(4 * u + 1) * e_stride] = a + b;
+        d[(4 * u + 2) * e_stride] = a - b;
+        d[(4 * u + 3) * e_stride] = -b;
+    }
+}
+
+// dw[k, c] = G^T X[:, k, c] G (X[4u + v] a 4x4 matrix); G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1].
+void winograd_filter_gradient(const float* x, index_t x_stride, float* dw, index_t K, index_t C) {
+    const auto times_G_T = [](float a, float b, float c, float d, float* out, int step) {
+        out[0] = a + (b + c) * 0.5f;
+        out[step] = (b - c) * 0.5f;
+        out[2 * step] = (b + c) * 0.5f + d;
+    };
+    run_tasks(K, K * C * 16, [&](index_t k) {
+        for (index_t c = 0; c < C; ++c) {
+            float m[16], s[3][4];
+            for (int e = 0; e < 16; ++e) m[e] = x[e * x_stride + k * C + c];
+            for (int q = 0; q < 4; ++q) times_G_T(m[q], m[4 + q], m[8 + q], m[12 + q], &s[0][q], 4);   // G^T X
+            for (int r = 0; r < 3; ++r) times_G_T(s[r][0], s[r][1], s[r][2], s[r][3], dw + (k * C + c) * 9 + 3 * r, 1);
+        }
+    });
+}
+
+// The Winograd weight gradient: chunks of tile rows as the forward's, each adding its sums into X.
+void winograd_gradient_run(const Version& v, const float* x, const float* dy, float* dw, float* db, index_t N,
+                           index_t C, index_t H, index_t W, index_t K) {
+    constexpr int kBiasLanes = 16;
+    const int KB = v.geometry.wgrad_filters, L = v.geometry.wgrad_pixels;
+    const index_t OH = H - 2, OW = W - 2, tile_rows = ceil_div(OH, 2), tiles_per_row = ceil_div(OW, 2);
+    const index_t chunk_rows = winograd_chunk_rows(C, K, tiles_per_row, tile_rows, L);
+    const index_t max_T = ceil_div(chunk_rows * tiles_per_row, L) * L, kblocks = ceil_div(K, KB);
+    const index_t v_stride = winograd_stride(C * max_T), d_stride = winograd_stride(kblocks * KB * max_T);
+    const index_t x_stride = winograd_stride(K * C);
+    const Scratch vbuf(16 * v_stride, /*zero=*/false), dbuf(16 * d_stride), xbuf(16 * x_stride);   // D's rows past K stay 0
+    std::vector<BiasSum<kBiasLanes>> bias(static_cast<size_t>(K));
+    const index_t kgroup = std::min<index_t>(kblocks, kWgradTaskKblocks), kgroups = ceil_div(kblocks, kgroup);
+    for (index_t n = 0; n < N; ++n)
+        for (index_t row0 = 0; row0 < tile_rows; row0 += chunk_rows) {
+            const index_t rows = std::min(chunk_rows, tile_rows - row0), tiles = rows * tiles_per_row;
+            const index_t T = ceil_div(tiles, L) * L;
+            winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, T, vbuf.data(), v_stride);
+            run_tasks(K, K * tiles * 16, [&](index_t k) {   // D, zero past the last tile; and db's rows
+                const float* dyk = dy + (n * K + k) * OH * OW;
+                float* dk = dbuf.data() + k * T;
+                index_t t = 0;
+                for (index_t i = row0; i < row0 + rows; ++i)
+                    for (index_t j = 0; j < tiles_per_row; ++j, ++t) winograd_gradient_tile(dyk, OH, OW, i, j, dk + t, d_stride);
+                for (index_t e = 0; e < 16; ++e) std::fill(dk + e * d_stride + tiles, dk + e * d_stride + T, 0.0f);
+                for (index_t oy = 2 * row0; oy < std::min(2 * (row0 + rows), OH); ++oy)
+                    bias[size_t(k)].add_row(dyk + oy * OW, OW);
+            });
+            const WinogradGrad g{vbuf.data(), dbuf.data(), xbuf.data(), C, K, T, kblocks, kgroup, kgroups,
+                                 v_stride, d_stride, x_stride};
+            run_tasks(16 * kgroups, 16 * K * C * T, [&](index_t task) { v.winograd_grad_task(g, task); });
+        }
+    winograd_filter_gradient(xbuf.data(), x_stride, dw, K, C);
+    for (index_t k = 0; k < K; ++k) db[k] = bias[size_t(k)].total();
+}
+
 }  // namespace
 
 // --- the public functions ---------------------------------------------------------------------------
@@ -1195,10 +1546,16 @@ const char* isa_name(Isa isa) {
 Geometry geometry(Isa isa) { return kGeometry[int(isa)]; }
 
 void conv3x3_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C, index_t H,
-                     index_t W, index_t K, bool relu) {
+                     index_t W, index_t K, bool relu, bool winograd) {
     reset_scratch_peak();
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
+    if (winograd) {
+        const Scratch u(16 * winograd_filter_stride(KB, K, C), /*zero=*/false);
+        winograd_filters(u.data(), KB, K, C, [&](index_t k, index_t c, int t) { return w[(k * C + c) * 9 + t]; });
+        winograd_run(v, x, u.data(), b, y, N, C, H, W, K, relu);
+        return;
+    }
     Scratch packed(packed_floats(KB, K, C));
     pack_filters(packed.data(), KB, K, C, [&](index_t k, index_t c, int t) { return w[(k * C + c) * 9 + t]; });
     const Forward f = forward_plan(v, packed.data(), b, y, N, C, H, W, K, relu);
@@ -1217,10 +1574,19 @@ void conv3x3_forward(const float* x, const float* w, const float* b, float* y, i
 // band of its own (K x (rows + 2) x (OW + 4)) and keeps it for its next task if that one
 // reads the same rows (consecutive tasks differ only in their block of filters).
 void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
-                            index_t OW, index_t C) {
+                            index_t OW, index_t C, bool winograd) {
     reset_scratch_peak();
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
+    if (winograd) {   // the same forward, on dy padded whole (the bottom layers' dy is small)
+        const Scratch u(16 * winograd_filter_stride(KB, C, K), false), zero_bias(C), padded(N * K * (OH + 4) * (OW + 4), false);
+        winograd_filters(u.data(), KB, C, K, [&](index_t c, index_t k, int t) { return w[(k * C + c) * 9 + 8 - t]; });
+        run_tasks(N, N * K * (OH + 4) * (OW + 4), [&](index_t n) {
+            pad_band(dy + n * K * OH * OW, K, OH, OW, 0, OH + 4, padded.data() + n * K * (OH + 4) * (OW + 4));
+        });
+        winograd_run(v, padded.data(), u.data(), zero_bias.data(), dx, N, K, OH + 4, OW + 4, C, false);
+        return;
+    }
     Scratch packed(packed_floats(KB, C, K));
     pack_filters(packed.data(), KB, C, K, [&](index_t c, index_t k, int t) { return w[(k * C + c) * 9 + 8 - t]; });
     const Scratch zero_bias(C);
@@ -1242,11 +1608,15 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
 }
 
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
-                             index_t W, index_t K) {
+                             index_t W, index_t K, bool winograd) {
     reset_scratch_peak();
     const Version v = current_version();
     const Geometry geo = v.geometry;
     const index_t OH = H - 2, OW = W - 2;
+    if (winograd) {
+        winograd_gradient_run(v, x, dy, dw, db, N, C, H, W, K);
+        return;
+    }
     const Scratch zeros(OW);
     // The tasks: equal groups of up to kWgradChannels channels x groups of up to
     // kWgradTaskKblocks blocks of filters; the filters are split only as far as it takes to
