@@ -32,8 +32,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .winograd import winograd_correlate, winograd_input_grad, winograd_weight_grad
-
 try:  # built by `pip install -e .` (setup.py); its absence is reported, not fatal
     from cunet import _host
     HOST_IMPORT_ERROR = None
@@ -41,24 +39,11 @@ except ImportError as exc:
     _host = None
     HOST_IMPORT_ERROR = str(exc)
 
-# Where auto sends a float32 3x3 op when the C++ kernels are built: direct, except the
-# weight gradient of layers with short output rows and many channels. Chosen with
-# `python -m benchmarks.conv2d_cpu --pick` (each op's two algorithms timed call by call,
-# interleaved; 2-core AMD EPYC with AVX-512, 2026-12-07, both bases): the direct forward and
-# backward input beat Winograd on every U-Net layer of both bases but one tie (base 64,
-# 1024 -> 1024 at 30x30), by 1.0-3.5x; their sums 55 vs 140 ms (forward, base 16) and
-# 759 vs 1127 ms (base 64). The direct weight gradient loses where its rows are short (each
-# row's last partial vector step is a whole step, and each row re-sets its pointers), by
-# 5-40% on 128 -> 256 at 32x32, 256 -> 128 at 56x56, 128 -> 128 at 54x54 (base 16) and
-# 512 -> 1024, 1024 -> 1024, 1024 -> 512 (base 64), and wins or ties on every layer with
-# rows of 64 outputs or more. One exception the rule gets wrong: base 64's 512 -> 512 at
-# 54x54 (direct 44 ms, Winograd 47).
-WINOGRAD_WGRAD_MAX_OW = 56
-WINOGRAD_WGRAD_MIN_CK = 128 * 128
-# Without the C++ kernels (cunet._host not built, or float64): 3x3 layers up to this C*K take
-# im2col + BLAS, wider ones Winograd (measured when the direct path was Numba loops:
-# Winograd won from 64 -> 128 channels on).
-CPU_IM2COL_MAX_CK = 64 * 64
+# Where auto sends a float32 3x3 op when the C++ kernels are built: Winograd for the layers
+# with at least WINOGRAD_MIN_CK[op] channel pairs C*K and output rows of at most
+# WINOGRAD_MAX_OW[op], the direct kernels elsewhere (MEASURED: see below).
+WINOGRAD_MIN_CK = {"forward": 128 * 256, "input_grad": 128 * 256, "weight_grad": 256 * 256}
+WINOGRAD_MAX_OW = {"forward": 1 << 30, "input_grad": 1 << 30, "weight_grad": 104}
 
 # im2col path. Elements of one chunk's im2col matrix plus its GEMM output (8 MB in
 # float32). Every BLAS call has a fixed cost (waking its threads, packing panels), so
@@ -80,8 +65,8 @@ CPU_ALGORITHM = "auto"
 CPU_OPS = ("forward", "input_grad", "weight_grad")
 
 
-def direct_runs(R: int, dtype) -> bool:
-    """Whether the C++ direct kernels can run a layer: 3x3, float32, and cunet._host built."""
+def host_runs(R: int, dtype) -> bool:
+    """Whether the C++ kernels (direct or Winograd) can run a layer: 3x3, float32, and cunet._host built."""
     return R == 3 and np.dtype(dtype) == np.float32 and _host is not None
 
 
@@ -91,28 +76,24 @@ def cpu_algorithm(op: str, C: int, K: int, R: int, OW: int, dtype=np.float32) ->
     if op not in CPU_OPS:
         raise ValueError(f"cpu_algorithm: op {op!r}; expected one of {CPU_OPS}")
     chosen = CPU_ALGORITHM
-    if chosen == "auto":
-        if R != 3:
-            return "im2col"
-        if not direct_runs(R, dtype):
-            return "im2col" if C * K <= CPU_IM2COL_MAX_CK else "winograd"
-        short_rows_wide = OW <= WINOGRAD_WGRAD_MAX_OW and C * K >= WINOGRAD_WGRAD_MIN_CK
-        return "winograd" if op == "weight_grad" and short_rows_wide else "direct"
-    if chosen not in CPU_ALGORITHMS:
+    if chosen not in ("auto",) + CPU_ALGORITHMS:
         raise ValueError(f"conv2d: CPU_ALGORITHM is {CPU_ALGORITHM!r}; expected 'auto' or one of {CPU_ALGORITHMS}")
-    if (chosen == "direct" and not direct_runs(R, dtype)) or (chosen == "winograd" and R != 3):
+    if not host_runs(R, dtype):
         return "im2col"
+    if chosen == "auto":
+        return "winograd" if C * K >= WINOGRAD_MIN_CK[op] and OW <= WINOGRAD_MAX_OW[op] else "direct"
     return chosen
 
 
 def host_kernels_status() -> str:
     """One line for a run's log: which cpu convolution kernels this process runs."""
     if _host is None:
-        return (f"cpu convolutions: Winograd + BLAS and im2col + BLAS only; the C++ kernels (cunet._host) "
-                f"are not built ({HOST_IMPORT_ERROR}): `pip install -e .` builds them")
-    return (f"cpu convolutions: C++ direct kernels (cunet._host, {_host.simd_level()}, "
-            f"{_host.max_threads()} threads) for 3x3 layers and up-convolutions; Winograd + BLAS for the weight gradient of "
-            f"layers with output rows <= {WINOGRAD_WGRAD_MAX_OW} and C*K >= {WINOGRAD_WGRAD_MIN_CK}")
+        return (f"cpu convolutions: im2col + BLAS only; the C++ kernels (cunet._host) are not built "
+                f"({HOST_IMPORT_ERROR}): `pip install -e .` builds them")
+    return (f"cpu convolutions: C++ kernels (cunet._host, {_host.simd_level()}, {_host.max_threads()} threads) for "
+            f"3x3 layers and up-convolutions: Winograd F(2x2, 3x3) where C*K >= "
+            f"{WINOGRAD_MIN_CK['forward']} (weight gradient: >= {WINOGRAD_MIN_CK['weight_grad']} and rows <= "
+            f"{WINOGRAD_MAX_OW['weight_grad']}), direct sums elsewhere")
 
 
 # --- im2col: chunks of output rows, one BLAS GEMM each -------------------------------------------
@@ -266,10 +247,8 @@ def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = False) -
     algorithm = cpu_algorithm("forward", C, K, R, W - R + 1, x.dtype)
     if algorithm == "im2col":
         return _im2col_correlate(x, w, b, relu)
-    if algorithm == "winograd":
-        return winograd_correlate(x, w, b, relu)
     y = np.empty((N, K, H - 2, W - 2), x.dtype)
-    _host.conv3x3_forward(x, w, b, y, relu=relu)
+    _host.conv3x3_forward(x, w, b, y, relu=relu, winograd=algorithm == "winograd")
     return y
 
 
@@ -281,10 +260,8 @@ def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
     algorithm = cpu_algorithm("input_grad", C, K, R, OW, dy.dtype)
     if algorithm == "im2col":
         return _col2im_input_grad(dy, w)
-    if algorithm == "winograd":
-        return winograd_input_grad(dy, w)
     dx = np.empty((N, C, OH + 2, OW + 2), dy.dtype)
-    _host.conv3x3_backward_input(dy, w, dx)
+    _host.conv3x3_backward_input(dy, w, dx, winograd=algorithm == "winograd")
     return dx
 
 
@@ -296,8 +273,6 @@ def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     algorithm = cpu_algorithm("weight_grad", C, K, R, OW, x.dtype)
     if algorithm == "im2col":
         return _im2col_weight_grad(x, dy)
-    if algorithm == "winograd":
-        return winograd_weight_grad(x, dy)
     dw, db = np.empty((K, C, 3, 3), x.dtype), np.empty(K, x.dtype)
-    _host.conv3x3_backward_params(x, dy, dw, db)
+    _host.conv3x3_backward_params(x, dy, dw, db, winograd=algorithm == "winograd")
     return dw, db
