@@ -20,7 +20,6 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import cunet.cpu.conv2d as conv2d_module
-import cunet.cpu.winograd as winograd_module
 from cunet.ops import conv2d_backward_input, conv2d_backward_params, conv2d_forward
 import cunet.ops.gemm as gemm_module
 from cunet.gradcheck import check_backward
@@ -91,7 +90,7 @@ def assert_within_sum_bound(got, exact, abs_sum, terms, what):
 # 1: k = C + 12. Backward input is the same on zero-padded dy (K channels). The weight
 # gradient G^T [sum over tiles of (A dY A^T) * (B^T d B)] G: 2 + 2 + 1, the sum over every
 # tile of every image (plus one add per chunk: at most 2 per tile), 4. The matrices are
-# Lavin and Gray's (2016), written here independently of cunet/cpu/winograd.py.
+# Lavin and Gray's (2016), written here independently of kernels/host/conv2d.cpp.
 ABS_B_T = np.abs(np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64))
 ABS_G = np.abs(np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]))
 ABS_A_T = np.abs(np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64))
@@ -124,25 +123,6 @@ def winograd_weight_grad_scale(ax, ady):
     D = np.einsum("ia,nkxyij,jb->nkxyab", ABS_A_T, e, ABS_A_T)
     S = np.einsum("nkxyab,ncxyab->kcab", D, _input_tiles_abs(ax.astype(np.float64), OH, OW))
     return np.einsum("ai,kcab,bj->kcij", ABS_G, S, ABS_G)
-
-
-def test_winograd_code_matches_its_documented_matrices():
-    """cunet/cpu/winograd.py writes G g G^T and G^T X G out by hand; its module matrices
-    (what a reader learns from) must be what the code computes."""
-    rng = np.random.default_rng(3)
-    w = rng.standard_normal((5, 4, 3, 3))
-    G = winograd_module.G
-    np.testing.assert_allclose(winograd_module.filter_transform(w),
-                               np.einsum("ai,kcij,bj->abkc", G, w, G).reshape(16, 5, 4), rtol=1e-14, atol=1e-14)
-    X = rng.standard_normal((16, 5, 4))
-    np.testing.assert_allclose(winograd_module.filter_gradient(X),
-                               np.einsum("ai,abkc,bj->kcij", G, X.reshape(4, 4, 5, 4), G), rtol=1e-14, atol=1e-14)
-    # one 4x4 input tile -> one 2x2 output through B^T and A^T, with a single channel and filter
-    d, g = rng.standard_normal((1, 1, 4, 4)), rng.standard_normal((1, 1, 3, 3))
-    B_T, A_T = winograd_module.B_T, winograd_module.A_T
-    by_matrices = A_T @ ((G @ g[0, 0] @ G.T) * (B_T @ d[0, 0] @ B_T.T)) @ A_T.T
-    np.testing.assert_allclose(winograd_module.winograd_correlate(d, g, np.zeros(1))[0, 0], by_matrices,
-                               rtol=1e-14, atol=1e-14)
 
 
 # --- shapes -------------------------------------------------------------------------------------
@@ -337,8 +317,6 @@ def test_cpu_matches_pytorch_on_unet_sized_layers(shape, algorithm):
         patch.setattr(conv2d_module, "CPU_ALGORITHM", algorithm)
         patch.setattr(conv2d_module, "CPU_CHUNK_ELEMENTS", 1 << 16)
         patch.setattr(conv2d_module, "CPU_CHUNK_MIN_COLUMNS", 1)
-        patch.setattr(winograd_module, "WINOGRAD_CHUNK_ELEMENTS", 1 << 16)
-        patch.setattr(winograd_module, "WINOGRAD_MIN_TILES", 1)
         y = conv2d_forward(x, w, b)
         dx = conv2d_backward_input(dy, w)
         dw, db = conv2d_backward_params(x, dy)
@@ -412,29 +390,29 @@ def test_cpu_direct_is_the_same_for_any_thread_count():
             np.testing.assert_array_equal(first, other)
 
 
-def test_direct_takes_what_the_cpp_kernels_run_and_blas_the_rest(monkeypatch):
-    """float32 3x3 goes to the C++ kernels, but for the weight gradient of short-rowed wide
-    layers (Winograd); float64 (gradient checks), 1x1, or no cunet._host: the BLAS paths."""
+def test_wide_layers_take_winograd_narrow_ones_direct_and_blas_the_rest(monkeypatch):
+    """float32 3x3 runs on the C++ kernels: Winograd for wide layers (the weight gradient only
+    where the rows are also short), the direct sums elsewhere; float64 (gradient checks), 1x1,
+    or no cunet._host: im2col + BLAS."""
     pick = conv2d_module.cpu_algorithm
-    short, long = conv2d_module.WINOGRAD_WGRAD_MAX_OW, conv2d_module.WINOGRAD_WGRAD_MAX_OW + 1
-    wide = 128   # C*K = 128 * 128 = WINOGRAD_WGRAD_MIN_CK
-    assert wide * wide == conv2d_module.WINOGRAD_WGRAD_MIN_CK
-    for op in ("forward", "input_grad"):
-        assert pick(op, wide, 256, 3, short) == "direct"
-    assert pick("weight_grad", wide, wide, 3, short) == "winograd"
-    assert pick("weight_grad", wide, wide, 3, long) == "direct"
-    assert pick("weight_grad", wide, wide - 1, 3, short) == "direct"
+    min_ck, max_ow = conv2d_module.WINOGRAD_MIN_CK, conv2d_module.WINOGRAD_MAX_OW
+    for op in ("forward", "input_grad", "weight_grad"):
+        wide = min_ck[op]
+        assert pick(op, 1, wide, 3, 30) == "winograd" and pick(op, 1, wide - 1, 3, 30) == "direct"
+        if max_ow[op] < 1000:
+            assert pick(op, 1, wide, 3, max_ow[op] + 1) == "direct"
+            assert pick(op, 1, wide, 3, max_ow[op]) == "winograd"
     assert pick("forward", 16, 16, 3, 100, np.float64) == "im2col"
-    assert pick("forward", 128, 128, 3, 100, np.float64) == "winograd"
+    assert pick("forward", 512, 512, 3, 30, np.float64) == "im2col"
     assert pick("forward", 16, 2, 1, 100) == "im2col"
-    assert pick("input_grad", 128, 2, 1, 100) == "im2col"
+    assert pick("input_grad", 512, 512, 1, 30) == "im2col"
     with pytest.raises(ValueError, match="op 'backward'"):
         pick("backward", 16, 16, 3, 100)
-    assert "C++ direct kernels (cunet._host" in conv2d_module.host_kernels_status()
+    assert "C++ kernels (cunet._host" in conv2d_module.host_kernels_status()
     monkeypatch.setattr(conv2d_module, "_host", None)
     monkeypatch.setattr(conv2d_module, "HOST_IMPORT_ERROR", "No module named 'cunet._host'")
     assert pick("forward", 16, 16, 3, 100) == "im2col"
-    assert pick("weight_grad", 128, 128, 3, 100) == "winograd"
+    assert pick("weight_grad", 512, 512, 3, 30) == "im2col"
     assert "not built (No module named 'cunet._host'): `pip install -e .`" in conv2d_module.host_kernels_status()
     x, w, b, dy = random_case(37, (1, 3, 9, 10, 4, 3))   # and the ops still work, through im2col
     assert_within_sum_bound(conv2d_forward(x, w, b), forward_reference(x, w, b),
@@ -455,32 +433,24 @@ def test_cpu_nan_propagates(algorithm):
 
 @pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
 def test_cpu_memory_is_bounded(algorithm):
-    """No whole im2col matrix (9x the input) nor all of Winograd's tiles (4x): bounded scratch memory.
+    """No whole im2col matrix (9x the input): bounded scratch memory.
 
-    tracemalloc sees NumPy's allocations: the peak may hold the result, Winograd's
-    zero-padded copy of dy in the backward input, and at most one chunk's buffers (im2col
-    or col2im, Winograd's transformed tiles). The C++ direct kernels allocate in C++, which
-    tracemalloc does not see: their scratch is counted by cunet._host and checked exactly
-    in tests/test_host_conv.py (test_scratch_memory_is_the_documented_buffers_and_no_more).
+    tracemalloc sees NumPy's allocations: the peak may hold the result and at most one
+    chunk's buffers (im2col or col2im). The C++ kernels (direct and Winograd) allocate in
+    C++, which tracemalloc does not see: their scratch is counted by cunet._host and checked
+    exactly in tests/test_host_conv.py (test_scratch_memory_is_the_documented_buffers_and_no_more,
+    test_winograd_scratch_is_the_documented_buffers).
     """
     import tracemalloc
     x, w, b, dy = random_case(31, (1, 16, 130, 130, 16, 3))
-    padded_dy = dy[:, :, 0, 0].size * (dy.shape[2] + 4) * (dy.shape[3] + 4) * dy.itemsize
     chunk = 2 * conv2d_module.CPU_CHUNK_ELEMENTS * x.itemsize
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(conv2d_module, "CPU_ALGORITHM", algorithm)
-        patch.setattr(winograd_module, "WINOGRAD_CHUNK_ELEMENTS", 1 << 18)   # 8 chunks of 8 tile rows
-        patch.setattr(winograd_module, "WINOGRAD_MIN_TILES", 1)
-        rows = winograd_module.tile_rows_per_chunk(16, 16, 64, 64)
-        assert rows == 8
-        # Winograd: transformed input and GEMM output of one chunk, plus U (or dw's 4x4 sums
-        # and one chunk's product) of 16 values per (k, c)
-        winograd_chunk = (16 * 32 * rows * 64 + 2 * 16 * 16 * 16) * x.itemsize
-        allowance = {"direct": 1 << 18, "im2col": chunk, "winograd": winograd_chunk + (1 << 18)}[algorithm]
-        for call, result_bytes, extra in [
-            (lambda: conv2d_forward(x, w, b, relu=True), dy.nbytes, 0),
-            (lambda: conv2d_backward_input(dy, w), x.nbytes, padded_dy if algorithm == "winograd" else 0),
-            (lambda: conv2d_backward_params(x, dy), w.nbytes + b.nbytes, 0),
+        allowance = {"direct": 1 << 18, "im2col": chunk, "winograd": 1 << 18}[algorithm]
+        for call, result_bytes in [
+            (lambda: conv2d_forward(x, w, b, relu=True), dy.nbytes),
+            (lambda: conv2d_backward_input(dy, w), x.nbytes),
+            (lambda: conv2d_backward_params(x, dy), w.nbytes + b.nbytes),
         ]:
             call()  # warm (compiles, caches)
             tracemalloc.start()
@@ -489,7 +459,7 @@ def test_cpu_memory_is_bounded(algorithm):
                 peak = tracemalloc.get_traced_memory()[1]
             finally:
                 tracemalloc.stop()
-            assert peak <= result_bytes + extra + allowance, (algorithm, peak, result_bytes)
+            assert peak <= result_bytes + allowance, (algorithm, peak, result_bytes)
 
 
 # --- bad input ----------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -409,6 +410,191 @@ def test_fma_peak_is_a_finite_positive_rate_in_every_version(level):
 def test_set_num_threads_refuses_zero():
     with pytest.raises(ValueError, match="n must be >= 1"):
         host.set_num_threads(0)
+
+
+# --- Winograd F(2x2, 3x3) (winograd=True) --------------------------------------------------------------
+# The same three ops with 2.25x fewer multiplies. Its rounding error is bounded by the
+# analysis of tests/test_conv2d.py (the computation run on absolute values, through the
+# transforms), not by the direct sum's.
+from test_conv2d import winograd_forward_scale, winograd_weight_grad_scale  # noqa: E402
+
+
+def run_winograd(x, w, b, dy, relu=False):
+    """(y, dx, dw, db) by Winograd, into outputs prefilled with NaN."""
+    y = np.full((x.shape[0], w.shape[0], x.shape[2] - 2, x.shape[3] - 2), np.nan, np.float32)
+    host.conv3x3_forward(x, w, b, y, relu, winograd=True)
+    dx = np.full(x.shape, np.nan, np.float32)
+    host.conv3x3_backward_input(dy, w, dx, winograd=True)
+    dw, db = np.full(w.shape, np.nan, np.float32), np.full(w.shape[0], np.nan, np.float32)
+    host.conv3x3_backward_params(x, dy, dw, db, winograd=True)
+    return y, dx, dw, db
+
+
+def assert_winograd_within_bound(shape, x, w, b, dy, y, dx, dw, db):
+    N, C, K, OH, OW = shape
+    flipped = np.abs(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    padded = np.pad(np.abs(dy), ((0, 0), (0, 0), (2, 2), (2, 2)))
+    tiles = N * -(-OH // 2) * -(-OW // 2)
+    assert_within_sum_bound(y, forward_reference(x, w, b), winograd_forward_scale(abs(x), abs(w)) + abs(b)[:, None, None],
+                            C + 12, f"Winograd forward {shape}")
+    assert_within_sum_bound(dx, backward_input_reference(dy, w), winograd_forward_scale(padded, flipped), K + 11,
+                            f"Winograd backward input {shape}")
+    (exact_w, exact_b), (_, abs_b) = backward_params_reference(x, dy), backward_params_reference(abs(x), abs(dy))
+    assert_within_sum_bound(dw, exact_w, winograd_weight_grad_scale(abs(x), abs(dy)), 2 * tiles + 9,
+                            f"Winograd weight gradient {shape}")
+    assert_within_sum_bound(db, exact_b, abs_b, N * OH * OW, f"Winograd bias gradient {shape}")
+
+
+@given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
+@edge_examples
+@example(shape=(1, 20, 70, 5, 9), seed=2)   # 9 or 18 blocks of filters, the last partial; odd output
+def test_winograd_matches_reference(level, shape, seed):
+    x, w, b, dy = random_case(seed, shape)
+    assert_winograd_within_bound(shape, x, w, b, dy, *run_winograd(x, w, b, dy))
+
+
+def test_winograd_is_its_documented_matrices(level):
+    """One tile, one channel, one filter: the kernels compute A^T [(G g G^T) * (B^T d B)] A and
+    G^T [(A dY A^T) * (B^T d B)] G with Lavin and Gray's matrices (kernels/host/conv2d.cpp)."""
+    B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+    G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+    rng = np.random.default_rng(5)
+    d, g, dY = (rng.integers(-8, 9, shape).astype(np.float32) for shape in ((1, 1, 4, 4), (1, 1, 3, 3), (1, 1, 2, 2)))
+    y, _, dw, _ = run_winograd(d, g, np.zeros(1, np.float32), dY)
+    V = B_T @ d[0, 0] @ B_T.T
+    np.testing.assert_array_equal(y[0, 0], A_T @ ((G @ g[0, 0] @ G.T) * V) @ A_T.T)   # small integers: exact
+    np.testing.assert_array_equal(dw[0, 0], G.T @ ((A_T.T @ dY[0, 0] @ A_T) * V) @ G)
+
+
+def test_winograd_relu_is_max_of_the_plain_output_and_zero(level):
+    x, w, b, dy = random_case(4, (2, 5, 7, 9, 11))
+    x[0, 1, 3, 3] = np.nan
+    plain, fused = run_winograd(x, w, b, dy)[0], run_winograd(x, w, b, dy, relu=True)[0]
+    assert np.isnan(plain).any()
+    np.testing.assert_array_equal(fused, np.where(np.isnan(plain), 0, np.maximum(plain, 0)))
+
+
+@given(case=shape_and_position("x"), seed=st.integers(0, 2**32 - 1))
+def test_winograd_nan_in_x_reaches_exactly_the_outputs_that_read_it(level, case, seed):
+    """The transforms are sparse where the 3x3 window is: output p of a tile uses the transformed
+    rows u with A^T[p, u] != 0, which use input rows r with B^T[u, r] != 0, i.e. r = p .. p + 2.
+    So a NaN in x spoils exactly the direct sum's outputs, the input gradient not at all, and
+    (every tap of dw being made from all 16 sums) some weight gradient of its channel, of every
+    filter, and of no other channel."""
+    shape, (n, c, i, j) = case
+    x, w, b, dy = random_case(seed, shape)
+    x[n, c, i, j] = np.nan
+    y, dx, dw, db = run_winograd(x, w, b, dy)
+    expected = np.zeros(y.shape, bool)
+    expected[n][:, window(i, x.shape[2], y.shape[2])[:, None], window(j, x.shape[3], y.shape[3])] = True
+    np.testing.assert_array_equal(np.isnan(y), expected)
+    assert np.isfinite(dx).all() and np.isfinite(db).all()
+    np.testing.assert_array_equal(np.isnan(dw).any(axis=(2, 3)), np.broadcast_to(np.arange(shape[1]) == c, dw.shape[:2]))
+
+
+@given(case=shape_and_position("dy"), seed=st.integers(0, 2**32 - 1))
+def test_winograd_nan_in_dy_reaches_exactly_its_window_and_filter(level, case, seed):
+    shape, (n, k, i, j) = case
+    x, w, b, dy = random_case(seed, shape)
+    dy[n, k, i, j] = np.nan
+    _, dx, dw, db = run_winograd(x, w, b, dy)
+    expected = np.zeros(dx.shape, bool)
+    expected[n, :, i:i + 3, j:j + 3] = True
+    np.testing.assert_array_equal(np.isnan(dx), expected)
+    np.testing.assert_array_equal(np.isnan(dw).any(axis=(2, 3)), np.broadcast_to((np.arange(shape[2]) == k)[:, None],
+                                                                                  dw.shape[:2]))
+    np.testing.assert_array_equal(np.isnan(db), np.arange(shape[2]) == k)
+
+
+# (N, C, K, OH, OW): each op's products >= 2**21 multiply-adds (16 K C x the tiles rounded up
+# to blocks), so they run in parallel; odd sizes, filters and channels off the tiles.
+@pytest.mark.parametrize("shape", [(2, 32, 40, 38, 38), (1, 64, 70, 12, 20), (1, 65, 33, 31, 29)])
+def test_winograd_results_do_not_depend_on_the_number_of_threads(level, shape, restore_threads):
+    x, w, b, dy = random_case(9, shape)
+    results = {}
+    for threads in THREAD_COUNTS:
+        host.set_num_threads(threads)
+        results[threads] = run_winograd(x, w, b, dy, relu=True)
+        assert host._last_team_size() == threads   # the weight gradient's products ran on them all
+    for threads in THREAD_COUNTS[1:]:
+        for name, one, many in zip(("forward", "backward input", "dw", "db"), results[1], results[threads]):
+            np.testing.assert_array_equal(many, one, err_msg=f"Winograd {name} {shape}: {threads} threads vs 1")
+
+
+WINOGRAD_CHUNK_BYTES = 32 * 1024 * 1024   # kWinogradChunkBytes in conv2d.cpp
+
+
+@contextmanager
+def winograd_chunk_budget(budget):
+    """The Winograd chunk budget set to ``budget`` bytes (host._set_winograd_chunk_bytes), then restored."""
+    before = host._set_winograd_chunk_bytes(budget)
+    try:
+        yield
+    finally:
+        host._set_winograd_chunk_bytes(before)
+
+
+def winograd_scratch_bytes(shape, budget=WINOGRAD_CHUNK_BYTES):
+    """(forward, backward input, backward params) scratch of the Winograd ops, from conv2d.cpp's
+    documented buffers: the transformed filters, and one chunk's transformed input and products
+    (16 (C + K) floats a tile, whole rows of tiles within the budget, at least a block of
+    tiles), each of the 16 planes a cache line (16 floats) longer; the backward input also
+    holds dy padded by 2 and a zero bias. The weight gradient: V, D (whole blocks of filters)
+    and the sums X."""
+    N, C, K, OH, OW = shape
+    g = host.tile_geometry()
+    KB, L, KBw, Lw = g["forward_filters"], g["forward_pixels"], g["wgrad_filters"], g["wgrad_lanes"]
+    plane = lambda floats: 16 * (floats + 16)   # noqa: E731
+
+    def chunk_tiles(C, K, OH, OW, lanes):
+        per_row, rows = -(-OW // 2), -(-OH // 2)
+        tiles = max(lanes, budget // (16 * (C + K) * 4))
+        return -(-max(1, min(rows, tiles // per_row)) * per_row // lanes) * lanes
+
+    def forward(C, K, OH, OW):
+        T = chunk_tiles(C, K, OH, OW, L)
+        return plane(-(-K // KB) * KB * C) + plane(T * C) + plane(K * T)
+
+    T = chunk_tiles(C, K, OH, OW, Lw)
+    params = plane(C * T) + plane(-(-K // KBw) * KBw * T) + plane(K * C)
+    backward_input = forward(K, C, OH + 2, OW + 2) + C + N * K * (OH + 4) * (OW + 4)
+    return tuple(4 * n for n in (forward(C, K, OH, OW), backward_input, params))
+
+
+def winograd_scratch_held(x, w, b, dy):
+    """The scratch peak of each Winograd op, in bytes."""
+    held = []
+    N, K, OH, OW = dy.shape
+    for op in (lambda: host.conv3x3_forward(x, w, b, np.empty(dy.shape, np.float32), winograd=True),
+               lambda: host.conv3x3_backward_input(dy, w, np.empty_like(x), winograd=True),
+               lambda: host.conv3x3_backward_params(x, dy, np.empty_like(w), np.empty_like(b), winograd=True)):
+        op()
+        held.append(host._scratch_peak_bytes())
+    return tuple(held)
+
+
+@pytest.mark.parametrize("shape", [(2, 20, 9, 40, 45), (1, 3, 40, 14, 61), (1, 256, 256, 64, 64)])
+def test_winograd_scratch_is_the_documented_buffers(shape):
+    """Chunks bound the transformed tiles (the 256-channel layer's image takes 3 chunks)."""
+    x, w, b, dy = random_case(13, shape)
+    default = host._set_winograd_chunk_bytes(WINOGRAD_CHUNK_BYTES)
+    host._set_winograd_chunk_bytes(default)
+    assert default == WINOGRAD_CHUNK_BYTES, "the module's chunk budget is not the documented one"
+    assert winograd_scratch_held(x, w, b, dy) == winograd_scratch_bytes(shape)
+    with winograd_chunk_budget(1 << 16):
+        assert winograd_scratch_held(x, w, b, dy) == winograd_scratch_bytes(shape, 1 << 16)
+
+
+@given(shape=conv_shapes(), budget=st.integers(1, 1 << 16), seed=st.integers(0, 2**32 - 1))
+@example(shape=(2, 33, 9, 12, 40), budget=1, seed=0)   # one row of tiles per chunk, two images
+def test_winograd_chunks_give_the_reference(level, shape, budget, seed):
+    """Small budgets split small layers into chunks of a few rows of tiles: each chunk's tiles
+    land where they belong and the weight gradient sums them all."""
+    x, w, b, dy = random_case(seed, shape)
+    with winograd_chunk_budget(budget):
+        results = run_winograd(x, w, b, dy)
+    assert_winograd_within_bound(shape, x, w, b, dy, *results)
 
 
 # --- the up-convolution ----------------------------------------------------------------------------------

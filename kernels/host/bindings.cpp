@@ -301,9 +301,18 @@ PYBIND11_MODULE(_host, m) {
         },
         py::arg("n"), "omp_set_num_threads(n) for the calling thread's later ops.");
     m.def("_last_team_size", &cunet_host::last_team_size,
-          "Threads the last op's last parallel loop ran on (1 for a loop too small to split); for the tests.");
+          "The most threads any loop of the last op ran on (1 for an op too small to split); for the tests.");
     m.def("_scratch_peak_bytes", &cunet_host::scratch_peak_bytes,
           "The most temporary memory the last op held at once, in bytes; for the tests.");
+    m.def(
+        "_set_winograd_chunk_bytes",
+        [](index_t bytes) {
+            if (bytes < 1) throw py::value_error("_set_winograd_chunk_bytes: bytes must be >= 1, got " + std::to_string(bytes));
+            return cunet_host::set_winograd_chunk_bytes(bytes);
+        },
+        py::arg("bytes"),
+        "Bytes a Winograd chunk's transformed tiles may take from now on (default 32 MiB); returns the "
+        "previous budget. For the tests: a small budget splits a small layer into many chunks.");
 #ifdef CUNET_HOST_SANITIZE
     m.attr("SANITIZE") = true;
     m.def(

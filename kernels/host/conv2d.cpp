@@ -159,6 +159,7 @@ constexpr index_t kWgradOutputs = 1024;
 // The Winograd forward's chunk of tiles: its transformed input and products (16 (C + K) floats
 // a tile) within this many bytes, so they stay in the 32 MB L3 between the three phases.
 constexpr index_t kWinogradChunkBytes = 32 * 1024 * 1024;
+std::atomic<index_t> g_winograd_chunk_bytes{kWinogradChunkBytes};   // set_winograd_chunk_bytes (tests)
 // A Winograd product task's blocks of tiles: C x L x blocks floats of V within this many bytes (L2).
 constexpr index_t kWinogradGroupBytes = 512 * 1024;
 constexpr index_t kUpconvGradBandBytes = 1024 * 1024;
@@ -168,7 +169,7 @@ constexpr index_t kUpconvGradTotalsBytes = 256 * 1024;
 // (Chosen by that estimate, not measured like cunet.cpu.parallel.PARALLEL_MIN_WORK.)
 constexpr index_t kParallelMinMacs = index_t(1) << 21;
 
-std::atomic<int> g_last_team{1};
+std::atomic<int> g_last_team{1};   // the largest team of the last op's loops (begin_op resets it)
 
 // --- scratch memory ------------------------------------------------------------------------------
 // Every temporary buffer an op allocates is a Scratch, which counts its bytes while it lives,
@@ -200,8 +201,11 @@ class Scratch {
     index_t bytes_;
 };
 
-// Called at the start of each op: the peak is the op's own.
-void reset_scratch_peak() { g_scratch_peak.store(g_scratch_now.load()); }
+// Called at the start of each op: the scratch peak and the team size are the op's own.
+void begin_op() {
+    g_scratch_peak.store(g_scratch_now.load());
+    g_last_team.store(1);
+}
 
 // This thread's number in the running OpenMP team (0 outside one).
 int thread_index() {
@@ -1222,9 +1226,7 @@ void run_tasks(index_t tasks, index_t macs, Body body) {
     {
 #ifdef _OPENMP
 #pragma omp master
-        g_last_team.store(omp_get_num_threads());
-#else
-        g_last_team.store(1);
+        if (omp_get_num_threads() > g_last_team.load()) g_last_team.store(omp_get_num_threads());
 #endif
 #pragma omp for schedule(static)
         for (index_t t = 0; t < tasks; ++t) body(t);
@@ -1406,7 +1408,7 @@ void winograd_input_chunk(const float* x, index_t C, index_t H, index_t W, index
 // Tile rows per chunk: the chunk's V and M (16 (C + K) floats a tile) within
 // kWinogradChunkBytes, at least one block of tiles.
 index_t winograd_chunk_rows(index_t C, index_t K, index_t tiles_per_row, index_t tile_rows, int L) {
-    const index_t tiles = std::max<index_t>(L, kWinogradChunkBytes / (16 * (C + K) * index_t(sizeof(float))));
+    const index_t tiles = std::max<index_t>(L, g_winograd_chunk_bytes.load() / (16 * (C + K) * index_t(sizeof(float))));
     return std::max<index_t>(1, std::min(tile_rows, tiles / tiles_per_row));
 }
 
@@ -1557,7 +1559,7 @@ Geometry geometry(Isa isa) { return kGeometry[int(isa)]; }
 
 void conv3x3_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C, index_t H,
                      index_t W, index_t K, bool relu, bool winograd) {
-    reset_scratch_peak();
+    begin_op();
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
     if (winograd) {
@@ -1585,7 +1587,7 @@ void conv3x3_forward(const float* x, const float* w, const float* b, float* y, i
 // reads the same rows (consecutive tasks differ only in their block of filters).
 void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
                             index_t OW, index_t C, bool winograd) {
-    reset_scratch_peak();
+    begin_op();
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
     if (winograd) {   // the same forward, on dy padded whole (the bottom layers' dy is small)
@@ -1619,7 +1621,7 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
 
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
                              index_t W, index_t K, bool winograd) {
-    reset_scratch_peak();
+    begin_op();
     const Version v = current_version();
     const Geometry geo = v.geometry;
     const index_t OH = H - 2, OW = W - 2;
@@ -1658,7 +1660,7 @@ void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* 
 // packed[block][c][m % KB] = w[c, m]; the backward input's are w's rows c, summed over m.
 void upconv2x2_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C, index_t H,
                        index_t W, index_t K) {
-    reset_scratch_peak();
+    begin_op();
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
     Scratch packed(ceil_div(4 * K, KB) * KB * C);   // zero rows pad the last block
@@ -1672,7 +1674,7 @@ void upconv2x2_forward(const float* x, const float* w, const float* b, float* y,
 // and keeps it for its next task if that one reads the same rows (the next block of channels).
 void upconv2x2_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t H,
                               index_t W, index_t C) {
-    reset_scratch_peak();
+    begin_op();
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
     Scratch packed(ceil_div(C, KB) * KB * 4 * K);
@@ -1695,7 +1697,7 @@ void upconv2x2_backward_input(const float* dy, const float* w, float* dx, index_
 // the filters split further only as far as it takes to give every thread a task.
 void upconv2x2_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
                                index_t W, index_t K) {
-    reset_scratch_peak();
+    begin_op();
     const Version v = current_version();
     const index_t CB = v.geometry.upconv_grad_channels, L = v.geometry.wgrad_pixels;
     const index_t rows = std::max<index_t>(1, std::min(H, ceil_div(kWgradOutputs, W)));
@@ -1745,6 +1747,8 @@ void set_num_threads(int n) {
 int last_team_size() { return g_last_team.load(); }
 
 index_t scratch_peak_bytes() { return g_scratch_peak.load(); }
+
+index_t set_winograd_chunk_bytes(index_t bytes) { return g_winograd_chunk_bytes.exchange(bytes); }
 
 #ifdef CUNET_HOST_SANITIZE
 float sanitizer_selftest(int kind) {

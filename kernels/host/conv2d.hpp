@@ -60,7 +60,7 @@ void upconv2x2_backward_params(const float* x, const float* dy, float* dw, float
 // rounds of register-only FMAs in the current version (conv2d.cpp, "The FMA peak").
 double fma_peak_gflops(index_t iterations);
 
-// OpenMP threads: what the next parallel loop may use, and what the last one did use.
+// OpenMP threads: what the next parallel loop may use, and the most any loop of the last op used.
 int max_threads();
 void set_num_threads(int n);
 int last_team_size();
@@ -68,6 +68,10 @@ int last_team_size();
 // The most temporary memory (packed filters, the backward input's padded dy, the weight
 // gradient's per-thread totals) the last op held at once, in bytes.
 index_t scratch_peak_bytes();
+
+// The budget of a Winograd chunk (its transformed input and products, conv2d.cpp) from now on,
+// in bytes; returns the previous one. Tests set it small to get many chunks from small layers.
+index_t set_winograd_chunk_bytes(index_t bytes);
 
 #ifdef CUNET_HOST_SANITIZE
 // Sanitizer builds only: commit one planted error on purpose (kind 1: read one float past
