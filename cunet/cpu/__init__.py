@@ -2,12 +2,11 @@
 
 A GPU reader can skip this package; a CPU reader finds the host path here whole:
 
-    cunet/cpu/conv2d.py     the convolutions, three algorithms picked per op by shape: the
-                            C++ direct kernels (kernels/host/, module cunet._host) for the
-                            float32 3x3 ops, Winograd around BLAS for the weight gradient
-                            of short-rowed wide layers, im2col + BLAS for the 1x1 head (and
-                            for float64, the gradient checks' dtype)
-    cunet/cpu/winograd.py   Winograd F(2x2, 3x3): Numba transforms around 16 BLAS GEMMs
+    cunet/cpu/conv2d.py     the convolutions, three algorithms picked per op by shape, two
+                            of them C++ (kernels/host/, module cunet._host): direct sums for
+                            the float32 3x3 layers with few channels, Winograd F(2x2, 3x3)
+                            for those with many; im2col + BLAS for the 1x1 head (and for
+                            float64, the gradient checks' dtype)
     cunet/cpu/upconv.py     the 2x2 up-convolution: C++ kernels in float32, BLAS in float64
     cunet/cpu/parallel.py   how every other op's Numba loop (ops/relu.py, maxpool.py, ...:
                             a few lines each, kept beside their argument checks) picks one
@@ -20,7 +19,7 @@ arguments and calls the cpu code here or launches the GPU kernel.
 
 Thread pools. A cpu training step alternates between two pools: OpenMP's (libgomp: the
 C++ kernels and every Numba ``prange`` loop share it, Numba's threading layer being "omp")
-and OpenBLAS's (the GEMMs of Winograd and im2col). Both, by default, keep their idle
+and OpenBLAS's (the GEMMs of im2col, and NumPy's). Both, by default, keep their idle
 threads spinning after a call so the next call starts sooner; on a
 machine with as many cores as threads the spinning threads of one pool then take the
 cores from the pool that runs next. Each pool is told to sleep at once instead:

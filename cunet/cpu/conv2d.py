@@ -4,16 +4,13 @@ What ``cunet.ops.conv2d`` runs on the cpu device, after it has checked the argum
 has: every array here is dense, of one float dtype, with matching shapes). Three
 algorithms, picked per op by the layer's shape (:func:`cpu_algorithm`):
 
-    direct    every float32 3x3 forward and backward input, and the weight gradients of
-              layers with long rows: the C++ kernels of kernels/host/ (module cunet._host),
-              register-blocked loops on OpenMP threads;
-    winograd  the weight gradient of layers with short rows and many channels (the bottom
-              of the U-Net), and the wide 3x3 layers when the C++ kernels cannot run:
-              F(2x2, 3x3) (cunet/cpu/winograd.py), whose 16 BLAS GEMMs per chunk of tiles do
-              2.25x fewer multiplies than a direct sum;
-    im2col    1x1 layers, and the narrow 3x3 layers the direct kernels do not cover (float64,
-              which the gradient checks use; a cunet whose C++ module was not built): each
-              chunk of a few output rows becomes one BLAS GEMM.
+    direct    float32 3x3 layers with few channels (the top of the U-Net): the C++ kernels
+              of kernels/host/ (module cunet._host), register-blocked loops on OpenMP threads;
+    winograd  float32 3x3 layers with many channels (the bottom): Winograd F(2x2, 3x3) in
+              the same C++ module, 2.25x fewer multiplies than a direct sum;
+    im2col    1x1 layers, and everything the C++ kernels do not cover (float64, which the
+              gradient checks use; a cunet whose C++ module was not built): each chunk of a
+              few output rows becomes one BLAS GEMM.
 
 Why not one. A GEMM is fast when all three of its dimensions are large: it then loads each
 operand once per tile and does tens of multiply-adds per load. At the top of the U-Net
@@ -21,11 +18,13 @@ the filter dimensions are tiny (K = 16 outputs, C*9 = 144 reduction terms at bas
 so BLAS spends its time packing panels and copying the im2col matrix, which is 9x the
 image and does only K multiply-adds per element copied; the direct kernels instead keep a
 tile of 8 filters x 32 pixels in registers for the whole sum (kernels/host/conv2d.cpp) and
-run at 200-460 GFLOP/s on the 2-core AVX-512 VMs, near or above OpenBLAS's own sgemm
-(up to 92% of the FMA units' measured peak: `python -m benchmarks.conv2d_cpu`).
-Winograd's 2.25x fewer multiplies pay for its transforms (3 passes over the data, 16 small
-GEMMs) only where the direct kernel is slowed down by short rows (see WINOGRAD_WGRAD_MAX_OW).
-`python -m benchmarks.conv2d_cpu --pick` times the two per op and layer.
+run at up to 92% of the FMA units' measured peak (`python -m benchmarks.conv2d_cpu`).
+Winograd turns each layer into 16 products of matrices [K, C] x [C, tiles] on the same
+register tile, around transforms that read and write the data a few times: with hundreds
+of channels the products dominate and the fewer multiplies win (1.2-1.5x on the bottom of
+a base-64 U-Net), with tens of channels the transforms do. `python -m
+benchmarks.conv2d_cpu --pick` times the two per op and layer; WINOGRAD_MIN_CK and
+WINOGRAD_MAX_OW below hold what it found.
 """
 from __future__ import annotations
 
@@ -41,7 +40,15 @@ except ImportError as exc:
 
 # Where auto sends a float32 3x3 op when the C++ kernels are built: Winograd for the layers
 # with at least WINOGRAD_MIN_CK[op] channel pairs C*K and output rows of at most
-# WINOGRAD_MAX_OW[op], the direct kernels elsewhere (MEASURED: see below).
+# WINOGRAD_MAX_OW[op], the direct kernels elsewhere. Chosen with `python -m
+# benchmarks.conv2d_cpu --pick --base 64 --base 16 --reps 3` (each op's two algorithms timed
+# call by call, interleaved; 2-core AMD EPYC with AVX-512, 2026-12-07): at base 64 the rule
+# picks the faster of the two on every layer's forward and weight gradient and on all but
+# one backward input (128 -> 256 at 140x140, 33 vs 43 ms), 617 / 628 / 817 ms for the
+# three ops against 716 / 711 / 941 all direct; at base 16 the layers are narrow and the two
+# are within noise of each other where the rule picks Winograd. The weight gradient's
+# Winograd gains less (its products sum over the tiles, each chunk's sums added into memory),
+# and loses on the long rows the direct kernel runs well (256 -> 256 at 138x138: a tie).
 WINOGRAD_MIN_CK = {"forward": 128 * 256, "input_grad": 128 * 256, "weight_grad": 256 * 256}
 WINOGRAD_MAX_OW = {"forward": 1 << 30, "input_grad": 1 << 30, "weight_grad": 104}
 

@@ -619,21 +619,34 @@ void upconv_input_task_generic(const Upconv& u, index_t task, const float* dy, f
 }
 
 // --- Winograd F(2x2, 3x3) --------------------------------------------------------------------------
-// The forward (and so the backward input) of the wide layers at the bottom of the U-Net with
-// 2.25x fewer multiplies (Lavin and Gray 2016; cunet/cpu/winograd.py derives it). A 2x2 block
-// of outputs (a "tile") reads a 4x4 block d of the input; with the filter g,
-//     Y = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise: 16 products instead of 36)
-// and the sum over input channels commutes with A^T [.] A, so for each of the 16 elements e
-//     M[e, k, t] = sum_c U[e, k, c] V[e, c, t]     (U = G g G^T, V = B^T d B)
-// is a product of matrices [K, C] x [C, tiles]: the up-convolution's register tile with a
-// single tap (upconv_tile: KB filters x L tiles, each step L values of V loaded once and KB of
-// U broadcast). Both operands are packed for it: U as [e][block of KB filters][c][KB] once per
-// call, V as [e][block of L tiles][c][L] by the input transform, so each step of the sum reads
-// one contiguous line of each. The work goes a chunk of tile rows at a time in three parallel
-// phases: transform the chunk's input (a task per channel), multiply (a task per element and
-// block of filters, walking the blocks of tiles), transform the products back into outputs (a
-// task per filter). The chunk's V and M stay in the last-level cache between the phases.
-// Each output is A^T M A of sums over c in order from 0: the same bits with any threads.
+// The wide layers at the bottom of the U-Net with 2.25x fewer multiplies (Lavin and Gray, "Fast
+// Algorithms for Convolutional Neural Networks", 2016). A 2x2 block of outputs (a "tile")
+// of a 3x3 valid correlation reads a 4x4 block d of the input; with the filter g,
+//     Y (2x2) = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise: 16 products, not 36)
+//     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
+//     A^T = [1 1 1 0; 0 1 -1 -1]
+// (only additions, and halves in G). The sum over input channels commutes with A^T [.] A,
+// so for each of the 16 elements e
+//     M[e, k, t] = sum_c U[e, k, c] V[e, c, t]     (U = G g G^T, V = B^T d B, t a tile)
+// is a product of matrices [K, C] x [C, tiles], done on the up-convolution's register tile
+// with a single tap (upconv_tile: KB filters x L tiles, each step L values of V loaded once
+// and KB of U broadcast). Both operands are packed for it: U as [e][block of KB filters][c]
+// [KB] once per call, V as [e][block of L tiles][c][L] by the input transform, so each step
+// reads one contiguous line of each. The work goes a chunk of tile rows at a time in three
+// parallel phases: transform the chunk's input (a task per channel), multiply (a task per
+// element and group of tile blocks, walking the blocks of filters), transform the products
+// back into outputs (a task per filter); the chunk's V and M stay in the last-level cache
+// between the phases. Each output is A^T M A of sums over c in order from 0: the same bits
+// with any number of threads.
+//
+// The backward input is this forward on dy zero-padded by 2, with the filters turned by 180
+// degrees and C and K swapped (as the direct kernels do). The weight gradient: Y is linear
+// in g, so dL/dg = G^T X G with X[e, k, c] = sum over tiles of D[e, k, t] V[e, c, t] and
+// D = A dY A^T (dY: a tile's 2x2 block of dy); see winograd_grad_tile. Output sizes need not
+// be even: the last tile of an odd size reads zeros past the input's edge and drops what
+// falls past the output's. Rounding: the transforms add up to 4 values per stage, so the
+// error is a few times the direct sum's (tests/test_conv2d.py bounds it by the same
+// computation run on absolute values).
 struct Winograd {
     const float* u;   // transformed filters [16][kblocks][C][KB] (zero filters pad the last block)
     const float* v;   // the chunk's transformed input [16][tblocks][C][L] (zero tiles pad the last block)
