@@ -540,24 +540,25 @@ def winograd_scratch_bytes(shape, budget=WINOGRAD_CHUNK_BYTES):
     documented buffers: the transformed filters, and one chunk's transformed input and products
     (16 (C + K) floats a tile, whole rows of tiles within the budget, at least a block of
     tiles), each of the 16 planes a cache line (16 floats) longer; the backward input also
-    holds dy padded by 2 and a zero bias. The weight gradient: V, D (whole blocks of filters)
-    and the sums X."""
+    holds dy padded by 2 and a zero bias. The weight gradient: V (whole blocks of channels), D
+    (whole blocks of filters), for a chunk of whole rows of tiles, and the sums X."""
     N, C, K, OH, OW = shape
     g = host.tile_geometry()
-    KB, L, KBw, Lw = g["forward_filters"], g["forward_pixels"], g["wgrad_filters"], g["wgrad_lanes"]
+    KB, L = g["forward_filters"], g["forward_pixels"]
     plane = lambda floats: 16 * (floats + 16)   # noqa: E731
+    whole = lambda n, block: -(-n // block) * block   # noqa: E731
 
-    def chunk_tiles(C, K, OH, OW, lanes):
+    def chunk_tiles(C, K, OH, OW):
         per_row, rows = -(-OW // 2), -(-OH // 2)
-        tiles = max(lanes, budget // (16 * (C + K) * 4))
-        return -(-max(1, min(rows, tiles // per_row)) * per_row // lanes) * lanes
+        tiles = max(L, budget // (16 * (C + K) * 4))
+        return max(1, min(rows, tiles // per_row)) * per_row
 
     def forward(C, K, OH, OW):
-        T = chunk_tiles(C, K, OH, OW, L)
-        return plane(-(-K // KB) * KB * C) + plane(T * C) + plane(K * T)
+        T = whole(chunk_tiles(C, K, OH, OW), L)
+        return plane(whole(K, KB) * C) + plane(T * C) + plane(K * T)
 
-    T = chunk_tiles(C, K, OH, OW, Lw)
-    params = plane(C * T) + plane(-(-K // KBw) * KBw * T) + plane(K * C)
+    T = chunk_tiles(C, K, OH, OW)
+    params = plane(whole(C, L) * T) + plane(whole(K, KB) * T) + plane(K * C)
     backward_input = forward(K, C, OH + 2, OW + 2) + C + N * K * (OH + 4) * (OW + 4)
     return tuple(4 * n for n in (forward(C, K, OH, OW), backward_input, params))
 

@@ -1082,72 +1082,53 @@ void upconv_grad_task_generic(const UpconvGrad& g, index_t task) {
 
 // The weight gradient by Winograd: Y is linear in g, so dL/dg = G^T X G with
 //     X[e, k, c] = sum over tiles t of D[e, k, t] V[e, c, t],   D = A dY A^T (dY: a 2x2 block of dy)
-// 16 products [K, tiles] x [tiles, C], summed over the tiles: the direct weight gradient's
-// tile with the 3 channels c .. c + 2 in place of the 3 taps s (KB filters x 3 channels,
-// each a vector of lane-wise partial sums over the tiles; one step loads L values of D for
-// each filter and of V for each channel). V and D are laid out plainly here ([e][c][tiles],
-// [e][k][tiles], zero past the last tile), and a chunk's sums are added into X lane by lane
-// in a fixed order: X is bitwise the same with any number of threads.
+// 16 products [K, tiles] x [tiles, C], summed over the tiles: the forward's register tile
+// again (upconv_tile), KB filters x L channels, each step one tile: L values of V loaded
+// (a block of channels, adjacent) and KB of D broadcast. So V is laid out by blocks of
+// channels here ([e][block][t][L], winograd_input_chunk) and D by blocks of filters
+// ([e][block][t][KB]). The sums stay in registers for a whole chunk of tiles, then go into X
+// (in memory, every chunk in order; each X value owned by one task): the same bits with any
+// number of threads. (Lanes over the tiles instead, the direct weight gradient's way, need
+// a sum across each vector's lanes per chunk: 24 of them per 24 FMAs of a step, half the time.)
 struct WinogradGrad {
-    const float* v;   // the chunk's V [16][C][T] (v_stride apart)
-    const float* d;   // the chunk's D [16][K][T] (d_stride apart)
+    const float* v;   // the chunk's V [16][cblocks][T][L] (v_stride apart)
+    const float* d;   // the chunk's D [16][kblocks][T][KB] (d_stride apart; zero filters past K)
     float* x;         // the running sums X [16][K][C] (x_stride apart)
-    index_t C, K, T, kblocks, kgroup, kgroups, v_stride, d_stride, x_stride;
+    index_t C, K, T, kblocks, cblocks, v_stride, d_stride, x_stride;
 };
 
-// acc[k][j] = sum over the chunk's tiles of D[k] * V[c0 + j], lane-wise; then X += the lanes' sums.
-template <int KB, int CB, int L>
-CUNET_INLINE void winograd_grad_tile(const WinogradGrad& g, const float* d, const float* v, float* x, index_t kn) {
-    vec<L> acc[KB][CB];
-#pragma GCC unroll 8
-    for (int k = 0; k < KB; ++k)
-#pragma GCC unroll 3
-        for (int j = 0; j < CB; ++j) acc[k][j] = vec<L>{};
-    for (index_t t = 0; t < g.T; t += L) {
-        vec<L> vc[CB];
-#pragma GCC unroll 3
-        for (int j = 0; j < CB; ++j) load<L>(vc[j], v + j * g.T + t);
-#pragma GCC unroll 8
-        for (int k = 0; k < KB; ++k) {
-            vec<L> dv;
-            load<L>(dv, d + k * g.T + t);
-            keep_in_register<L>(dv);
-#pragma GCC unroll 3
-            for (int j = 0; j < CB; ++j) acc[k][j] += dv * vc[j];
+// Task (e, block of channels): X[e] += the chunk's sums for those channels and every filter.
+template <int KB, int NV, int V>
+CUNET_INLINE void winograd_grad_task_impl(const WinogradGrad& g, index_t task) {
+    constexpr int L = NV * V;
+    const index_t e = task / g.cblocks, cb = task % g.cblocks, cn = std::min<index_t>(L, g.C - cb * L);
+    const float* const v = g.v + e * g.v_stride + cb * g.T * L;
+    for (index_t kb = 0; kb < g.kblocks; ++kb) {
+        vec<V> acc[KB][NV];
+        upconv_tile<KB, NV, V>(v, L, g.d + e * g.d_stride + kb * g.T * KB, g.T, 0, acc);
+        const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
+        float* x = g.x + e * g.x_stride + k0 * g.C + cb * L;
+        for (index_t r = 0; r < kn; ++r) {
+            if (cn == L) {
+#pragma GCC unroll 4
+                for (int j = 0; j < NV; ++j) add_to<V>(x + r * g.C + j * V, acc[r][j]);
+            } else {
+                for (index_t l = 0; l < cn; ++l) x[r * g.C + l] += acc[r][l / V][l % V];
+            }
         }
     }
-    for (index_t k = 0; k < kn; ++k)
-        for (int j = 0; j < CB; ++j) x[k * g.C + j] += lane_sum<L>(acc[k][j]);
-}
-
-// Task (e, group of blocks of filters): their X[e] over every channel, 3 channels at a time,
-// the group's blocks innermost (the 3 rows of V stay in L1 while the group's rows of D pass).
-template <int KB, int L>
-CUNET_INLINE void winograd_grad_task_impl(const WinogradGrad& g, index_t task) {
-    const index_t e = task / g.kgroups, kb0 = (task % g.kgroups) * g.kgroup;
-    const index_t kb1 = std::min(kb0 + g.kgroup, g.kblocks);
-    const float* const v = g.v + e * g.v_stride;
-    for (index_t c = 0; c < g.C; c += 3)
-        for (index_t kb = kb0; kb < kb1; ++kb) {
-            const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
-            const float* d = g.d + e * g.d_stride + k0 * g.T;   // D has whole blocks of rows (zeros past K)
-            float* x = g.x + e * g.x_stride + k0 * g.C + c;
-            if (c + 3 <= g.C) winograd_grad_tile<KB, 3, L>(g, d, v + c * g.T, x, kn);
-            else
-                for (index_t j = c; j < g.C; ++j) winograd_grad_tile<KB, 1, L>(g, d, v + j * g.T, x + (j - c), kn);
-        }
 }
 
 #if CUNET_VERSIONS
 CUNET_AVX512 void winograd_grad_task_avx512(const WinogradGrad& g, index_t task) {
-    winograd_grad_task_impl<kGeometry[2].wgrad_filters, kGeometry[2].wgrad_pixels>(g, task);
+    winograd_grad_task_impl<kGeometry[2].forward_filters, 2, 16>(g, task);
 }
 CUNET_AVX2 void winograd_grad_task_avx2(const WinogradGrad& g, index_t task) {
-    winograd_grad_task_impl<kGeometry[1].wgrad_filters, kGeometry[1].wgrad_pixels>(g, task);
+    winograd_grad_task_impl<kGeometry[1].forward_filters, 2, 8>(g, task);
 }
 #endif
 void winograd_grad_task_generic(const WinogradGrad& g, index_t task) {
-    winograd_grad_task_impl<kGeometry[0].wgrad_filters, kGeometry[0].wgrad_pixels>(g, task);
+    winograd_grad_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(g, task);
 }
 
 // --- the FMA peak ---------------------------------------------------------------------------------
@@ -1396,19 +1377,26 @@ CUNET_INLINE void winograd_output_tile(const float* m, index_t e_stride, float b
             if (2 * i + p < OH && 2 * j + q < OW) y[p * OW + q] = out[2 * p + q];
 }
 
-// V for tile rows row0 .. row0 + rows - 1 of an image x [C, H, W], in blocks of L tiles:
-// v[e * v_stride + (block * C + c) * L + lane] for tile t = block * L + lane (counted along
-// the rows), a task per channel. The last block's padding tiles are zeros. (L = a whole
-// chunk's tiles, rounded up to a vector, gives the plain [e][c][tiles] of the weight gradient.)
+// V for tile rows row0 .. row0 + rows - 1 of an image x [C, H, W] (tile t counted along the
+// rows), a task per channel, in one of two layouts of blocks of L:
+//   by tiles (the forward's product):           v[e * v_stride + ((t / L) * C + c) * L + t % L],
+//                                                the last block's padding tiles zero;
+//   by channels (the weight gradient's, T tiles): v[e * v_stride + ((c / L) * T + t) * L + c % L].
 void winograd_input_chunk(const float* x, index_t C, index_t H, index_t W, index_t row0, index_t rows, index_t L,
-                          float* v, index_t v_stride) {
+                          bool by_tiles, float* v, index_t v_stride) {
     const index_t tiles_per_row = ceil_div(W - 2, 2), tiles = rows * tiles_per_row, tblocks = ceil_div(tiles, L);
     run_tasks(C, C * tiles * 16, [&](index_t c) {
+        const float* xc = x + c * H * W;
+        if (!by_tiles) {
+            float* vc = v + (c / L) * tiles * L + c % L;
+            for (index_t i = row0, t = 0; i < row0 + rows; ++i)
+                for (index_t j = 0; j < tiles_per_row; ++j, ++t) winograd_input_tile(xc, H, W, i, j, vc + t * L, v_stride);
+            return;
+        }
         for (index_t e = 0; e < 16; ++e) {
             float* last = v + e * v_stride + ((tblocks - 1) * C + c) * L;
             std::fill(last + tiles % L, last + (tiles % L ? L : 0), 0.0f);
         }
-        const float* xc = x + c * H * W;
         index_t block = 0, lane = 0;
         for (index_t i = row0; i < row0 + rows; ++i)
             for (index_t j = 0; j < tiles_per_row; ++j) {
@@ -1441,7 +1429,7 @@ void winograd_run(const Version& v, const float* x, const float* u, const float*
             const index_t tblocks = ceil_div(tiles, L), T = tblocks * L;
             const Winograd w{u, vbuf.data(), mbuf.data(), C, K, ceil_div(K, KB), tblocks, group, ceil_div(tblocks, group),
                              winograd_filter_stride(KB, K, C), v_stride, m_stride};
-            winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, L, vbuf.data(), v_stride);
+            winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, L, true, vbuf.data(), v_stride);
             run_tasks(16 * w.groups, 16 * K * C * T, [&](index_t task) { v.winograd_product_task(w, task); });
             run_tasks(K, K * tiles * 16, [&](index_t k) {
                 float* yk = y + (n * K + k) * OH * OW;
@@ -1494,33 +1482,32 @@ void winograd_filter_gradient(const float* x, index_t x_stride, float* dw, index
 void winograd_gradient_run(const Version& v, const float* x, const float* dy, float* dw, float* db, index_t N,
                            index_t C, index_t H, index_t W, index_t K) {
     constexpr int kBiasLanes = 16;
-    const int KB = v.geometry.wgrad_filters, L = v.geometry.wgrad_pixels;
+    const int KB = v.geometry.forward_filters, L = v.geometry.forward_pixels;
     const index_t OH = H - 2, OW = W - 2, tile_rows = ceil_div(OH, 2), tiles_per_row = ceil_div(OW, 2);
     const index_t chunk_rows = winograd_chunk_rows(C, K, tiles_per_row, tile_rows, L);
-    const index_t max_T = ceil_div(chunk_rows * tiles_per_row, L) * L, kblocks = ceil_div(K, KB);
-    const index_t v_stride = winograd_stride(C * max_T), d_stride = winograd_stride(kblocks * KB * max_T);
+    const index_t max_T = chunk_rows * tiles_per_row, kblocks = ceil_div(K, KB), cblocks = ceil_div(C, L);
+    const index_t v_stride = winograd_stride(cblocks * L * max_T), d_stride = winograd_stride(kblocks * KB * max_T);
     const index_t x_stride = winograd_stride(K * C);
-    const Scratch vbuf(16 * v_stride, /*zero=*/false), dbuf(16 * d_stride), xbuf(16 * x_stride);   // D's rows past K stay 0
+    // V's channels past C and D's filters past K hold zeros or an earlier chunk's values:
+    // their sums are computed but never added into X
+    const Scratch vbuf(16 * v_stride), dbuf(16 * d_stride), xbuf(16 * x_stride);
     std::vector<BiasSum<kBiasLanes>> bias(static_cast<size_t>(K));
-    const index_t kgroup = std::min<index_t>(kblocks, kWgradTaskKblocks), kgroups = ceil_div(kblocks, kgroup);
     for (index_t n = 0; n < N; ++n)
         for (index_t row0 = 0; row0 < tile_rows; row0 += chunk_rows) {
-            const index_t rows = std::min(chunk_rows, tile_rows - row0), tiles = rows * tiles_per_row;
-            const index_t T = ceil_div(tiles, L) * L;
-            winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, T, vbuf.data(), v_stride);
-            run_tasks(K, K * tiles * 16, [&](index_t k) {   // D, zero past the last tile; and db's rows
+            const index_t rows = std::min(chunk_rows, tile_rows - row0), T = rows * tiles_per_row;
+            winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, L, false, vbuf.data(), v_stride);
+            run_tasks(K, K * T * 16, [&](index_t k) {   // D; and db's rows
                 const float* dyk = dy + (n * K + k) * OH * OW;
-                float* dk = dbuf.data() + k * T;
-                index_t t = 0;
-                for (index_t i = row0; i < row0 + rows; ++i)
-                    for (index_t j = 0; j < tiles_per_row; ++j, ++t) winograd_gradient_tile(dyk, OH, OW, i, j, dk + t, d_stride);
-                for (index_t e = 0; e < 16; ++e) std::fill(dk + e * d_stride + tiles, dk + e * d_stride + T, 0.0f);
+                float* dk = dbuf.data() + (k / KB) * T * KB + k % KB;
+                for (index_t i = row0, t = 0; i < row0 + rows; ++i)
+                    for (index_t j = 0; j < tiles_per_row; ++j, ++t)
+                        winograd_gradient_tile(dyk, OH, OW, i, j, dk + t * KB, d_stride);
                 for (index_t oy = 2 * row0; oy < std::min(2 * (row0 + rows), OH); ++oy)
                     bias[size_t(k)].add_row(dyk + oy * OW, OW);
             });
-            const WinogradGrad g{vbuf.data(), dbuf.data(), xbuf.data(), C, K, T, kblocks, kgroup, kgroups,
+            const WinogradGrad g{vbuf.data(), dbuf.data(), xbuf.data(), C, K, T, kblocks, cblocks,
                                  v_stride, d_stride, x_stride};
-            run_tasks(16 * kgroups, 16 * K * C * T, [&](index_t task) { v.winograd_grad_task(g, task); });
+            run_tasks(16 * cblocks, 16 * K * C * T, [&](index_t task) { v.winograd_grad_task(g, task); });
         }
     winograd_filter_gradient(xbuf.data(), x_stride, dw, K, C);
     for (index_t k = 0; k < K; ++k) db[k] = bias[size_t(k)].total();
