@@ -23,8 +23,8 @@ Winograd turns each layer into 16 products of matrices [K, C] x [C, tiles] on th
 register tile, around transforms that read and write the data a few times: with hundreds
 of channels the products dominate and the fewer multiplies win (1.2-1.5x on the bottom of
 a base-64 U-Net), with tens of channels the transforms do. `python -m
-benchmarks.conv2d_cpu --pick` times the two per op and layer; WINOGRAD_MIN_CK and
-WINOGRAD_MAX_OW below hold what it found.
+benchmarks.conv2d_cpu --pick` times the two per op and layer; WINOGRAD_MIN_CK below holds
+what it found.
 """
 from __future__ import annotations
 
@@ -39,18 +39,16 @@ except ImportError as exc:
     HOST_IMPORT_ERROR = str(exc)
 
 # Where auto sends a float32 3x3 op when the C++ kernels are built: Winograd for the layers
-# with at least WINOGRAD_MIN_CK[op] channel pairs C*K and output rows of at most
-# WINOGRAD_MAX_OW[op], the direct kernels elsewhere. Chosen with `python -m
-# benchmarks.conv2d_cpu --pick --base 64 --base 16 --reps 3` (each op's two algorithms timed
-# call by call, interleaved; 2-core AMD EPYC with AVX-512, 2026-12-07): at base 64 the rule
-# picks the faster of the two on every layer's forward and weight gradient and on all but
-# one backward input (128 -> 256 at 140x140, 33 vs 43 ms), 617 / 628 / 817 ms for the
-# three ops against 716 / 711 / 941 all direct; at base 16 the layers are narrow and the two
-# are within noise of each other where the rule picks Winograd. The weight gradient's
-# Winograd gains less (its products sum over the tiles, each chunk's sums added into memory),
-# and loses on the long rows the direct kernel runs well (256 -> 256 at 138x138: a tie).
-WINOGRAD_MIN_CK = {"forward": 128 * 256, "input_grad": 128 * 256, "weight_grad": 256 * 256}
-WINOGRAD_MAX_OW = {"forward": 1 << 30, "input_grad": 1 << 30, "weight_grad": 104}
+# with at least WINOGRAD_MIN_CK channel pairs C*K, the direct kernels below. Chosen with
+# `python -m benchmarks.conv2d_cpu --pick --base 64 --base 16 --reps 3` (each op's two
+# algorithms timed call by call, interleaved; 2-core AMD EPYC with AVX-512, 2026-12-07): at
+# base 64 Winograd is faster on every layer from 128 -> 256 channels on, in all three ops
+# (1.2-1.5x the forward and backward input, 1.2-3x the weight gradient): 657 / 689 / 892 ms
+# for the three ops all direct, 561 / 575 / 629 the faster per layer; below 128 x 256
+# channel pairs the direct kernels win or tie (128 -> 128 at 282 and 198: ties), and at base
+# 16, whose layers are narrow, the two are within a millisecond of each other on the few
+# layers where the rule is not the faster.
+WINOGRAD_MIN_CK = 128 * 256
 
 # im2col path. Elements of one chunk's im2col matrix plus its GEMM output (8 MB in
 # float32). Every BLAS call has a fixed cost (waking its threads, packing panels), so
@@ -88,7 +86,7 @@ def cpu_algorithm(op: str, C: int, K: int, R: int, OW: int, dtype=np.float32) ->
     if not host_runs(R, dtype):
         return "im2col"
     if chosen == "auto":
-        return "winograd" if C * K >= WINOGRAD_MIN_CK[op] and OW <= WINOGRAD_MAX_OW[op] else "direct"
+        return "winograd" if C * K >= WINOGRAD_MIN_CK else "direct"
     return chosen
 
 
@@ -98,9 +96,7 @@ def host_kernels_status() -> str:
         return (f"cpu convolutions: im2col + BLAS only; the C++ kernels (cunet._host) are not built "
                 f"({HOST_IMPORT_ERROR}): `pip install -e .` builds them")
     return (f"cpu convolutions: C++ kernels (cunet._host, {_host.simd_level()}, {_host.max_threads()} threads) for "
-            f"3x3 layers and up-convolutions: Winograd F(2x2, 3x3) where C*K >= "
-            f"{WINOGRAD_MIN_CK['forward']} (weight gradient: >= {WINOGRAD_MIN_CK['weight_grad']} and rows <= "
-            f"{WINOGRAD_MAX_OW['weight_grad']}), direct sums elsewhere")
+            f"3x3 layers and up-convolutions: Winograd F(2x2, 3x3) where C*K >= {WINOGRAD_MIN_CK}, direct sums elsewhere")
 
 
 # --- im2col: chunks of output rows, one BLAS GEMM each -------------------------------------------
