@@ -53,7 +53,7 @@ import time
 
 import numpy as np
 
-from benchmarks.harness import measure_sgemm_gflops
+from benchmarks.harness import blas_name, measure_sgemm_gflops
 
 
 IDLE_S = 0.3
@@ -365,7 +365,7 @@ def main(argv=None) -> None:
     peak = fma or sgemm
     if fma:
         print(f"measured FMA peak: {fma:.0f} GFLOP/s (cunet._host, every thread; %pk below), "
-              f"sgemm {sgemm:.0f} GFLOP/s = {100 * sgemm / fma:.0f}% of it (NumPy/OpenBLAS, {n}^3); best of 3 each")
+              f"sgemm {sgemm:.0f} GFLOP/s = {100 * sgemm / fma:.0f}% of it (NumPy: {blas_name()}, {n}^3); best of 3 each")
     else:
         print(f"measured sgemm peak: {sgemm:.0f} GFLOP/s (NumPy/OpenBLAS, {n}^3, best of 3; %pk below: "
               "no C++ module for the FMA peak)")

@@ -54,13 +54,30 @@ def cores() -> int:
 
 
 def blas_name() -> str:
-    """The BLAS NumPy was built with (OpenBLAS for the PyPI wheels)."""
+    """The BLAS NumPy was built with (OpenBLAS for the PyPI wheels), and the CPU kernel it runs.
+
+    The kernel matters: OpenBLAS picks it by CPU, unless OPENBLAS_CORETYPE names one. Some
+    machines set OPENBLAS_CORETYPE=Haswell (older OpenBLAS builds misbehave on newer CPUs),
+    and on the 2-core AMD EPYC that halves sgemm: 247 GFLOP/s with the AVX2 Haswell kernel,
+    461 with the AVX-512 one OpenBLAS picks itself (2048^3, 2026-12-07).
+    """
     try:
         config = np.show_config(mode="dicts")
         blas = config["Build Dependencies"]["blas"]
-        return f"{blas['name']} {blas.get('version', '')}".strip()
+        name = f"{blas['name']} {blas.get('version', '')}".strip()
     except Exception:
-        return "unknown"
+        name = "unknown"
+    try:
+        from threadpoolctl import threadpool_info
+        kernels = {info.get("architecture") for info in threadpool_info() if info.get("internal_api") == "openblas"}
+        kernels.discard(None)
+        if kernels:
+            name += f", {'/'.join(sorted(kernels))} kernel"
+    except ImportError:
+        pass
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        name += f" (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
+    return name
 
 
 def blas_threads() -> int | None:
