@@ -367,7 +367,7 @@ def main(argv=None) -> None:
         print(f"measured FMA peak: {fma:.0f} GFLOP/s (cunet._host, every thread; %pk below), "
               f"sgemm {sgemm:.0f} GFLOP/s = {100 * sgemm / fma:.0f}% of it (NumPy: {blas_name()}, {n}^3); best of 3 each")
     else:
-        print(f"measured sgemm peak: {sgemm:.0f} GFLOP/s (NumPy/OpenBLAS, {n}^3, best of 3; %pk below: "
+        print(f"measured sgemm peak: {sgemm:.0f} GFLOP/s (NumPy: {blas_name()}, {n}^3, best of 3; %pk below: "
               "no C++ module for the FMA peak)")
     if args.pick:
         for base in args.base or [16, 64]:
