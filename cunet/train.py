@@ -83,6 +83,7 @@ class TrainConfig:
     steps: int
     lr: float
     lr_drops: list[int] = field(default_factory=list)  # steps after which lr is multiplied by LR_DROP_FACTOR
+    lr_schedule: str = "step"  # "step": lr, times LR_DROP_FACTOR at each drop; "cosine": lr down to 0 over the run
     momentum: float = 0.99
     weight_decay: float = 0.0
     weight_average: float = 0.0  # decay of the weights' running average (WeightAverage); 0: none kept
@@ -123,8 +124,15 @@ def default_workers(device: Device, cpu_count: int | None = None) -> int:
 LR_DROP_FACTOR = 0.1
 
 
+LR_SCHEDULES = ("step", "cosine")
+
+
 def lr_at(config: TrainConfig, step: int) -> float:
-    """The learning rate of step ``step + 1``: ``lr`` times 0.1 for every drop already passed."""
+    """The learning rate of step ``step + 1``: with the "step" schedule ``lr`` times 0.1 for
+    every drop already passed; with "cosine" lr (1 + cos(pi step / steps)) / 2, from lr at the
+    first step smoothly down to ~0 at the last (Loshchilov and Hutter's SGDR, one cycle)."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
     return config.lr * LR_DROP_FACTOR ** sum(step >= drop for drop in config.lr_drops)
 
 
@@ -155,6 +163,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help=f"learning rate (GPU default {PAPER['lr']}; CPU default {CPU_LAPTOP['lr']})")
     p.add_argument("--lr-drops", type=_step_list, help="steps after which the learning rate is divided by 10, "
                    "comma-separated (default: none; the isbi-cpu-1h preset: 17000)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="step: lr divided by 10 at each --lr-drops step "
+                   "(default); cosine: lr falls along half a cosine to ~0 at --steps (no drops)")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.99, the paper's)")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
     p.add_argument("--weight-average", type=float, metavar="DECAY",
@@ -206,10 +216,12 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
                                      "10 minutes on 2 cores; pass --tile 572 --base 64 --depth 5 for the paper's network")
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     notes = [why] if any(getattr(args, k) is None for k in defaults) else []
-    extra = {k: getattr(args, k) for k in ("lr_drops", "momentum", "weight_decay", "weight_average", "batch", "seed",
+    extra = {k: getattr(args, k) for k in ("lr_drops", "lr_schedule", "momentum", "weight_decay", "weight_average", "batch", "seed",
                                            "dropout", "w0", "sigma", "elastic_sigma", "val_every", "checkpoint_every", "data",
                                            "synthetic_images")
              if getattr(args, k) is not None and k not in chosen}
+    if args.lr_schedule == "cosine" and args.lr_drops is None and chosen.get("lr_drops"):
+        chosen["lr_drops"] = []   # the preset's drops are its step schedule's
     config = TrainConfig(**chosen, **extra, notes=notes)
     if config.data is not None:  # stored resolved, so the run can be resumed from any directory
         config.data = str(Path(config.data).resolve())
@@ -231,6 +243,11 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"--elastic-sigma must be >= 0 pixels (0 turns the elastic deformation off), got {c.elastic_sigma}")
     if c.data is None and c.synthetic_images < 2:
         raise ValueError(f"--synthetic-images must be at least 2 (one to train on, one held out), got {c.synthetic_images}")
+    if c.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {c.lr_schedule!r}")
+    if c.lr_schedule == "cosine" and c.lr_drops:
+        raise ValueError(f"--lr-drops {','.join(map(str, c.lr_drops))} is for --lr-schedule step; the cosine schedule "
+                         "has no drops (leave out --lr-drops, or --lr-schedule)")
     if not 0 <= c.weight_average < 1:
         raise ValueError(f"--weight-average must be a decay in [0, 1) (0: no average; 0.9995 averages over ~2000 "
                          f"steps), got {c.weight_average}")
@@ -628,6 +645,10 @@ def config_for_resume(args: argparse.Namespace, checkpoint_path: str) -> TrainCo
         elif value != getattr(saved, key):
             raise CheckpointError(f"--{key.replace('_', '-')} {value} differs from the checkpoint's {getattr(saved, key)}; "
                                   f"a resumed run keeps its configuration (only --steps, --val-every, --checkpoint-every may change)")
+    if saved.lr_schedule == "cosine" and saved.steps != ckpt.config["steps"]:
+        raise CheckpointError(f"--steps {saved.steps} differs from the checkpoint's {ckpt.config['steps']}, and a cosine "
+                              "schedule's length is its --steps: resuming it longer would change the learning rates "
+                              f"already used (give --steps {ckpt.config['steps']})")
     if saved.steps < ckpt.step:
         raise CheckpointError(f"--steps {saved.steps} is below the checkpoint's step {ckpt.step}: a resumed run "
                               f"trains on to --steps (give --steps {ckpt.step} or more)")
@@ -726,6 +747,7 @@ def train_main(args: argparse.Namespace, world: World | None) -> int:
     say(f"model: U-Net base {c.base}, depth {c.depth}, tile {c.tile} -> {output_size(c.tile, c.depth)}, "
         f"{sum(p.data.size for p in run.model.parameters()) / 1e6:.2f} M parameters")
     drops = f" (x{LR_DROP_FACTOR} after step {', '.join(map(str, c.lr_drops))})" if c.lr_drops else ""
+    drops += " (cosine schedule: down to ~0 at the last step)" if c.lr_schedule == "cosine" else ""
     average = f", weights averaged (decay {c.weight_average}: validated and saved for prediction)" if c.weight_average else ""
     say(f"training: {c.steps} steps (from step {run.step}), batch {c.batch}, lr {c.lr}{drops}, momentum {c.momentum}, "
         f"seed {c.seed}{average}")

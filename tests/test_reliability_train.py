@@ -53,6 +53,13 @@ def one_slice_folder(tmp: Path) -> Path:
     return folder
 
 
+def cosine_run(tmp: Path) -> Path:
+    """A finished 2-step run on the cosine schedule."""
+    out = tmp / "cosine"
+    assert train.main([*TINY, "--steps", "2", "--lr-schedule", "cosine", "--out", str(out)]) == 0
+    return out
+
+
 def edited_checkpoint(run: Path, tmp: Path, edit) -> Path:
     """A copy of the run's checkpoint with its metadata changed by ``edit(meta)``."""
     ckpt = load_checkpoint(run / "checkpoint.npz")
@@ -83,6 +90,10 @@ BAD_INPUTS = [
     ("sigma-zero", lambda tmp, run: [*TINY, "--sigma", "0", "--out", str(tmp / "o")], "--sigma"),
     ("elastic-sigma-negative", lambda tmp, run: [*TINY, "--elastic-sigma", "-1", "--out", str(tmp / "o")],
      "--elastic-sigma"),
+    ("cosine-with-drops", lambda tmp, run: [*TINY, "--lr-schedule", "cosine", "--lr-drops", "5", "--out",
+                                            str(tmp / "o")], "--lr-drops 5 is for --lr-schedule step"),
+    ("resume-cosine-longer", lambda tmp, run: ["--resume", str(cosine_run(tmp) / "checkpoint.npz"), "--steps", "9",
+                                               "--quiet"], "a cosine schedule's length is its --steps"),
     ("base-zero", lambda tmp, run: [*TINY, "--base", "0", "--out", str(tmp / "o")], "--base"),
     ("steps-zero", lambda tmp, run: [*TINY, "--steps", "0", "--out", str(tmp / "o")], "--steps"),
     ("depth-9", lambda tmp, run: [*TINY, "--depth", "9", "--out", str(tmp / "o")], "smallest valid size"),

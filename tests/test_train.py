@@ -45,7 +45,7 @@ def test_a_few_steps_write_log_checkpoint_and_plot(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0
     assert "validation before:" in text and "validation after:" in text
-    assert "cpu convolutions: C++ direct kernels" in text and "cpu memory: each step reuses" in text
+    assert "cpu convolutions: C++ kernels (cunet._host" in text and "cpu memory: each step reuses" in text
     records = steps_logged(out)
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) and r["seconds"] > 0 and r["images_per_s"] > 0 for r in records)
@@ -84,6 +84,19 @@ def test_presets_set_the_recipe_and_options_override_them(capsys):
     assert config.lr_drops == recipe["lr_drops"] and config.steps == 7  # the command line wins
     paper = train.resolve_config(train.parse_args(["--preset", "paper"]), device)
     assert (paper.tile, paper.base, paper.depth, paper.momentum, paper.w0, paper.sigma) == (572, 64, 5, 0.99, 10, 5)
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_and_replaces_the_presets_drops():
+    config = train.TrainConfig(tile=44, base=2, depth=2, steps=100, lr=0.01, lr_schedule="cosine")
+    rates = [train.lr_at(config, s) for s in range(100)]
+    assert rates[0] == 0.01 and rates[50] == pytest.approx(0.005) and 0 < rates[99] < 1e-5
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    device = train.get_device("cpu")
+    cosine = train.resolve_config(train.parse_args(["--preset", "isbi-cpu-1h", "--data", "x", "--lr-schedule", "cosine"]),
+                                  device)
+    assert cosine.lr_schedule == "cosine" and cosine.lr_drops == []
+    with pytest.raises(ValueError, match="--lr-drops 100 is for --lr-schedule step"):
+        train.resolve_config(train.parse_args([*TINY, "--lr-schedule", "cosine", "--lr-drops", "100"]), device)
 
 
 def test_elastic_sigma_reaches_the_sampler():
