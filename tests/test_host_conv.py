@@ -310,20 +310,31 @@ def run_all(x, w, b, dy):
     return (y, dx, dw, db), teams
 
 
+def assert_same_bits_with_any_thread_count(ops, what):
+    """ops: [(name, call)], a call returning an array or a tuple of them. Each runs with every
+    team of THREAD_COUNTS, must have used all of it, and must give the bits it gave on one thread."""
+    results = {}
+    for threads in THREAD_COUNTS:
+        host.set_num_threads(threads)
+        for name, call in ops:
+            out = call()
+            results[threads, name] = out if isinstance(out, tuple) else (out,)
+            assert host._last_team_size() == threads, f"{what} {name} ran on {host._last_team_size()} of {threads} threads"
+    for threads in THREAD_COUNTS[1:]:
+        for name, _ in ops:
+            for one, many in zip(results[1, name], results[threads, name]):
+                np.testing.assert_array_equal(many, one, err_msg=f"{what} {name}: {threads} threads vs 1")
+
+
 # (N, C, K, OH, OW): every op >= 2**21 multiply-adds, so each runs in parallel
 # (1, 20, 70, ...): the weight gradient splits its 9 or 18 blocks of filters into groups of
 # at most 4, more of them for more threads: the sums must not notice.
 @pytest.mark.parametrize("shape", [(2, 8, 24, 38, 38), (1, 20, 9, 40, 45), (3, 3, 40, 14, 61), (1, 20, 70, 12, 20)])
 def test_results_do_not_depend_on_the_number_of_threads(level, shape, restore_threads):
     x, w, b, dy = random_case(7, shape)
-    results = {}
-    for threads in THREAD_COUNTS:
-        host.set_num_threads(threads)
-        results[threads], teams = run_all(x, w, b, dy)
-        assert teams == [threads] * 3, f"forward, backward input, backward params ran on {teams} threads"
-    for threads in THREAD_COUNTS[1:]:
-        for name, one, many in zip(("forward", "backward input", "dw", "db"), results[1], results[threads]):
-            np.testing.assert_array_equal(many, one, err_msg=f"{name} {shape}: {threads} threads vs 1")
+    assert_same_bits_with_any_thread_count([("forward", lambda: run_forward(x, w, b, relu=True)),
+                                            ("backward input", lambda: run_backward_input(dy, w)),
+                                            ("weight gradient", lambda: run_backward_params(x, dy))], f"{shape}")
 
 
 def test_fma_versions_give_the_same_bits():
@@ -419,15 +430,29 @@ def test_set_num_threads_refuses_zero():
 from test_conv2d import winograd_forward_scale, winograd_weight_grad_scale  # noqa: E402
 
 
+def winograd_ops(x, w, b, dy, relu=False):
+    """[(name, call)] for the three ops by Winograd, each writing into outputs prefilled with NaN."""
+    def forward():
+        y = np.full((x.shape[0], w.shape[0], x.shape[2] - 2, x.shape[3] - 2), np.nan, np.float32)
+        host.conv3x3_forward(x, w, b, y, relu, winograd=True)
+        return y
+
+    def backward_input():
+        dx = np.full(x.shape, np.nan, np.float32)
+        host.conv3x3_backward_input(dy, w, dx, winograd=True)
+        return dx
+
+    def backward_params():
+        dw, db = np.full(w.shape, np.nan, np.float32), np.full(w.shape[0], np.nan, np.float32)
+        host.conv3x3_backward_params(x, dy, dw, db, winograd=True)
+        return dw, db
+    return [("forward", forward), ("backward input", backward_input), ("weight gradient", backward_params)]
+
+
 def run_winograd(x, w, b, dy, relu=False):
-    """(y, dx, dw, db) by Winograd, into outputs prefilled with NaN."""
-    y = np.full((x.shape[0], w.shape[0], x.shape[2] - 2, x.shape[3] - 2), np.nan, np.float32)
-    host.conv3x3_forward(x, w, b, y, relu, winograd=True)
-    dx = np.full(x.shape, np.nan, np.float32)
-    host.conv3x3_backward_input(dy, w, dx, winograd=True)
-    dw, db = np.full(w.shape, np.nan, np.float32), np.full(w.shape[0], np.nan, np.float32)
-    host.conv3x3_backward_params(x, dy, dw, db, winograd=True)
-    return y, dx, dw, db
+    """(y, dx, dw, db) by Winograd."""
+    (_, forward), (_, backward_input), (_, backward_params) = winograd_ops(x, w, b, dy, relu)
+    return (forward(), backward_input()) + backward_params()
 
 
 def assert_winograd_within_bound(shape, x, w, b, dy, y, dx, dw, db):
@@ -512,14 +537,7 @@ def test_winograd_nan_in_dy_reaches_exactly_its_window_and_filter(level, case, s
 @pytest.mark.parametrize("shape", [(2, 32, 40, 38, 38), (1, 64, 70, 12, 20), (1, 65, 33, 31, 29)])
 def test_winograd_results_do_not_depend_on_the_number_of_threads(level, shape, restore_threads):
     x, w, b, dy = random_case(9, shape)
-    results = {}
-    for threads in THREAD_COUNTS:
-        host.set_num_threads(threads)
-        results[threads] = run_winograd(x, w, b, dy, relu=True)
-        assert host._last_team_size() == threads   # the weight gradient's products ran on them all
-    for threads in THREAD_COUNTS[1:]:
-        for name, one, many in zip(("forward", "backward input", "dw", "db"), results[1], results[threads]):
-            np.testing.assert_array_equal(many, one, err_msg=f"Winograd {name} {shape}: {threads} threads vs 1")
+    assert_same_bits_with_any_thread_count(winograd_ops(x, w, b, dy, relu=True), f"Winograd {shape}")
 
 
 WINOGRAD_CHUNK_BYTES = 32 * 1024 * 1024   # kWinogradChunkBytes in conv2d.cpp
@@ -711,20 +729,10 @@ def test_upconv_nan_reaches_exactly_its_outputs(level, shape):
 def test_upconv_results_do_not_depend_on_the_number_of_threads(level, shape, restore_threads):
     """Each output is summed by one task, over its product's rows in order: the same bits with any team."""
     x, w, b, dy = upconv_case(9, shape)
-    results = {}
-    for threads in THREAD_COUNTS:
-        host.set_num_threads(threads)
-        y = run_upconv(x, w, b)
-        teams = [host._last_team_size()]
-        dx = run_upconv_input(dy, w)
-        teams.append(host._last_team_size())
-        dw, db = run_upconv_params(x, dy)
-        teams.append(host._last_team_size())
-        assert teams == [threads] * 3, f"forward, backward input, backward params ran on {teams} threads"
-        results[threads] = (y, dx, dw, db)
-    for threads in THREAD_COUNTS[1:]:
-        for name, one, many in zip(("forward", "backward input", "dw", "db"), results[1], results[threads]):
-            np.testing.assert_array_equal(many, one, err_msg=f"up-convolution {name} {shape}: {threads} threads vs 1")
+    assert_same_bits_with_any_thread_count([("forward", lambda: run_upconv(x, w, b)),
+                                            ("backward input", lambda: run_upconv_input(dy, w)),
+                                            ("weight gradient", lambda: run_upconv_params(x, dy))],
+                                           f"up-convolution {shape}")
 
 
 @pytest.mark.parametrize("shape", [(2, 20, 9, 10, 45), (1, 3, 40, 7, 61), (1, 70, 33, 5, 12)])

@@ -696,6 +696,57 @@ void winograd_product_task_generic(const Winograd& w, index_t task) {
     winograd_product_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(w, task);
 }
 
+// The weight gradient by Winograd: Y is linear in g, so dL/dg = G^T X G with
+//     X[e, k, c] = sum over tiles t of D[e, k, t] V[e, c, t],   D = A dY A^T (dY: a 2x2 block of dy)
+// 16 products [K, tiles] x [tiles, C], summed over the tiles: the forward's register tile
+// again (upconv_tile), KB filters x L channels, each step one tile: L values of V loaded
+// (a block of channels, adjacent) and KB of D broadcast. So V is laid out by blocks of
+// channels here ([e][block][t][L], winograd_input_chunk) and D by blocks of filters
+// ([e][block][t][KB]). The sums stay in registers for a whole chunk of tiles, then go into X
+// (in memory, every chunk in order; each X value owned by one task): the same bits with any
+// number of threads. (Lanes over the tiles instead, the direct weight gradient's way, need
+// a sum across each vector's lanes per chunk: 24 of them per 24 FMAs of a step, half the time.)
+struct WinogradGrad {
+    const float* v;   // the chunk's V [16][cblocks][T][L] (v_stride apart)
+    const float* d;   // the chunk's D [16][kblocks][T][KB] (d_stride apart; zero filters past K)
+    float* x;         // the running sums X [16][K][C] (x_stride apart)
+    index_t C, K, T, kblocks, cblocks, v_stride, d_stride, x_stride;
+};
+
+// Task (e, block of channels): X[e] += the chunk's sums for those channels and every filter.
+template <int KB, int NV, int V>
+CUNET_INLINE void winograd_grad_task_impl(const WinogradGrad& g, index_t task) {
+    constexpr int L = NV * V;
+    const index_t e = task / g.cblocks, cb = task % g.cblocks, cn = std::min<index_t>(L, g.C - cb * L);
+    const float* const v = g.v + e * g.v_stride + cb * g.T * L;
+    for (index_t kb = 0; kb < g.kblocks; ++kb) {
+        vec<V> acc[KB][NV];
+        upconv_tile<KB, NV, V>(v, L, g.d + e * g.d_stride + kb * g.T * KB, g.T, 0, acc);
+        const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
+        float* x = g.x + e * g.x_stride + k0 * g.C + cb * L;
+        for (index_t r = 0; r < kn; ++r) {
+            if (cn == L) {
+#pragma GCC unroll 4
+                for (int j = 0; j < NV; ++j) add_to<V>(x + r * g.C + j * V, acc[r][j]);
+            } else {
+                for (index_t l = 0; l < cn; ++l) x[r * g.C + l] += acc[r][l / V][l % V];
+            }
+        }
+    }
+}
+
+#if CUNET_VERSIONS
+CUNET_AVX512 void winograd_grad_task_avx512(const WinogradGrad& g, index_t task) {
+    winograd_grad_task_impl<kGeometry[2].forward_filters, 2, 16>(g, task);
+}
+CUNET_AVX2 void winograd_grad_task_avx2(const WinogradGrad& g, index_t task) {
+    winograd_grad_task_impl<kGeometry[1].forward_filters, 2, 8>(g, task);
+}
+#endif
+void winograd_grad_task_generic(const WinogradGrad& g, index_t task) {
+    winograd_grad_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(g, task);
+}
+
 // --- weight gradient -----------------------------------------------------------------------------
 // dw[k, c, r, s] = sum over n, oy, ox of dy[n, k, oy, ox] * x[n, c, oy + r, ox + s]: a dot
 // product over every output pixel. Blocked like the forward: a tile is KB filters x the 3
@@ -1078,57 +1129,6 @@ CUNET_AVX2 void upconv_grad_task_avx2(const UpconvGrad& g, index_t task) {
 #endif
 void upconv_grad_task_generic(const UpconvGrad& g, index_t task) {
     upconv_grad_task_impl<kGeometry[0].upconv_grad_channels, kGeometry[0].wgrad_pixels>(g, task);
-}
-
-// The weight gradient by Winograd: Y is linear in g, so dL/dg = G^T X G with
-//     X[e, k, c] = sum over tiles t of D[e, k, t] V[e, c, t],   D = A dY A^T (dY: a 2x2 block of dy)
-// 16 products [K, tiles] x [tiles, C], summed over the tiles: the forward's register tile
-// again (upconv_tile), KB filters x L channels, each step one tile: L values of V loaded
-// (a block of channels, adjacent) and KB of D broadcast. So V is laid out by blocks of
-// channels here ([e][block][t][L], winograd_input_chunk) and D by blocks of filters
-// ([e][block][t][KB]). The sums stay in registers for a whole chunk of tiles, then go into X
-// (in memory, every chunk in order; each X value owned by one task): the same bits with any
-// number of threads. (Lanes over the tiles instead, the direct weight gradient's way, need
-// a sum across each vector's lanes per chunk: 24 of them per 24 FMAs of a step, half the time.)
-struct WinogradGrad {
-    const float* v;   // the chunk's V [16][cblocks][T][L] (v_stride apart)
-    const float* d;   // the chunk's D [16][kblocks][T][KB] (d_stride apart; zero filters past K)
-    float* x;         // the running sums X [16][K][C] (x_stride apart)
-    index_t C, K, T, kblocks, cblocks, v_stride, d_stride, x_stride;
-};
-
-// Task (e, block of channels): X[e] += the chunk's sums for those channels and every filter.
-template <int KB, int NV, int V>
-CUNET_INLINE void winograd_grad_task_impl(const WinogradGrad& g, index_t task) {
-    constexpr int L = NV * V;
-    const index_t e = task / g.cblocks, cb = task % g.cblocks, cn = std::min<index_t>(L, g.C - cb * L);
-    const float* const v = g.v + e * g.v_stride + cb * g.T * L;
-    for (index_t kb = 0; kb < g.kblocks; ++kb) {
-        vec<V> acc[KB][NV];
-        upconv_tile<KB, NV, V>(v, L, g.d + e * g.d_stride + kb * g.T * KB, g.T, 0, acc);
-        const index_t k0 = kb * KB, kn = std::min<index_t>(KB, g.K - k0);
-        float* x = g.x + e * g.x_stride + k0 * g.C + cb * L;
-        for (index_t r = 0; r < kn; ++r) {
-            if (cn == L) {
-#pragma GCC unroll 4
-                for (int j = 0; j < NV; ++j) add_to<V>(x + r * g.C + j * V, acc[r][j]);
-            } else {
-                for (index_t l = 0; l < cn; ++l) x[r * g.C + l] += acc[r][l / V][l % V];
-            }
-        }
-    }
-}
-
-#if CUNET_VERSIONS
-CUNET_AVX512 void winograd_grad_task_avx512(const WinogradGrad& g, index_t task) {
-    winograd_grad_task_impl<kGeometry[2].forward_filters, 2, 16>(g, task);
-}
-CUNET_AVX2 void winograd_grad_task_avx2(const WinogradGrad& g, index_t task) {
-    winograd_grad_task_impl<kGeometry[1].forward_filters, 2, 8>(g, task);
-}
-#endif
-void winograd_grad_task_generic(const WinogradGrad& g, index_t task) {
-    winograd_grad_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(g, task);
 }
 
 // --- the FMA peak ---------------------------------------------------------------------------------
