@@ -156,14 +156,17 @@ constexpr index_t kWgradOutputs = 1024;
 // builds (2-core AMD EPYC): bands of 256, 512, 1024, 2048 KB (totals 256) 53.9, 48.5-51.3,
 // 45.9-46.6, 50.1 ms; totals 128 or 512 KB (bands 1024 or 512) 50.0, 50.5. (Groups of 30
 // channels x 16 filters, before: 70.8.)
-// The Winograd forward's chunk of tiles: its transformed input and products (16 (C + K) floats
-// a tile) within this many bytes, so they stay in the 32 MB L3 between the three phases.
+constexpr index_t kUpconvGradBandBytes = 1024 * 1024;
+constexpr index_t kUpconvGradTotalsBytes = 256 * 1024;
+// A Winograd chunk of tile rows: its transformed input and products (16 (C + K) floats a
+// tile) within this many bytes, about the L3. Every chunk reads all of the transformed
+// filters again, so bigger chunks are faster: seven base-64 layers, 2-core AMD EPYC, budgets
+// of 4, 8, 16, 32, 64 MB: forward 335, 284, 274, 231, 223 ms. 64 MB would add 32 MB to the
+// step's peak memory for 3%.
 constexpr index_t kWinogradChunkBytes = 32 * 1024 * 1024;
 std::atomic<index_t> g_winograd_chunk_bytes{kWinogradChunkBytes};   // set_winograd_chunk_bytes (tests)
 // A Winograd product task's blocks of tiles: C x L x blocks floats of V within this many bytes (L2).
 constexpr index_t kWinogradGroupBytes = 512 * 1024;
-constexpr index_t kUpconvGradBandBytes = 1024 * 1024;
-constexpr index_t kUpconvGradTotalsBytes = 256 * 1024;
 // A loop of fewer multiply-adds than this runs on the calling thread alone: waking the
 // OpenMP team costs tens of microseconds, as much as the whole loop (~30 us on one core).
 // (Chosen by that estimate, not measured like cunet.cpu.parallel.PARALLEL_MIN_WORK.)
@@ -635,14 +638,14 @@ void upconv_input_task_generic(const Upconv& u, index_t task, const float* dy, f
 // reads one contiguous line of each. The work goes a chunk of tile rows at a time in three
 // parallel phases: transform the chunk's input (a task per channel), multiply (a task per
 // element and group of tile blocks, walking the blocks of filters), transform the products
-// back into outputs (a task per filter); the chunk's V and M stay in the last-level cache
-// between the phases. Each output is A^T M A of sums over c in order from 0: the same bits
+// back into outputs (a task per filter); a chunk's V and M are sized to about the last-level
+// cache (kWinogradChunkBytes). Each output is A^T M A of sums over c in order from 0: the same bits
 // with any number of threads.
 //
 // The backward input is this forward on dy zero-padded by 2, with the filters turned by 180
 // degrees and C and K swapped (as the direct kernels do). The weight gradient: Y is linear
 // in g, so dL/dg = G^T X G with X[e, k, c] = sum over tiles of D[e, k, t] V[e, c, t] and
-// D = A dY A^T (dY: a tile's 2x2 block of dy); see winograd_grad_tile. Output sizes need not
+// D = A dY A^T (dY: a tile's 2x2 block of dy): "The weight gradient by Winograd" below. Output sizes need not
 // be even: the last tile of an odd size reads zeros past the input's edge and drops what
 // falls past the output's. Rounding: the transforms add up to 4 values per stage, so the
 // error is a few times the direct sum's (tests/test_conv2d.py bounds it by the same
@@ -1324,7 +1327,7 @@ void winograd_filters(float* u, int KB, index_t K, index_t C, Get get) {   // u:
 
 // V = B^T d B for the 4x4 block d of channel c at tile (i, j) of one image (rows 2i .. 2i+3,
 // columns 2j .. 2j+3; zero past the image's edge, for odd output sizes); B^T = [1 0 -1 0;
-// 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Written to v[e][t / L][c][t % L].
+// 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Element e written to v[e * e_stride] (winograd_input_chunk picks v).
 CUNET_INLINE void winograd_input_tile(const float* xc, index_t H, index_t W, index_t i, index_t j, float* v,
                                       index_t e_stride) {
     float d[4][4];
