@@ -15,9 +15,9 @@ explain the mapping). The tile shape is chosen by the GEMM's column count and th
 gradient's long reduction is split by the policy both GEMM ops share (cunet/ops/gemm.py).
 
 cpu: cunet/cpu/conv2d.py, three algorithms picked per op by the layer's shape: the C++
-direct kernels of kernels/host/ for the float32 3x3 ops, Winograd F(2x2, 3x3) around BLAS
-for the weight gradient of short-rowed wide layers, im2col + BLAS for the rest (that
-file's top comment says why).
+kernels of kernels/host/ for the float32 3x3 ops (direct sums for layers with few channels,
+Winograd F(2x2, 3x3) for those with many), im2col + BLAS for the rest (that file's top
+comment says why).
 float32 and float64 both work on cpu (float64 for gradient checks).
 """
 from __future__ import annotations
