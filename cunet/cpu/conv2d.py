@@ -75,9 +75,9 @@ def host_runs(R: int, dtype) -> bool:
     return R == 3 and np.dtype(dtype) == np.float32 and _host is not None
 
 
-def cpu_algorithm(op: str, C: int, K: int, R: int, OW: int, dtype=np.float32) -> str:
+def cpu_algorithm(op: str, C: int, K: int, R: int, dtype=np.float32) -> str:
     """The cpu algorithm for ``op`` (one of CPU_OPS) of a layer of C -> K channels, an R x R
-    filter, output rows OW wide and ``dtype``; the backward input passes its layer's C and K."""
+    filter and ``dtype``; the backward input passes its layer's C and K."""
     if op not in CPU_OPS:
         raise ValueError(f"cpu_algorithm: op {op!r}; expected one of {CPU_OPS}")
     chosen = CPU_ALGORITHM
@@ -247,7 +247,7 @@ def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = False) -
     """conv2d_forward on the cpu: y = b + valid cross-correlation of x with w, then ReLU if relu."""
     N, C, H, W = x.shape
     K, R = w.shape[0], w.shape[2]
-    algorithm = cpu_algorithm("forward", C, K, R, W - R + 1, x.dtype)
+    algorithm = cpu_algorithm("forward", C, K, R, x.dtype)
     if algorithm == "im2col":
         return _im2col_correlate(x, w, b, relu)
     y = np.empty((N, K, H - 2, W - 2), x.dtype)
@@ -260,7 +260,7 @@ def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
     the filter turned by 180 degrees and its C and K swapped (im2col: run backwards)."""
     N, K, OH, OW = dy.shape
     C, R = w.shape[1], w.shape[2]
-    algorithm = cpu_algorithm("input_grad", C, K, R, OW, dy.dtype)
+    algorithm = cpu_algorithm("input_grad", C, K, R, dy.dtype)
     if algorithm == "im2col":
         return _col2im_input_grad(dy, w)
     dx = np.empty((N, C, OH + 2, OW + 2), dy.dtype)
@@ -273,7 +273,7 @@ def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     N, C, H, W = x.shape
     K, OH, OW = dy.shape[1:]
     R = H - OH + 1
-    algorithm = cpu_algorithm("weight_grad", C, K, R, OW, x.dtype)
+    algorithm = cpu_algorithm("weight_grad", C, K, R, x.dtype)
     if algorithm == "im2col":
         return _im2col_weight_grad(x, dy)
     dw, db = np.empty((K, C, 3, 3), x.dtype), np.empty(K, x.dtype)
