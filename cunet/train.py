@@ -216,9 +216,9 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
                                      "10 minutes on 2 cores; pass --tile 572 --base 64 --depth 5 for the paper's network")
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
     notes = [why] if any(getattr(args, k) is None for k in defaults) else []
-    extra = {k: getattr(args, k) for k in ("lr_drops", "lr_schedule", "momentum", "weight_decay", "weight_average", "batch", "seed",
-                                           "dropout", "w0", "sigma", "elastic_sigma", "val_every", "checkpoint_every", "data",
-                                           "synthetic_images")
+    extra = {k: getattr(args, k) for k in ("lr_drops", "lr_schedule", "momentum", "weight_decay", "weight_average",
+                                           "batch", "seed", "dropout", "w0", "sigma", "elastic_sigma", "val_every",
+                                           "checkpoint_every", "data", "synthetic_images")
              if getattr(args, k) is not None and k not in chosen}
     if args.lr_schedule == "cosine" and args.lr_drops is None and chosen.get("lr_drops"):
         chosen["lr_drops"] = []   # the preset's drops are its step schedule's
