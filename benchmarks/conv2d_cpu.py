@@ -208,10 +208,10 @@ def print_header(base: int, reps: int, size: int, depth: int) -> None:
     print(f"{'layer':<12} {'shape C->K @ HxW':<22} {'algorithm':<9}" + columns * len(OPS))
 
 
-def algorithm_letters(C: int, K: int, R: int) -> str:
+def algorithm_letters(C: int, K: int, R: int, OH: int, OW: int) -> str:
     """The algorithms of the layer's fwd, bwd_x and bwd_w, a letter each: 'ddw' = direct, direct, Winograd."""
     from cunet.cpu.conv2d import CPU_OPS, cpu_algorithm
-    return "".join(cpu_algorithm(op, C, K, R)[0] for op in CPU_OPS)
+    return "".join(cpu_algorithm(op, C, K, R, OH, OW)[0] for op in CPU_OPS)
 
 
 def report(base: int, reps: int, only: set[str] | None, peak: float, size: int = 572, depth: int = 5) -> None:
@@ -234,7 +234,7 @@ def report(base: int, reps: int, only: set[str] | None, peak: float, size: int =
                 totals[op, key] = totals.get((op, key), 0.0) + t[op, key]
             rate = conv_gflops(x_shape, w_shape, t[op, "cunet"] / 1e3)
             cells += op_cells(t[op, "cunet"], t[op, "torch"], rate, peak)
-        print(f"{name:<12} {shape:<22} {algorithm_letters(C, K, R):<9}{cells}", flush=True)
+        print(f"{name:<12} {shape:<22} {algorithm_letters(C, K, R, x_shape[2] - R + 1, x_shape[3] - R + 1):<9}{cells}", flush=True)
     if not totals:
         print("no layer matches --only")
         return
@@ -317,7 +317,7 @@ def pick_report(base: int, reps: int, only: set[str] | None, size: int = 572, de
                 cells += f"  {'-':<34}"
                 continue
             t = interleaved_ms({a: with_algorithm(a, ops[op]) for a in PICK_ALGORITHMS}, reps)
-            chosen = cpu_algorithm(CPU_OPS[OPS.index(op)], C, K, R)
+            chosen = cpu_algorithm(CPU_OPS[OPS.index(op)], C, K, R, x_shape[2] - R + 1, x_shape[3] - R + 1)
             for a in PICK_ALGORITHMS:
                 totals[op, a] = totals.get((op, a), 0.0) + t[a]
             totals[op, "chosen"] = totals.get((op, "chosen"), 0.0) + t[chosen]

@@ -79,28 +79,40 @@ def assert_within_sum_bound(got, exact, abs_sum, terms, what):
                                f"allowed error {bound[worst]:.3g} ({terms} terms)")
 
 
-# --- the error bound of Winograd F(2x2, 3x3) -------------------------------------------------------
-# Winograd computes y = A^T [ sum_c (G g G^T) * (B^T d B) ] A per 2x2 output tile, so its
-# rounding error is not bounded by the direct sum's: the transforms add and subtract
+# --- the error bound of Winograd F(4x4, 3x3) -------------------------------------------------------
+# Winograd computes y = A^T [ sum_c (G g G^T) * (B^T d B) ] A per 4x4 output tile, so its
+# rounding error is not bounded by the direct sum's: the transforms add, subtract and scale
 # before the products. The standard forward error analysis of a bilinear algorithm bounds
 # it by gamma_k times the same computation run on absolute values, |A^T| [sum_c (|G| |g|
 # |G^T|) * (|B^T| |d| |B|)] |A|, k being the most roundings on any path from an input to
-# an output: the filter transform 4 (two adds per stage; the 1/2s are exact), the input
-# transform 2, the product 1, the sum over C channels C, the output transform 4, the bias
-# 1: k = C + 12. Backward input is the same on zero-padded dy (K channels). The weight
-# gradient G^T [sum over tiles of (A dY A^T) * (B^T d B)] G: 2 + 2 + 1, the sum over every
-# tile of every image (plus one add per chunk: at most 2 per tile), 4. The matrices are
-# Lavin and Gray's (2016), written here independently of kernels/host/conv2d.cpp.
-ABS_B_T = np.abs(np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64))
-ABS_G = np.abs(np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]))
-ABS_A_T = np.abs(np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64))
+# an output (a product by a constant that float32 cannot hold, 1/6, counts two: the
+# constant's and the product's): the filter transform 8 (4 per stage), the input transform
+# 4 (2 per stage), the product 1, the sum over C channels C, the output transform 6, the
+# bias 1: k = C + 20. Backward input is the same on zero-padded dy (K channels, no bias).
+# The weight gradient G^T [sum over tiles of (A dY A^T) * (B^T d B)] G: 4 + 4 + 1, the sum
+# over every tile of every image (plus one add per chunk: at most 2 per tile), 10. The
+# matrices are Lavin and Gray's (2016), written here independently of
+# kernels/host/conv2d.cpp (whose comments count its roundings per stage).
+WINOGRAD_TILE = 4
+WINOGRAD_B_T = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=np.float64)
+WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+WINOGRAD_A_T = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+                        dtype=np.float64)
+ABS_B_T, ABS_G, ABS_A_T = np.abs(WINOGRAD_B_T), np.abs(WINOGRAD_G), np.abs(WINOGRAD_A_T)
+
+
+def _tiles(OH, OW):
+    """Tile rows and columns: ceil(OH / 4), ceil(OW / 4)."""
+    return -(-OH // WINOGRAD_TILE), -(-OW // WINOGRAD_TILE)
 
 
 def _input_tiles_abs(ax, OH, OW):
-    """|B^T| d |B| for every 4x4 input block d (stride 2) of |x|: [N, C, TH, TW, 4, 4]."""
-    TH, TW = -(-OH // 2), -(-OW // 2)
-    ax = np.pad(ax, ((0, 0), (0, 0), (0, 2 * TH + 2 - ax.shape[2]), (0, 2 * TW + 2 - ax.shape[3])))
-    d = np.lib.stride_tricks.sliding_window_view(ax, (4, 4), axis=(2, 3))[:, :, ::2, ::2]
+    """|B^T| d |B| for every 6x6 input block d (stride 4) of |x|: [N, C, TH, TW, 6, 6]."""
+    (TH, TW), m = _tiles(OH, OW), WINOGRAD_TILE
+    ax = np.pad(ax, ((0, 0), (0, 0), (0, m * TH + 2 - ax.shape[2]), (0, m * TW + 2 - ax.shape[3])))
+    d = np.lib.stride_tricks.sliding_window_view(ax, (m + 2, m + 2), axis=(2, 3))[:, :, ::m, ::m]
     return np.einsum("ai,ncxyij,bj->ncxyab", ABS_B_T, d, ABS_B_T)
 
 
@@ -111,18 +123,31 @@ def winograd_forward_scale(ax, aw):
     M = np.einsum("kcab,ncxyab->nkxyab", U, _input_tiles_abs(ax.astype(np.float64), OH, OW))
     Y = np.einsum("ua,nkxyab,vb->nkxuyv", ABS_A_T, M, ABS_A_T)
     N, K, TH, _, TW, _ = Y.shape
-    return Y.reshape(N, K, 2 * TH, 2 * TW)[:, :, :OH, :OW]
+    return Y.reshape(N, K, WINOGRAD_TILE * TH, WINOGRAD_TILE * TW)[:, :, :OH, :OW]
 
 
 def winograd_weight_grad_scale(ax, ady):
     """|G^T| [sum over tiles of (|A| |dY| |A^T|) * (|B^T| |d| |B|)] |G| per weight ([K, C, 3, 3])."""
     N, K, OH, OW = ady.shape
-    TH, TW = -(-OH // 2), -(-OW // 2)
-    e = np.pad(ady.astype(np.float64), ((0, 0), (0, 0), (0, 2 * TH - OH), (0, 2 * TW - OW)))
-    e = e.reshape(N, K, TH, 2, TW, 2).transpose(0, 1, 2, 4, 3, 5)
+    (TH, TW), m = _tiles(OH, OW), WINOGRAD_TILE
+    e = np.pad(ady.astype(np.float64), ((0, 0), (0, 0), (0, m * TH - OH), (0, m * TW - OW)))
+    e = e.reshape(N, K, TH, m, TW, m).transpose(0, 1, 2, 4, 3, 5)
     D = np.einsum("ia,nkxyij,jb->nkxyab", ABS_A_T, e, ABS_A_T)
     S = np.einsum("nkxyab,ncxyab->kcab", D, _input_tiles_abs(ax.astype(np.float64), OH, OW))
     return np.einsum("ai,kcab,bj->kcij", ABS_G, S, ABS_G)
+
+
+def winograd_bounds(x, w, b, dy):
+    """((scale, k) of the forward, of the backward input, of the weight gradient) by Winograd:
+    each result must lie within gamma_k * scale of the exact one (assert_within_sum_bound)."""
+    N, C = x.shape[:2]
+    K, OH, OW = dy.shape[1:]
+    flipped = np.abs(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    padded = np.pad(np.abs(dy), ((0, 0), (0, 0), (2, 2), (2, 2)))
+    TH, TW = _tiles(OH, OW)
+    return ((winograd_forward_scale(abs(x), abs(w)) + abs(b)[:, None, None], C + 20),
+            (winograd_forward_scale(padded, flipped), K + 19),
+            (winograd_weight_grad_scale(abs(x), abs(dy)), 2 * N * TH * TW + 19))
 
 
 # --- shapes -------------------------------------------------------------------------------------
@@ -345,10 +370,7 @@ def test_cpu_algorithms_match_reference(algorithm, shape, relu, seed):
     OH, OW = H - R + 1, W - R + 1
     (ew, eb), (aw, ab) = backward_params_reference(x, dy), backward_params_reference(abs(x), abs(dy))
     if algorithm == "winograd" and R == 3:   # the bound above; the exact values still come from the naive loops
-        flipped = np.abs(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        y_scale, y_terms = winograd_forward_scale(abs(x), abs(w)) + abs(b)[:, None, None], C + 12
-        dx_scale, dx_terms = winograd_forward_scale(np.pad(abs(dy), ((0, 0), (0, 0), (2, 2), (2, 2))), flipped), K + 11
-        dw_scale, dw_terms = winograd_weight_grad_scale(abs(x), abs(dy)), 2 * N * -(-OH // 2) * -(-OW // 2) + 9
+        (y_scale, y_terms), (dx_scale, dx_terms), (dw_scale, dw_terms) = winograd_bounds(x, w, b, dy)
     else:
         y_scale, y_terms = forward_reference(abs(x), abs(w), abs(b)), C * R * R + 1
         dx_scale, dx_terms = backward_input_reference(abs(dy), abs(w)), K * R * R
@@ -376,7 +398,7 @@ def test_cpu_direct_is_the_same_for_any_thread_count():
     """The C++ kernels split work over outputs only, so 1 thread and all of them agree bit for bit."""
     from cunet import _host
     x, w, b, dy = random_case(23, (2, 6, 31, 29, 9, 3))
-    assert conv2d_module.cpu_algorithm("weight_grad", 6, 9, 3, x.dtype) == "direct"
+    assert conv2d_module.cpu_algorithm("weight_grad", 6, 9, 3, 29, 27, x.dtype) == "direct"
     threads = _host.max_threads()
     try:
         runs = []
@@ -391,24 +413,35 @@ def test_cpu_direct_is_the_same_for_any_thread_count():
 
 
 def test_wide_layers_take_winograd_narrow_ones_direct_and_blas_the_rest(monkeypatch):
-    """float32 3x3 runs on the C++ kernels: Winograd for wide layers, the direct sums elsewhere;
+    """float32 3x3 runs on the C++ kernels: Winograd for wide layers, the direct sums elsewhere
+    (the weight gradient by C*K, the other two by their multiply-adds per transformed value);
     float64 (gradient checks), 1x1, or no cunet._host: im2col + BLAS."""
     pick = conv2d_module.cpu_algorithm
     wide = conv2d_module.WINOGRAD_MIN_CK
-    for op in ("forward", "input_grad", "weight_grad"):
-        assert pick(op, 1, wide, 3) == "winograd" and pick(op, 1, wide - 1, 3) == "direct"
-        assert pick(op, 128, 256, 3) == "winograd" and pick(op, 128, 128, 3) == "direct"
-    assert pick("forward", 16, 16, 3, np.float64) == "im2col"
-    assert pick("forward", 512, 512, 3, np.float64) == "im2col"
-    assert pick("forward", 16, 2, 1) == "im2col"
-    assert pick("input_grad", 512, 512, 1) == "im2col"
+    assert pick("weight_grad", 1, wide, 3, 2, 2) == "winograd" and pick("weight_grad", 1, wide - 1, 3, 999, 999) == "direct"
+    intensity = conv2d_module.winograd_intensity
+    assert intensity(60, 60, 240, 1) == pytest.approx(20)   # 60 x 1 tiles: 1 / (3/60)
+    for C, K, OH, OW in [(128, 128, 280, 280), (512, 512, 52, 52), (1024, 512, 54, 54)]:   # base 64: faster
+        assert intensity(C, K, OH, OW) >= conv2d_module.WINOGRAD_MIN_INTENSITY
+        assert pick("forward", C, K, 3, OH, OW) == "winograd" and pick("input_grad", C, K, 3, OH, OW) == "winograd"
+    for C, K, OH, OW in [(1024, 1024, 28, 28), (128, 128, 64, 64), (64, 128, 282, 282)]:   # slower or tied
+        assert intensity(C, K, OH, OW) < conv2d_module.WINOGRAD_MIN_INTENSITY
+        assert pick("forward", C, K, 3, OH, OW) == "direct" and pick("input_grad", C, K, 3, OH, OW) == "direct"
+        assert pick("weight_grad", C, K, 3, OH, OW) == ("winograd" if C * K >= wide else "direct")
+    # the backward input's tiles are those of its own output, (OH + 2) x (OW + 2)
+    assert conv2d_module.winograd_wins("input_grad", 1024, 1024, 32, 32)   # 9 x 9 tiles: 70
+    assert not conv2d_module.winograd_wins("forward", 1024, 1024, 32, 32)   # 8 x 8 tiles: 57
+    assert pick("forward", 16, 16, 3, 9, 9, np.float64) == "im2col"
+    assert pick("forward", 512, 512, 3, 64, 64, np.float64) == "im2col"
+    assert pick("forward", 16, 2, 1, 9, 9) == "im2col"
+    assert pick("input_grad", 512, 512, 1, 64, 64) == "im2col"
     with pytest.raises(ValueError, match="op 'backward'"):
-        pick("backward", 16, 16, 3)
+        pick("backward", 16, 16, 3, 9, 9)
     assert "C++ kernels (cunet._host" in conv2d_module.host_kernels_status()
     monkeypatch.setattr(conv2d_module, "_host", None)
     monkeypatch.setattr(conv2d_module, "HOST_IMPORT_ERROR", "No module named 'cunet._host'")
-    assert pick("forward", 16, 16, 3) == "im2col"
-    assert pick("weight_grad", 512, 512, 3) == "im2col"
+    assert pick("forward", 16, 16, 3, 9, 9) == "im2col"
+    assert pick("weight_grad", 512, 512, 3, 64, 64) == "im2col"
     assert "not built (No module named 'cunet._host'): `pip install -e .`" in conv2d_module.host_kernels_status()
     x, w, b, dy = random_case(37, (1, 3, 9, 10, 4, 3))   # and the ops still work, through im2col
     assert_within_sum_bound(conv2d_forward(x, w, b), forward_reference(x, w, b),
@@ -419,12 +452,14 @@ def test_wide_layers_take_winograd_narrow_ones_direct_and_blas_the_rest(monkeypa
 def test_cpu_nan_propagates(algorithm):
     """The loops' fast-math flags (FMA contraction, reassociation) do not assume NaN away."""
     x, w, b, dy = random_case(29, (1, 3, 8, 9, 5, 3))
-    x[0, 1, 4, 4] = np.nan
+    # read by outputs 3..5 x 4..6 and by every tap of dw; by Winograd F(4x4, 3x3)'s tiles, the
+    # same outputs (which tile outputs read which inputs: tests/test_host_conv.py)
+    x[0, 1, 5, 6] = np.nan
     y, _, dw, _ = cpu_ops(algorithm, x, w, b, dy)
-    assert np.isnan(y[0, :, 2:5, 2:5]).all() and np.isfinite(y[0, :, :2]).all()
+    assert np.isnan(y[0, :, 3:6, 4:7]).all() and np.isfinite(y[0, :, :3]).all() and np.isfinite(y[0, :, :, :4]).all()
     assert np.isnan(dw[:, 1]).all() and np.isfinite(dw[:, 0]).all()
     y = cpu_ops(algorithm, x, w, b, dy, relu=True)[0]
-    assert (y[0, :, 2:5, 2:5] == 0).all()  # ReLU maps NaN to 0, as fmaxf does on the GPU
+    assert (y[0, :, 3:6, 4:7] == 0).all()  # ReLU maps NaN to 0, as fmaxf does on the GPU
 
 
 @pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)

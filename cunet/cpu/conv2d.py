@@ -6,8 +6,8 @@ algorithms, picked per op by the layer's shape (:func:`cpu_algorithm`):
 
     direct    float32 3x3 layers with few channels (the top of the U-Net): the C++ kernels
               of kernels/host/ (module cunet._host), register-blocked loops on OpenMP threads;
-    winograd  float32 3x3 layers with many channels (the bottom): Winograd F(2x2, 3x3) in
-              the same C++ module, 2.25x fewer multiplies than a direct sum;
+    winograd  float32 3x3 layers with many channels (the bottom): Winograd F(4x4, 3x3) in
+              the same C++ module, 4x fewer multiplies than a direct sum;
     im2col    1x1 layers, and everything the C++ kernels do not cover (float64, which the
               gradient checks use; a cunet whose C++ module was not built): each chunk of a
               few output rows becomes one BLAS GEMM.
@@ -19,12 +19,12 @@ so BLAS spends its time packing panels and copying the im2col matrix, which is 9
 image and does only K multiply-adds per element copied; the direct kernels instead keep a
 tile of 8 filters x 32 pixels in registers for the whole sum (kernels/host/conv2d.cpp) and
 run at up to 92% of the FMA units' measured peak (`python -m benchmarks.conv2d_cpu`).
-Winograd turns each layer into 16 products of matrices [K, C] x [C, tiles] on the same
-register tile, around transforms that read and write the data a few times: with hundreds
-of channels the products dominate and the fewer multiplies win (1.2-1.5x on the bottom of
-a base-64 U-Net), with tens of channels the transforms do. `python -m
-benchmarks.conv2d_cpu --pick` times the two per op and layer; WINOGRAD_MIN_CK below holds
-what it found.
+Winograd turns each layer into 36 products of matrices [K, C] x [C, tiles] on the same
+register tile, around transforms of the input (C x tiles), the filters (K x C) and the
+products (K x tiles): where all three of C, K and the tiles are large the products
+dominate and the fewer multiplies win (1.2-1.8x on the bottom of a base-64 U-Net), where
+one is small its transform does. `python -m benchmarks.conv2d_cpu --pick` times the two
+per op and layer; cpu_algorithm below holds what it found.
 """
 from __future__ import annotations
 
@@ -38,17 +38,41 @@ except ImportError as exc:
     _host = None
     HOST_IMPORT_ERROR = str(exc)
 
-# Where auto sends a float32 3x3 op when the C++ kernels are built: Winograd for the layers
-# with at least WINOGRAD_MIN_CK channel pairs C*K, the direct kernels below. Chosen with
-# `python -m benchmarks.conv2d_cpu --pick --base 64 --base 16 --reps 3` (each op's two
-# algorithms timed call by call, interleaved; 2-core AMD EPYC with AVX-512, 2026-12-07): at
-# base 64 Winograd is faster on every layer from 128 -> 256 channels on, in all three ops
-# (1.2-1.5x the forward and backward input, 1.2-3x the weight gradient): 657 / 689 / 892 ms
-# for the three ops all direct, 561 / 575 / 629 the faster per layer; below 128 x 256
-# channel pairs the direct kernels win or tie (128 -> 128 at 282 and 198: ties), and at base
-# 16, whose layers are narrow, the two are within a millisecond of each other on the few
-# layers where the rule is not the faster.
-WINOGRAD_MIN_CK = 128 * 256
+# Where auto sends a float32 3x3 op when the C++ kernels are built. The products of a
+# Winograd layer multiply K x C x tiles; its transforms touch C x tiles (the input), K x C
+# (the filters) and K x tiles (the products) values each. Their ratio, the harmonic-like
+#     intensity = 1 / (1/C + 1/K + 1/tiles)
+# (tiles: the op's own 4x4 output tiles), says how many multiply-adds each transformed value
+# pays for. Measured with `python -m benchmarks.conv2d_cpu --pick --base 64 --base 16`
+# (each op by the direct kernels and by F(4x4, 3x3), interleaved; 2-core AMD EPYC, AVX-512,
+# 2026-12-07): the forward and backward input are faster by Winograd on every layer of
+# intensity >= 63 (up to 1.7x, 512 -> 512 at 54 x 54) and slower
+# or tied on every one <= 59 (the base-64 bottom, 1024 -> 1024 at 30 x 30, 45: 43 ms
+# against 39; base 16's 128 -> 128 at 66 x 66, 51: 3.4 against 2.9). The weight gradient
+# sums over the tiles inside its products and transforms the filters' gradient once, so
+# only C x K counts: Winograd is faster on every layer from 128 x 128 channel pairs on
+# (up to 2.1x: 1024 -> 1024 at 30 x 30, 33 ms against 68) and tied or slower below.
+WINOGRAD_MIN_INTENSITY = 60
+WINOGRAD_MIN_CK = 128 * 128
+
+
+def winograd_intensity(C: int, K: int, OH: int, OW: int) -> float:
+    """Multiply-adds per transformed value of Winograd F(4x4, 3x3) on C -> K channels and an
+    OH x OW output: 1 / (1/C + 1/K + 1/tiles)."""
+    tiles = -(-OH // 4) * -(-OW // 4)
+    return 1.0 / (1.0 / C + 1.0 / K + 1.0 / tiles)
+
+
+def winograd_wins(op: str, C: int, K: int, OH: int, OW: int) -> bool:
+    """Whether Winograd F(4x4, 3x3) runs ``op`` of a float32 3x3 layer C -> K with an OH x OW
+    output faster than the direct kernels (the rule measured above). The backward input is a
+    forward over dy padded by 2, with C and K swapped: (OH + 2) x (OW + 2) outputs."""
+    if op == "weight_grad":
+        return C * K >= WINOGRAD_MIN_CK
+    if op == "input_grad":
+        return winograd_intensity(K, C, OH + 2, OW + 2) >= WINOGRAD_MIN_INTENSITY
+    return winograd_intensity(C, K, OH, OW) >= WINOGRAD_MIN_INTENSITY
+
 
 # im2col path. Elements of one chunk's im2col matrix plus its GEMM output (8 MB in
 # float32). Every BLAS call has a fixed cost (waking its threads, packing panels), so
@@ -75,9 +99,9 @@ def host_runs(R: int, dtype) -> bool:
     return R == 3 and np.dtype(dtype) == np.float32 and _host is not None
 
 
-def cpu_algorithm(op: str, C: int, K: int, R: int, dtype=np.float32) -> str:
+def cpu_algorithm(op: str, C: int, K: int, R: int, OH: int, OW: int, dtype=np.float32) -> str:
     """The cpu algorithm for ``op`` (one of CPU_OPS) of a layer of C -> K channels, an R x R
-    filter and ``dtype``; the backward input passes its layer's C and K."""
+    filter, an OH x OW output and ``dtype``; the backward ops pass their layer's C, K, OH, OW."""
     if op not in CPU_OPS:
         raise ValueError(f"cpu_algorithm: op {op!r}; expected one of {CPU_OPS}")
     chosen = CPU_ALGORITHM
@@ -86,7 +110,7 @@ def cpu_algorithm(op: str, C: int, K: int, R: int, dtype=np.float32) -> str:
     if not host_runs(R, dtype):
         return "im2col"
     if chosen == "auto":
-        return "winograd" if C * K >= WINOGRAD_MIN_CK else "direct"
+        return "winograd" if winograd_wins(op, C, K, OH, OW) else "direct"
     return chosen
 
 
@@ -96,7 +120,9 @@ def host_kernels_status() -> str:
         return (f"cpu convolutions: im2col + BLAS only; the C++ kernels (cunet._host) are not built "
                 f"({HOST_IMPORT_ERROR}): `pip install -e .` builds them")
     return (f"cpu convolutions: C++ kernels (cunet._host, {_host.simd_level()}, {_host.max_threads()} threads) for "
-            f"3x3 layers and up-convolutions: Winograd F(2x2, 3x3) where C*K >= {WINOGRAD_MIN_CK}, direct sums elsewhere")
+            f"3x3 layers and up-convolutions: Winograd F(4x4, 3x3) on the wide layers (weight gradient: C*K >= "
+            f"{WINOGRAD_MIN_CK}; forward and backward input: 1/(1/C + 1/K + 1/tiles) >= {WINOGRAD_MIN_INTENSITY}), "
+            f"direct sums elsewhere")
 
 
 # --- im2col: chunks of output rows, one BLAS GEMM each -------------------------------------------
@@ -247,7 +273,7 @@ def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = False) -
     """conv2d_forward on the cpu: y = b + valid cross-correlation of x with w, then ReLU if relu."""
     N, C, H, W = x.shape
     K, R = w.shape[0], w.shape[2]
-    algorithm = cpu_algorithm("forward", C, K, R, x.dtype)
+    algorithm = cpu_algorithm("forward", C, K, R, H - R + 1, W - R + 1, x.dtype)
     if algorithm == "im2col":
         return _im2col_correlate(x, w, b, relu)
     y = np.empty((N, K, H - 2, W - 2), x.dtype)
@@ -260,7 +286,7 @@ def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
     the filter turned by 180 degrees and its C and K swapped (im2col: run backwards)."""
     N, K, OH, OW = dy.shape
     C, R = w.shape[1], w.shape[2]
-    algorithm = cpu_algorithm("input_grad", C, K, R, dy.dtype)
+    algorithm = cpu_algorithm("input_grad", C, K, R, OH, OW, dy.dtype)
     if algorithm == "im2col":
         return _col2im_input_grad(dy, w)
     dx = np.empty((N, C, OH + 2, OW + 2), dy.dtype)
@@ -273,7 +299,7 @@ def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     N, C, H, W = x.shape
     K, OH, OW = dy.shape[1:]
     R = H - OH + 1
-    algorithm = cpu_algorithm("weight_grad", C, K, R, x.dtype)
+    algorithm = cpu_algorithm("weight_grad", C, K, R, OH, OW, x.dtype)
     if algorithm == "im2col":
         return _im2col_weight_grad(x, dy)
     dw, db = np.empty((K, C, 3, 3), x.dtype), np.empty(K, x.dtype)

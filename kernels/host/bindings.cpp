@@ -218,16 +218,16 @@ PYBIND11_MODULE(_host, m) {
     m.def("conv3x3_forward", &forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"), py::arg("relu") = false,
           py::arg("winograd") = false,
           "y[N,K,H-2,W-2] = b + the valid 3x3 cross-correlation of x[N,C,H,W] with w[K,C,3,3]; then max(., 0) if "
-          "relu (NaN -> 0, as cunet's other paths). winograd: by Winograd F(2x2, 3x3) (2.25x fewer multiplies) "
+          "relu (NaN -> 0, as cunet's other paths). winograd: by Winograd F(4x4, 3x3) (4x fewer multiplies) "
           "instead of the direct sum.");
     m.def("conv3x3_backward_input", &backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"),
           py::arg("winograd") = false,
           "dx[N,C,OH+2,OW+2] = the gradient of conv3x3_forward's x: dy[N,K,OH,OW] zero-padded by 2, correlated "
-          "with w[K,C,3,3] flipped and transposed (winograd: by Winograd F(2x2, 3x3), as the forward).");
+          "with w[K,C,3,3] flipped and transposed (winograd: by Winograd F(4x4, 3x3), as the forward).");
     m.def("conv3x3_backward_params", &backward_params, py::arg("x"), py::arg("dy"), py::arg("dw"), py::arg("db"),
           py::arg("winograd") = false,
           "dw[K,C,3,3] = sum over n and pixels of dy times the shifted x; db[K] = the sum of dy. Bitwise "
-          "independent of the number of threads. winograd: by Winograd F(2x2, 3x3), as the forward.");
+          "independent of the number of threads. winograd: by Winograd F(4x4, 3x3), as the forward.");
 
     m.def("upconv2x2_forward", &upconv_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
           "y[N,K,2H,2W] = the 2x2, stride-2 up-convolution of x[N,C,H,W] with w[C,K,2,2], plus b[K].");

@@ -158,7 +158,11 @@ constexpr index_t kWgradOutputs = 1024;
 // channels x 16 filters, before: 70.8.)
 constexpr index_t kUpconvGradBandBytes = 1024 * 1024;
 constexpr index_t kUpconvGradTotalsBytes = 256 * 1024;
-// A Winograd chunk of tile rows: its transformed input and products (16 (C + K) floats a
+// Winograd F(4x4, 3x3): a tile is a 4x4 block of outputs, read from a 6x6 block of the
+// input, and multiplies 36 elements (see "Winograd F(4x4, 3x3)").
+constexpr index_t kTile = 4, kTileIn = kTile + 2;
+constexpr int kElements = int(kTileIn * kTileIn);
+// A Winograd chunk of tile rows: its transformed input and products (36 (C + K) floats a
 // tile) within this many bytes, about the L3. Every chunk reads all of the transformed
 // filters again, so bigger chunks are faster: seven base-64 layers, 2-core AMD EPYC, budgets
 // of 4, 8, 16, 32, 64 MB: forward 335, 284, 274, 231, 223 ms. 64 MB would add 32 MB to the
@@ -621,15 +625,19 @@ void upconv_input_task_generic(const Upconv& u, index_t task, const float* dy, f
     upconv_input_task_impl<kGeometry[0].forward_filters, kGenericVectors, 4>(u, task, dy, band, gather);
 }
 
-// --- Winograd F(2x2, 3x3) --------------------------------------------------------------------------
-// The wide layers at the bottom of the U-Net with 2.25x fewer multiplies (Lavin and Gray, "Fast
-// Algorithms for Convolutional Neural Networks", 2016). A 2x2 block of outputs (a "tile")
-// of a 3x3 valid correlation reads a 4x4 block d of the input; with the filter g,
-//     Y (2x2) = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise: 16 products, not 36)
-//     B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]   G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1]
-//     A^T = [1 1 1 0; 0 1 -1 -1]
-// (only additions, and halves in G). The sum over input channels commutes with A^T [.] A,
-// so for each of the 16 elements e
+// --- Winograd F(4x4, 3x3) --------------------------------------------------------------------------
+// The wide layers at the bottom of the U-Net with 4x fewer multiplies (Lavin and Gray, "Fast
+// Algorithms for Convolutional Neural Networks", 2016). A 4x4 block of outputs (a "tile")
+// of a 3x3 valid correlation reads a 6x6 block d of the input; with the filter g,
+//     Y (4x4) = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise: 36 products, not 144)
+//     B^T = [4  0 -5  0  1  0      G = [ 1/4    0     0      A^T = [1  1  1  1  1  0
+//            0 -4 -4  1  1  0            -1/6 -1/6  -1/6             0  1 -1  2 -2  0
+//            0  4 -4 -1  1  0            -1/6  1/6  -1/6             0  1  1  4  4  0
+//            0 -2 -1  2  1  0             1/24 1/12  1/6             0  1 -1  8 -8  1]
+//            0  2 -1 -2  1  0             1/24 -1/12 1/6
+//            0  4  0 -5  0  1]            0     0     1  ]
+// (the interpolation points 0, 1, -1, 2, -2 and infinity). The sum over input channels
+// commutes with A^T [.] A, so for each of the 36 elements e
 //     M[e, k, t] = sum_c U[e, k, c] V[e, c, t]     (U = G g G^T, V = B^T d B, t a tile)
 // is a product of matrices [K, C] x [C, tiles], done on the up-convolution's register tile
 // with a single tap (upconv_tile: KB filters x L tiles, each step L values of V loaded once
@@ -642,18 +650,25 @@ void upconv_input_task_generic(const Upconv& u, index_t task, const float* dy, f
 // cache (kWinogradChunkBytes). Each output is A^T M A of sums over c in order from 0: the same bits
 // with any number of threads.
 //
+// Why 4x4 tiles: F(2x2, 3x3) (4x4 inputs, 16 products per 4 outputs) multiplied 2.25x less
+// than the direct sum and F(4x4, 3x3) 4x less; its transforms also write 36 floats per 16
+// outputs instead of 16 per 4. Its price is rounding: the transforms scale by up to 5 and
+// 8 and divide by 6, so the error is ~10x F(2x2)'s, still ~1e-5 of the values' scale
+// (tests/test_conv2d.py bounds it by the same computation run on absolute values). The
+// choice of F(4x4) over F(2x2) was measured: see cunet/cpu/conv2d.py.
+//
 // The backward input is this forward on dy zero-padded by 2, with the filters turned by 180
 // degrees and C and K swapped (as the direct kernels do). The weight gradient: Y is linear
 // in g, so dL/dg = G^T X G with X[e, k, c] = sum over tiles of D[e, k, t] V[e, c, t] and
-// D = A dY A^T (dY: a tile's 2x2 block of dy): "The weight gradient by Winograd" below. Output sizes need not
-// be even: the last tile of an odd size reads zeros past the input's edge and drops what
-// falls past the output's. Rounding: the transforms add up to 4 values per stage, so the
-// error is a few times the direct sum's (tests/test_conv2d.py bounds it by the same
-// computation run on absolute values).
+// D = A dY A^T (dY: a tile's 4x4 block of dy): "The weight gradient by Winograd" below.
+// Output sizes need not be multiples of 4: the last tile reads zeros past the input's edge
+// and drops what falls past the output's. (So a NaN in x reaches the outputs of every tile
+// whose 6x6 block holds it, through the nonzero entries of B^T and A^T, a few more than its
+// 3x3 window; the tests work out which.)
 struct Winograd {
-    const float* u;   // transformed filters [16][kblocks][C][KB] (zero filters pad the last block)
-    const float* v;   // the chunk's transformed input [16][tblocks][C][L] (zero tiles pad the last block)
-    float* m;         // the chunk's products [16][K][tblocks * L]
+    const float* u;   // transformed filters [36][kblocks][C][KB] (zero filters pad the last block)
+    const float* v;   // the chunk's transformed input [36][tblocks][C][L] (zero tiles pad the last block)
+    float* m;         // the chunk's products [36][K][tblocks * L]
     index_t C, K, kblocks, tblocks;
     index_t group, groups;                 // blocks of tiles per task; tasks per element
     index_t u_stride, v_stride, m_stride;  // floats from one element e to the next (winograd_stride)
@@ -661,8 +676,9 @@ struct Winograd {
 
 // The distance between two elements' planes of U, V or M: a plane and a cache line. Planes
 // of a whole number of 4 KB pages (a chunk of 27 x 32 tiles x 1024 channels is) would put the
-// 16 values a transform writes for one tile into the same set of every cache, more than its
+// 36 values a transform writes for one tile into the same set of every cache, more than its
 // ways: each store would evict the line the previous tile's store had just brought in.
+// (Measured with F(2x2, 3x3)'s 16 planes: 1024 -> 512 channels at 58^2, forward 72 -> 43 ms.)
 CUNET_INLINE index_t winograd_stride(index_t plane_floats) { return plane_floats + 16; }
 
 // Task (e, group of blocks of tiles): M[e] for those tiles and every filter. The group's V
@@ -700,8 +716,8 @@ void winograd_product_task_generic(const Winograd& w, index_t task) {
 }
 
 // The weight gradient by Winograd: Y is linear in g, so dL/dg = G^T X G with
-//     X[e, k, c] = sum over tiles t of D[e, k, t] V[e, c, t],   D = A dY A^T (dY: a 2x2 block of dy)
-// 16 products [K, tiles] x [tiles, C], summed over the tiles: the forward's register tile
+//     X[e, k, c] = sum over tiles t of D[e, k, t] V[e, c, t],   D = A dY A^T (dY: a 4x4 block of dy)
+// 36 products [K, tiles] x [tiles, C], summed over the tiles: the forward's register tile
 // again (upconv_tile), KB filters x L channels, each step one tile: L values of V loaded
 // (a block of channels, adjacent) and KB of D broadcast. So V is laid out by blocks of
 // channels here ([e][block][t][L], winograd_input_chunk) and D by blocks of filters
@@ -710,9 +726,9 @@ void winograd_product_task_generic(const Winograd& w, index_t task) {
 // number of threads. (Lanes over the tiles instead, the direct weight gradient's way, need
 // a sum across each vector's lanes per chunk: 24 of them per 24 FMAs of a step, half the time.)
 struct WinogradGrad {
-    const float* v;   // the chunk's V [16][cblocks][T][L] (v_stride apart)
-    const float* d;   // the chunk's D [16][kblocks][T][KB] (d_stride apart; zero filters past K)
-    float* x;         // the running sums X [16][K][C] (x_stride apart)
+    const float* v;   // the chunk's V [36][cblocks][T][L] (v_stride apart)
+    const float* d;   // the chunk's D [36][kblocks][T][KB] (d_stride apart; zero filters past K)
+    float* x;         // the running sums X [36][K][C] (x_stride apart)
     index_t C, K, T, kblocks, cblocks, v_stride, d_stride, x_stride;
 };
 
@@ -1294,30 +1310,78 @@ void pad_band(const float* dy_image, index_t K, index_t OH, index_t OW, index_t 
     }
 }
 
-// --- Winograd F(2x2, 3x3): the transforms and the chunks (see "Winograd F(2x2, 3x3)") ------------
-// U[e][kb][c][k % KB] = (G g G^T)[e] for g = get(k, c, tap) and every filter k < K; G = the 4x3
-// [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1], applied to the columns of g, then to its rows.
+// --- Winograd F(4x4, 3x3): the transforms and the chunks (see "Winograd F(4x4, 3x3)") ------------
+// Each 2-D transform is a 1-D one applied to the columns of a block, then to its rows. The
+// comments count the roundings on the longest path from an input to an output (products by
+// 2, 4 and 8 are exact; by 1/6, 1/12 and 1/24 two: the constant's and the product's), which
+// tests/test_conv2d.py's error bound adds up.
+
+// G applied to a column (a, b, c) of a filter: 6 values, out[i * step]. Four roundings.
+CUNET_INLINE void times_G(float a, float b, float c, float* out, int step) {
+    const float ac = a + c, a4c = a + 4.0f * c;
+    out[0] = a * 0.25f;
+    out[step] = (ac + b) * (-1.0f / 6);
+    out[2 * step] = (ac - b) * (-1.0f / 6);
+    out[3 * step] = (a4c + 2.0f * b) * (1.0f / 24);
+    out[4 * step] = (a4c - 2.0f * b) * (1.0f / 24);
+    out[5 * step] = c;
+}
+
+// B^T applied to six values of the input: only the entries of B^T that are not zero are
+// read (so a NaN reaches exactly what B^T says). Two roundings.
+CUNET_INLINE void times_B_T(const float (&d)[6], float (&o)[6]) {
+    o[0] = (4.0f * d[0] + d[4]) - 5.0f * d[2];
+    o[1] = (d[3] + d[4]) - 4.0f * (d[1] + d[2]);
+    o[2] = (d[4] - d[3]) + 4.0f * (d[1] - d[2]);
+    o[3] = (d[4] - d[2]) + 2.0f * (d[3] - d[1]);
+    o[4] = (d[4] - d[2]) - 2.0f * (d[3] - d[1]);
+    o[5] = (4.0f * d[1] + d[5]) - 5.0f * d[3];
+}
+
+// A^T applied to six products: 4 outputs. Three roundings.
+CUNET_INLINE void times_A_T(const float (&m)[6], float (&y)[4]) {
+    const float s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+    y[0] = (m[0] + s12) + s34;
+    y[1] = d12 + 2.0f * d34;
+    y[2] = s12 + 4.0f * s34;
+    y[3] = (d12 + 8.0f * d34) + m[5];
+}
+
+// A (6x4, the transpose of A^T) applied to four values of dy: 6 values. Two roundings.
+CUNET_INLINE void times_A(const float (&a)[4], float (&d)[6]) {
+    const float even = a[0] + a[2], odd = a[1] + a[3], even4 = a[0] + 4.0f * a[2], odd4 = a[1] + 4.0f * a[3];
+    d[0] = a[0];
+    d[1] = even + odd;
+    d[2] = even - odd;
+    d[3] = even4 + 2.0f * odd4;
+    d[4] = even4 - 2.0f * odd4;
+    d[5] = a[3];
+}
+
+// G^T (3x6) applied to six sums of the weight gradient: 3 values, out[i * step]. Five roundings.
+CUNET_INLINE void times_G_T(const float (&x)[6], float* out, int step) {
+    const float s12 = x[1] + x[2], s34 = x[3] + x[4];
+    out[0] = x[0] * 0.25f + (s34 * (1.0f / 24) - s12 * (1.0f / 6));
+    out[step] = (x[2] - x[1]) * (1.0f / 6) + (x[3] - x[4]) * (1.0f / 12);
+    out[2 * step] = (s34 - s12) * (1.0f / 6) + x[5];
+}
+
+// U[e][kb][c][k % KB] = (G g G^T)[e] for g = get(k, c, tap) and every filter k < K.
 index_t winograd_filter_stride(int KB, index_t K, index_t C) { return winograd_stride(ceil_div(K, KB) * KB * C); }
 
 template <typename Get>
-void winograd_filters(float* u, int KB, index_t K, index_t C, Get get) {   // u: 16 x winograd_filter_stride
+void winograd_filters(float* u, int KB, index_t K, index_t C, Get get) {   // u: 36 x winograd_filter_stride
     const index_t kblocks = ceil_div(K, KB), u_stride = winograd_filter_stride(KB, K, C);
-    const auto times_G = [](float a, float b, float c, float* out, int step) {
-        out[0] = a;
-        out[step] = (a + b + c) * 0.5f;
-        out[2 * step] = (a - b + c) * 0.5f;
-        out[3 * step] = c;
-    };
-    run_tasks(kblocks, K * C * 16, [&](index_t kb) {   // a block's 16 x C x KB values, written line by line
+    run_tasks(kblocks, K * C * kElements, [&](index_t kb) {   // a block's 36 x C x KB values, written line by line
         for (index_t c = 0; c < C; ++c)
             for (index_t k = kb * KB; k < std::min<index_t>(K, (kb + 1) * KB); ++k) {
-                float gg[4][3], t[16];
+                float gg[6][3], t[kElements];
                 for (int s = 0; s < 3; ++s) times_G(get(k, c, s), get(k, c, 3 + s), get(k, c, 6 + s), &gg[0][s], 3);
-                for (int r = 0; r < 4; ++r) times_G(gg[r][0], gg[r][1], gg[r][2], t + 4 * r, 1);
-                for (int e = 0; e < 16; ++e) u[e * u_stride + (kb * C + c) * KB + k % KB] = t[e];
+                for (int r = 0; r < 6; ++r) times_G(gg[r][0], gg[r][1], gg[r][2], t + 6 * r, 1);
+                for (int e = 0; e < kElements; ++e) u[e * u_stride + (kb * C + c) * KB + k % KB] = t[e];
             }
         if (kb == kblocks - 1 && K % KB)   // zero filters pad the last block
-            for (int e = 0; e < 16; ++e)
+            for (int e = 0; e < kElements; ++e)
                 for (index_t c = 0; c < C; ++c) {
                     float* row = u + e * u_stride + ((kblocks - 1) * C + c) * KB;
                     std::fill(row + K % KB, row + KB, 0.0f);
@@ -1325,59 +1389,64 @@ void winograd_filters(float* u, int KB, index_t K, index_t C, Get get) {   // u:
     });
 }
 
-// V = B^T d B for the 4x4 block d of channel c at tile (i, j) of one image (rows 2i .. 2i+3,
-// columns 2j .. 2j+3; zero past the image's edge, for odd output sizes); B^T = [1 0 -1 0;
-// 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. Element e written to v[e * e_stride] (winograd_input_chunk picks v).
+// V = B^T d B for the 6x6 block d of channel c at tile (i, j) of one image (rows 4i .. 4i+5,
+// columns 4j .. 4j+5; zero past the image's edge). Element e = 6u + v written to
+// v[e * e_stride] (winograd_input_chunk picks v).
 CUNET_INLINE void winograd_input_tile(const float* xc, index_t H, index_t W, index_t i, index_t j, float* v,
                                       index_t e_stride) {
-    float d[4][4];
-    if (2 * i + 3 < H && 2 * j + 3 < W) {
-        for (int r = 0; r < 4; ++r)
-            for (int s = 0; s < 4; ++s) d[r][s] = xc[(2 * i + r) * W + 2 * j + s];
+    const index_t y0 = kTile * i, x0 = kTile * j;
+    float d[6][6];
+    if (y0 + 5 < H && x0 + 5 < W) {
+        for (int r = 0; r < 6; ++r)
+            for (int s = 0; s < 6; ++s) d[r][s] = xc[(y0 + r) * W + x0 + s];
     } else {
-        for (int r = 0; r < 4; ++r)
-            for (int s = 0; s < 4; ++s)
-                d[r][s] = 2 * i + r < H && 2 * j + s < W ? xc[(2 * i + r) * W + 2 * j + s] : 0.0f;
+        for (int r = 0; r < 6; ++r)
+            for (int s = 0; s < 6; ++s) d[r][s] = y0 + r < H && x0 + s < W ? xc[(y0 + r) * W + x0 + s] : 0.0f;
     }
-    float a[4][4];   // B^T d
-    for (int s = 0; s < 4; ++s) {
-        a[0][s] = d[0][s] - d[2][s];
-        a[1][s] = d[1][s] + d[2][s];
-        a[2][s] = d[2][s] - d[1][s];
-        a[3][s] = d[1][s] - d[3][s];
+    float a[6][6];   // B^T d, a column at a time
+    for (int s = 0; s < 6; ++s) {
+        const float column[6] = {d[0][s], d[1][s], d[2][s], d[3][s], d[4][s], d[5][s]};
+        float out[6];
+        times_B_T(column, out);
+        for (int u = 0; u < 6; ++u) a[u][s] = out[u];
     }
-    for (int r = 0; r < 4; ++r) {   // (B^T d) B
-        v[(4 * r + 0) * e_stride] = a[r][0] - a[r][2];
-        v[(4 * r + 1) * e_stride] = a[r][1] + a[r][2];
-        v[(4 * r + 2) * e_stride] = a[r][2] - a[r][1];
-        v[(4 * r + 3) * e_stride] = a[r][1] - a[r][3];
+    for (int u = 0; u < 6; ++u) {   // (B^T d) B, a row at a time
+        float out[6];
+        times_B_T(a[u], out);
+        for (int w = 0; w < 6; ++w) v[(6 * u + w) * e_stride] = out[w];
     }
 }
 
-// y[2i + p][2j + q] = (A^T M A)[p][q] + bias (ReLU if relu) for the 16 products of one filter
-// and tile, m[e * e_stride]; A^T = [1 1 1 0; 0 1 -1 -1]. Outputs past the edge are dropped.
+// y[4i + p][4j + q] = (A^T M A)[p][q] + bias (ReLU if relu) for the 36 products of one filter
+// and tile, m[e * e_stride]. Outputs past the edge are dropped.
 template <bool Relu>
 CUNET_INLINE void winograd_output_tile(const float* m, index_t e_stride, float bias, float* yk, index_t OH, index_t OW,
                                        index_t i, index_t j) {
-    float s[4], z[4];   // A^T M: rows 0 + 1 + 2 and 1 - 2 - 3
-    for (int q = 0; q < 4; ++q) {
-        s[q] = m[q * e_stride] + m[(4 + q) * e_stride] + m[(8 + q) * e_stride];
-        z[q] = m[(4 + q) * e_stride] - m[(8 + q) * e_stride] - m[(12 + q) * e_stride];
+    float z[4][6];   // A^T M, a column at a time
+    for (int w = 0; w < 6; ++w) {
+        float column[6], out[4];
+        for (int u = 0; u < 6; ++u) column[u] = m[(6 * u + w) * e_stride];
+        times_A_T(column, out);
+        for (int p = 0; p < 4; ++p) z[p][w] = out[p];
     }
-    // The 2x2 outputs as one small vector, so the ReLU is a select (NaN -> 0, as relu1), not
-    // a branch per value: with scalars GCC branched, and a random half of the branches
-    // mispredicted (the 256-channel layer at 102 x 102: 20 ms without the ReLU, 30 with it).
-    vec<4> out = {s[0] + s[1] + s[2], s[1] - s[2] - s[3], z[0] + z[1] + z[2], z[1] - z[2] - z[3]};
-    out += bias;
-    if (Relu) out = out > 0.0f ? out : vec<4>{};
-    float* const y = yk + 2 * i * OW + 2 * j;
-    if (2 * i + 1 < OH && 2 * j + 1 < OW) {
-        y[0] = out[0], y[1] = out[1], y[OW] = out[2], y[OW + 1] = out[3];
-        return;
+    const index_t y0 = kTile * i, x0 = kTile * j;
+    float* const y = yk + y0 * OW + x0;
+    for (int p = 0; p < 4; ++p) {   // (A^T M) A, a row at a time
+        float row[4];
+        times_A_T(z[p], row);
+        // A row of outputs as one small vector, so the ReLU is a select (NaN -> 0, as relu1),
+        // not a branch per value: with scalars GCC branched, and a random half of the branches
+        // mispredicted (F(2x2), the 256-channel layer at 102 x 102: 20 ms without the ReLU, 30 with it).
+        vec<4> out = {row[0], row[1], row[2], row[3]};
+        out += bias;
+        if (Relu) out = out > 0.0f ? out : vec<4>{};
+        if (y0 + p >= OH) break;
+        if (x0 + 3 < OW) {
+            store<4>(y + p * OW, out);
+        } else {
+            for (int q = 0; q < 4 && x0 + q < OW; ++q) y[p * OW + q] = out[q];   // the last columns: what lies inside
+        }
     }
-    for (int p = 0; p < 2; ++p)   // the last row or column of an odd output: what lies inside
-        for (int q = 0; q < 2; ++q)
-            if (2 * i + p < OH && 2 * j + q < OW) y[p * OW + q] = out[2 * p + q];
 }
 
 // V for tile rows row0 .. row0 + rows - 1 of an image x [C, H, W] (tile t counted along the
@@ -1387,8 +1456,8 @@ CUNET_INLINE void winograd_output_tile(const float* m, index_t e_stride, float b
 //   by channels (the weight gradient's, T tiles): v[e * v_stride + ((c / L) * T + t) * L + c % L].
 void winograd_input_chunk(const float* x, index_t C, index_t H, index_t W, index_t row0, index_t rows, index_t L,
                           bool by_tiles, float* v, index_t v_stride) {
-    const index_t tiles_per_row = ceil_div(W - 2, 2), tiles = rows * tiles_per_row, tblocks = ceil_div(tiles, L);
-    run_tasks(C, C * tiles * 16, [&](index_t c) {
+    const index_t tiles_per_row = ceil_div(W - 2, kTile), tiles = rows * tiles_per_row, tblocks = ceil_div(tiles, L);
+    run_tasks(C, C * tiles * kElements, [&](index_t c) {
         const float* xc = x + c * H * W;
         if (!by_tiles) {
             float* vc = v + (c / L) * tiles * L + c % L;
@@ -1396,7 +1465,7 @@ void winograd_input_chunk(const float* x, index_t C, index_t H, index_t W, index
                 for (index_t j = 0; j < tiles_per_row; ++j, ++t) winograd_input_tile(xc, H, W, i, j, vc + t * L, v_stride);
             return;
         }
-        for (index_t e = 0; e < 16; ++e) {
+        for (index_t e = 0; e < kElements; ++e) {
             float* last = v + e * v_stride + ((tblocks - 1) * C + c) * L;
             std::fill(last + tiles % L, last + (tiles % L ? L : 0), 0.0f);
         }
@@ -1409,10 +1478,11 @@ void winograd_input_chunk(const float* x, index_t C, index_t H, index_t W, index
     });
 }
 
-// Tile rows per chunk: the chunk's V and M (16 (C + K) floats a tile) within
+// Tile rows per chunk: the chunk's V and M (36 (C + K) floats a tile) within
 // kWinogradChunkBytes, at least one block of tiles.
 index_t winograd_chunk_rows(index_t C, index_t K, index_t tiles_per_row, index_t tile_rows, int L) {
-    const index_t tiles = std::max<index_t>(L, g_winograd_chunk_bytes.load() / (16 * (C + K) * index_t(sizeof(float))));
+    const index_t tiles =
+        std::max<index_t>(L, g_winograd_chunk_bytes.load() / (kElements * (C + K) * index_t(sizeof(float))));
     return std::max<index_t>(1, std::min(tile_rows, tiles / tiles_per_row));
 }
 
@@ -1420,11 +1490,11 @@ index_t winograd_chunk_rows(index_t C, index_t K, index_t tiles_per_row, index_t
 void winograd_run(const Version& v, const float* x, const float* u, const float* b, float* y, index_t N, index_t C,
                   index_t H, index_t W, index_t K, bool relu) {
     const int KB = v.geometry.forward_filters, L = v.geometry.forward_pixels;
-    const index_t OH = H - 2, OW = W - 2, tile_rows = ceil_div(OH, 2), tiles_per_row = ceil_div(OW, 2);
+    const index_t OH = H - 2, OW = W - 2, tile_rows = ceil_div(OH, kTile), tiles_per_row = ceil_div(OW, kTile);
     const index_t chunk_rows = winograd_chunk_rows(C, K, tiles_per_row, tile_rows, L);
     const index_t max_tblocks = ceil_div(chunk_rows * tiles_per_row, L);
     const index_t v_stride = winograd_stride(max_tblocks * C * L), m_stride = winograd_stride(K * max_tblocks * L);
-    const Scratch vbuf(16 * v_stride, /*zero=*/false), mbuf(16 * m_stride, /*zero=*/false);
+    const Scratch vbuf(kElements * v_stride, /*zero=*/false), mbuf(kElements * m_stride, /*zero=*/false);
     const index_t group = std::max<index_t>(1, kWinogradGroupBytes / (C * L * index_t(sizeof(float))));
     for (index_t n = 0; n < N; ++n)
         for (index_t row0 = 0; row0 < tile_rows; row0 += chunk_rows) {
@@ -1433,8 +1503,8 @@ void winograd_run(const Version& v, const float* x, const float* u, const float*
             const Winograd w{u, vbuf.data(), mbuf.data(), C, K, ceil_div(K, KB), tblocks, group, ceil_div(tblocks, group),
                              winograd_filter_stride(KB, K, C), v_stride, m_stride};
             winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, L, true, vbuf.data(), v_stride);
-            run_tasks(16 * w.groups, 16 * K * C * T, [&](index_t task) { v.winograd_product_task(w, task); });
-            run_tasks(K, K * tiles * 16, [&](index_t k) {
+            run_tasks(kElements * w.groups, kElements * K * C * T, [&](index_t task) { v.winograd_product_task(w, task); });
+            run_tasks(K, K * tiles * kElements, [&](index_t k) {
                 float* yk = y + (n * K + k) * OH * OW;
                 const float* mk = mbuf.data() + k * T;
                 index_t t = 0;
@@ -1447,36 +1517,35 @@ void winograd_run(const Version& v, const float* x, const float* u, const float*
         }
 }
 
-// D = A dY A^T for the 2x2 block of dy_k at tile (i, j) (zero past dy's edge), A^T = [1 1 1 0;
-// 0 1 -1 -1]: the block (p q; r s) gives rows (p, q), (p + r, q + s), (p - r, q - s), (-r, -s),
-// each row (a, b) the four values a, a + b, a - b, -b. Written to d[e * e_stride].
+// D = A dY A^T for the 4x4 block of dy_k at tile (i, j) (zero past dy's edge). Written to d[e * e_stride].
 CUNET_INLINE void winograd_gradient_tile(const float* dyk, index_t OH, index_t OW, index_t i, index_t j, float* d,
                                          index_t e_stride) {
-    const auto at = [&](index_t r, index_t c) { return r < OH && c < OW ? dyk[r * OW + c] : 0.0f; };
-    const float p = at(2 * i, 2 * j), q = at(2 * i, 2 * j + 1), r = at(2 * i + 1, 2 * j), s = at(2 * i + 1, 2 * j + 1);
-    const float rows[4][2] = {{p, q}, {p + r, q + s}, {p - r, q - s}, {-r, -s}};
-    for (int u = 0; u < 4; ++u) {
-        const float a = rows[u][0], b = rows[u][1];
-        d[(4 * u) * e_stride] = a;
-        d[(4 * u + 1) * e_stride] = a + b;
-        d[(4 * u + 2) * e_stride] = a - b;
-        d[(4 * u + 3) * e_stride] = -b;
+    const index_t y0 = kTile * i, x0 = kTile * j;
+    float a[6][4];   // A dY, a column at a time
+    for (int s = 0; s < 4; ++s) {
+        float column[4], out[6];
+        for (int r = 0; r < 4; ++r) column[r] = y0 + r < OH && x0 + s < OW ? dyk[(y0 + r) * OW + x0 + s] : 0.0f;
+        times_A(column, out);
+        for (int u = 0; u < 6; ++u) a[u][s] = out[u];
+    }
+    for (int u = 0; u < 6; ++u) {   // (A dY) A^T, a row at a time
+        float out[6];
+        times_A(a[u], out);
+        for (int w = 0; w < 6; ++w) d[(6 * u + w) * e_stride] = out[w];
     }
 }
 
-// dw[k, c] = G^T X[:, k, c] G (X[4u + v] a 4x4 matrix); G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1].
+// dw[k, c] = G^T X[:, k, c] G (X[6u + v] a 6x6 matrix).
 void winograd_filter_gradient(const float* x, index_t x_stride, float* dw, index_t K, index_t C) {
-    const auto times_G_T = [](float a, float b, float c, float d, float* out, int step) {
-        out[0] = a + (b + c) * 0.5f;
-        out[step] = (b - c) * 0.5f;
-        out[2 * step] = (b + c) * 0.5f + d;
-    };
-    run_tasks(K, K * C * 16, [&](index_t k) {
+    run_tasks(K, K * C * kElements, [&](index_t k) {
         for (index_t c = 0; c < C; ++c) {
-            float m[16], s[3][4];
-            for (int e = 0; e < 16; ++e) m[e] = x[e * x_stride + k * C + c];
-            for (int q = 0; q < 4; ++q) times_G_T(m[q], m[4 + q], m[8 + q], m[12 + q], &s[0][q], 4);   // G^T X
-            for (int r = 0; r < 3; ++r) times_G_T(s[r][0], s[r][1], s[r][2], s[r][3], dw + (k * C + c) * 9 + 3 * r, 1);
+            float s[3][6];   // G^T X, a column at a time
+            for (int w = 0; w < 6; ++w) {
+                float column[6];
+                for (int u = 0; u < 6; ++u) column[u] = x[(6 * u + w) * x_stride + k * C + c];
+                times_G_T(column, &s[0][w], 6);
+            }
+            for (int r = 0; r < 3; ++r) times_G_T(s[r], dw + (k * C + c) * 9 + 3 * r, 1);   // (G^T X) G
         }
     });
 }
@@ -1486,31 +1555,31 @@ void winograd_gradient_run(const Version& v, const float* x, const float* dy, fl
                            index_t C, index_t H, index_t W, index_t K) {
     constexpr int kBiasLanes = 16;
     const int KB = v.geometry.forward_filters, L = v.geometry.forward_pixels;
-    const index_t OH = H - 2, OW = W - 2, tile_rows = ceil_div(OH, 2), tiles_per_row = ceil_div(OW, 2);
+    const index_t OH = H - 2, OW = W - 2, tile_rows = ceil_div(OH, kTile), tiles_per_row = ceil_div(OW, kTile);
     const index_t chunk_rows = winograd_chunk_rows(C, K, tiles_per_row, tile_rows, L);
     const index_t max_T = chunk_rows * tiles_per_row, kblocks = ceil_div(K, KB), cblocks = ceil_div(C, L);
     const index_t v_stride = winograd_stride(cblocks * L * max_T), d_stride = winograd_stride(kblocks * KB * max_T);
     const index_t x_stride = winograd_stride(K * C);
     // V's channels past C and D's filters past K hold zeros or an earlier chunk's values:
     // their sums are computed but never added into X
-    const Scratch vbuf(16 * v_stride), dbuf(16 * d_stride), xbuf(16 * x_stride);
+    const Scratch vbuf(kElements * v_stride), dbuf(kElements * d_stride), xbuf(kElements * x_stride);
     std::vector<BiasSum<kBiasLanes>> bias(static_cast<size_t>(K));
     for (index_t n = 0; n < N; ++n)
         for (index_t row0 = 0; row0 < tile_rows; row0 += chunk_rows) {
             const index_t rows = std::min(chunk_rows, tile_rows - row0), T = rows * tiles_per_row;
             winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, L, false, vbuf.data(), v_stride);
-            run_tasks(K, K * T * 16, [&](index_t k) {   // D; and db's rows
+            run_tasks(K, K * T * kElements, [&](index_t k) {   // D; and db's rows
                 const float* dyk = dy + (n * K + k) * OH * OW;
                 float* dk = dbuf.data() + (k / KB) * T * KB + k % KB;
                 for (index_t i = row0, t = 0; i < row0 + rows; ++i)
                     for (index_t j = 0; j < tiles_per_row; ++j, ++t)
                         winograd_gradient_tile(dyk, OH, OW, i, j, dk + t * KB, d_stride);
-                for (index_t oy = 2 * row0; oy < std::min(2 * (row0 + rows), OH); ++oy)
+                for (index_t oy = kTile * row0; oy < std::min(kTile * (row0 + rows), OH); ++oy)
                     bias[size_t(k)].add_row(dyk + oy * OW, OW);
             });
             const WinogradGrad g{vbuf.data(), dbuf.data(), xbuf.data(), C, K, T, kblocks, cblocks,
                                  v_stride, d_stride, x_stride};
-            run_tasks(16 * cblocks, 16 * K * C * T, [&](index_t task) { v.winograd_grad_task(g, task); });
+            run_tasks(kElements * cblocks, kElements * K * C * T, [&](index_t task) { v.winograd_grad_task(g, task); });
         }
     winograd_filter_gradient(xbuf.data(), x_stride, dw, K, C);
     for (index_t k = 0; k < K; ++k) db[k] = bias[size_t(k)].total();
@@ -1566,7 +1635,7 @@ void conv3x3_forward(const float* x, const float* w, const float* b, float* y, i
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
     if (winograd) {
-        const Scratch u(16 * winograd_filter_stride(KB, K, C), /*zero=*/false);
+        const Scratch u(kElements * winograd_filter_stride(KB, K, C), /*zero=*/false);
         winograd_filters(u.data(), KB, K, C, [&](index_t k, index_t c, int t) { return w[(k * C + c) * 9 + t]; });
         winograd_run(v, x, u.data(), b, y, N, C, H, W, K, relu);
         return;
@@ -1594,7 +1663,7 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
     if (winograd) {   // the same forward, on dy padded whole (the bottom layers' dy is small)
-        const Scratch u(16 * winograd_filter_stride(KB, C, K), false), zero_bias(C), padded(N * K * (OH + 4) * (OW + 4), false);
+        const Scratch u(kElements * winograd_filter_stride(KB, C, K), false), zero_bias(C), padded(N * K * (OH + 4) * (OW + 4), false);
         winograd_filters(u.data(), KB, C, K, [&](index_t c, index_t k, int t) { return w[(k * C + c) * 9 + 8 - t]; });
         run_tasks(N, N * K * (OH + 4) * (OW + 4), [&](index_t n) {
             pad_band(dy + n * K * OH * OW, K, OH, OW, 0, OH + 4, padded.data() + n * K * (OH + 4) * (OW + 4));

@@ -38,7 +38,7 @@ struct Geometry {
 };
 Geometry geometry(Isa isa);
 
-// winograd: Winograd F(2x2, 3x3) instead of the direct sum (fewer multiplies; the wide layers).
+// winograd: Winograd F(4x4, 3x3) instead of the direct sum (fewer multiplies; the wide layers).
 void conv3x3_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C,
                      index_t H, index_t W, index_t K, bool relu, bool winograd = false);
 void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
