@@ -19,12 +19,11 @@ class Conv2dFn(Function):
         return y
 
     def backward(self, dy):
-        relu_y = self.y if self.relu else None   # the fused ReLU's backward first: dy where y > 0
-        if relu_y is not None and not ops.conv2d_fuses_relu_backward(dy, self.w):
-            relu_y, dy = None, ops.relu_backward(self.y, dy, out=dy)   # one pass, in place (dy is ours alone)
+        if self.relu:  # the fused ReLU's backward first: dy * [y > 0], in place (dy is ours alone)
+            dy = ops.relu_backward(self.y, dy, out=dy)
         x_in = self.inputs[0]
-        dx = ops.conv2d_backward_input(dy, self.w, relu_y=relu_y) if x_in.requires_grad else None
-        dw, db = ops.conv2d_backward_params(self.x, dy, relu_y=relu_y)
+        dx = ops.conv2d_backward_input(dy, self.w) if x_in.requires_grad else None
+        dw, db = ops.conv2d_backward_params(self.x, dy)
         return dx, dw, db
 
 

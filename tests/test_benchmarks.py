@@ -68,10 +68,8 @@ def test_kernels_json_has_the_documented_keys():
     from cunet import ops as cunet_ops
 
     # every op a step runs, plus relu_forward; not the helpers that launch nothing of their own
-    # (drop-out's mask and the raw Philox stream are inside dropout_*, softmax_ce_check validates,
-    # conv2d_fuses_relu_backward only answers whether the convolutions' backward applies the ReLU's)
-    helpers = {"dropout_mask", "philox_bits", "softmax_ce_check", "conv2d_fuses_relu_backward"}
-    assert ops == set(cunet_ops.__all__) - helpers
+    # (drop-out's mask and the raw Philox stream are inside dropout_*, softmax_ce_check validates)
+    assert ops == set(cunet_ops.__all__) - {"dropout_mask", "philox_bits", "softmax_ce_check"}
     for r in report["results"]:
         assert r["validated"] is True
         for key in ("op", "layers", "count", "shapes", "flops", "bytes", "bound", "median_s", "times_s", "gbps",

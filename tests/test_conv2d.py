@@ -449,42 +449,6 @@ def test_wide_layers_take_winograd_narrow_ones_direct_and_blas_the_rest(monkeypa
 
 
 @pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_y_is_relu_backward_first_on_every_cpu_path(algorithm, dtype):
-    """relu_y=y: the backward ops see dy where y > 0: fused into the C++ kernels' reads of dy
-    (float32 3x3 on direct or Winograd: conv2d_fuses_relu_backward), a relu_backward pass of
-    its own elsewhere (im2col, float64, 1x1); the same bits either way, and dy untouched."""
-    from cunet.ops import conv2d_fuses_relu_backward, relu_backward
-    for shape in [(2, 3, 9, 11, 5, 3), (1, 4, 6, 7, 2, 1)]:
-        x, w, b, dy = random_case(41, shape, dtype)
-        y = np.maximum(forward_reference(x, w, b), 0).astype(dtype)
-        dy[0, 0, 0, :] = np.nan   # where y is 0 they must not count
-        y[0, 0, 0, :] = 0
-        before = dy.copy()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(conv2d_module, "CPU_ALGORITHM", algorithm)
-            fused = conv2d_fuses_relu_backward(dy, w)
-            assert fused == (algorithm != "im2col" and dtype == np.float32 and shape[-1] == 3)
-            got = (conv2d_backward_input(dy, w, relu_y=y),) + conv2d_backward_params(x, dy, relu_y=y)
-            gated = relu_backward(y, dy)
-            expected = (conv2d_backward_input(gated, w),) + conv2d_backward_params(x, gated)
-        np.testing.assert_array_equal(dy, before)
-        for a, e in zip(got, expected):
-            np.testing.assert_array_equal(a, e)
-            assert np.isfinite(a).all()
-
-
-def test_relu_y_is_checked():
-    from cunet.ops import conv2d_fuses_relu_backward
-    x, w, b, dy = random_case(43, (1, 2, 6, 6, 3, 3))
-    with pytest.raises(ValueError, match=r"conv2d_backward_input: .*relu_y"):
-        conv2d_backward_input(dy, w, relu_y=dy[:, :, 1:])
-    with pytest.raises(ValueError, match=r"conv2d_backward_params: .*relu_y"):
-        conv2d_backward_params(x, dy, relu_y=dy.astype(np.float64))
-    assert conv2d_fuses_relu_backward(dy, w)
-
-
-@pytest.mark.parametrize("algorithm", CPU_ALGORITHMS)
 def test_cpu_nan_propagates(algorithm):
     """The loops' fast-math flags (FMA contraction, reassociation) do not assume NaN away."""
     x, w, b, dy = random_case(29, (1, 3, 8, 9, 5, 3))

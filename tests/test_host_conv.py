@@ -635,51 +635,6 @@ def test_winograd_chunks_give_the_reference(level, shape, budget, seed):
     assert_winograd_within_bound(shape, x, w, b, dy, *results)
 
 
-# --- ReLU's backward fused into the backward ops (relu_y) ----------------------------------------------
-# relu_y, the forward's output after its fused ReLU, gates dy as the kernels copy it: the
-# result must be the bits the same kernel gives on dy where relu_y > 0 and 0 elsewhere (the
-# select of cunet/ops/relu.py: a NaN in dy where the ReLU was off gives 0, and a NaN in
-# relu_y is not > 0), on every path: direct and Winograd, bands of every size.
-def backward_ops(x, w, dy, winograd, relu_y=None):
-    """(dx, dw, db) of the two backward ops on one path."""
-    dx, dw, db = np.full(x.shape, np.nan, np.float32), np.full(w.shape, np.nan, np.float32), np.full(
-        w.shape[0], np.nan, np.float32)
-    host.conv3x3_backward_input(dy, w, dx, winograd=winograd, relu_y=relu_y)
-    host.conv3x3_backward_params(x, dy, dw, db, winograd=winograd, relu_y=relu_y)
-    return dx, dw, db
-
-
-@pytest.mark.parametrize("winograd", [False, True], ids=["direct", "winograd"])
-@given(shape=conv_shapes(), seed=st.integers(0, 2**32 - 1))
-@edge_examples
-def test_relu_y_gives_the_bits_of_dy_gated_first(level, winograd, shape, seed):
-    x, w, b, dy = random_case(seed, shape)
-    relu_y = np.maximum(np.random.default_rng(seed).standard_normal(dy.shape, dtype=np.float32), 0)
-    dy.flat[::7] = np.nan            # some where the ReLU was off: they must not count
-    relu_y.flat[::11] = np.nan       # NaN > 0 is false: those count as off
-    gated = np.where(relu_y > 0, dy, np.float32(0))
-    fused = backward_ops(x, w, dy, winograd, relu_y)
-    first = backward_ops(x, w, gated, winograd)
-    for name, a, e in zip(("dx", "dw", "db"), fused, first):
-        np.testing.assert_array_equal(a, e, err_msg=f"{name} {shape}")
-    if np.isnan(gated).any():
-        return
-    assert np.isfinite(fused[0]).all() and np.isfinite(fused[1]).all()
-
-
-def test_relu_y_must_be_dy_s_shape():
-    x, w, b, dy = random_case(3, (1, 2, 3, 5, 6))
-    dx = np.empty(x.shape, np.float32)
-    with pytest.raises(ValueError, match=r"relu_y has shape \(1, 3, 5, 5\); expected \(1, 3, 5, 6\)"):
-        host.conv3x3_backward_input(dy, w, dx, relu_y=np.zeros((1, 3, 5, 5), np.float32))
-    with pytest.raises(ValueError, match="relu_y"):
-        host.conv3x3_backward_params(x, dy, np.empty_like(w), np.empty_like(b), relu_y=np.zeros(dy.shape, np.float64))
-    shared = np.zeros(dy.size + w.size, np.float32)   # dw and relu_y in one buffer
-    with pytest.raises(ValueError, match="dw overlaps relu_y"):
-        host.conv3x3_backward_params(x, dy, shared[:w.size].reshape(w.shape), np.empty_like(b),
-                                     relu_y=shared[:dy.size].reshape(dy.shape))
-
-
 # --- the up-convolution ----------------------------------------------------------------------------------
 # Its references are tests/test_upconv.py's (one reference per op): float64 loops over the
 # 2x2 output blocks, returning the sums and the sums of |terms| for the error bound.

@@ -99,12 +99,6 @@ def host_runs(R: int, dtype) -> bool:
     return R == 3 and np.dtype(dtype) == np.float32 and _host is not None
 
 
-def fuses_relu_backward(R: int, dtype) -> bool:
-    """Whether both backward ops of an R x R layer of ``dtype`` run on the C++ kernels, which
-    take the forward's ReLU output (relu_y) and apply ReLU's backward as they read dy."""
-    return host_runs(R, dtype) and CPU_ALGORITHM != "im2col"
-
-
 def cpu_algorithm(op: str, C: int, K: int, R: int, OH: int, OW: int, dtype=np.float32) -> str:
     """The cpu algorithm for ``op`` (one of CPU_OPS) of a layer of C -> K channels, an R x R
     filter, an OH x OW output and ``dtype``; the backward ops pass their layer's C, K, OH, OW."""
@@ -287,37 +281,27 @@ def correlate(x: np.ndarray, w: np.ndarray, b: np.ndarray, relu: bool = False) -
     return y
 
 
-def _no_relu_y_for_im2col(relu_y) -> None:
-    """The ops pass relu_y only where fuses_relu_backward holds (cunet/ops/conv2d.py)."""
-    if relu_y is not None:
-        raise ValueError("cunet.cpu.conv2d: relu_y given to im2col, which does not fuse ReLU's backward; "
-                         "apply relu_backward first (cunet.ops.conv2d does)")
-
-
-def input_grad(dy: np.ndarray, w: np.ndarray, relu_y: np.ndarray | None = None) -> np.ndarray:
+def input_grad(dy: np.ndarray, w: np.ndarray) -> np.ndarray:
     """conv2d_backward_input on the cpu: dx, the correlation of dy (zero-padded by R-1) with
-    the filter turned by 180 degrees and its C and K swapped (im2col: run backwards).
-    relu_y (the C++ kernels only): dy counts where relu_y > 0."""
+    the filter turned by 180 degrees and its C and K swapped (im2col: run backwards)."""
     N, K, OH, OW = dy.shape
     C, R = w.shape[1], w.shape[2]
     algorithm = cpu_algorithm("input_grad", C, K, R, OH, OW, dy.dtype)
     if algorithm == "im2col":
-        _no_relu_y_for_im2col(relu_y)
         return _col2im_input_grad(dy, w)
     dx = np.empty((N, C, OH + 2, OW + 2), dy.dtype)
-    _host.conv3x3_backward_input(dy, w, dx, winograd=algorithm == "winograd", relu_y=relu_y)
+    _host.conv3x3_backward_input(dy, w, dx, winograd=algorithm == "winograd")
     return dx
 
 
-def params_grad(x: np.ndarray, dy: np.ndarray, relu_y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """conv2d_backward_params on the cpu: (dw, db). relu_y (the C++ kernels only): dy counts where relu_y > 0."""
+def params_grad(x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """conv2d_backward_params on the cpu: (dw, db)."""
     N, C, H, W = x.shape
     K, OH, OW = dy.shape[1:]
     R = H - OH + 1
     algorithm = cpu_algorithm("weight_grad", C, K, R, OH, OW, x.dtype)
     if algorithm == "im2col":
-        _no_relu_y_for_im2col(relu_y)
         return _im2col_weight_grad(x, dy)
     dw, db = np.empty((K, C, 3, 3), x.dtype), np.empty(K, x.dtype)
-    _host.conv3x3_backward_params(x, dy, dw, db, winograd=algorithm == "winograd", relu_y=relu_y)
+    _host.conv3x3_backward_params(x, dy, dw, db, winograd=algorithm == "winograd")
     return dw, db

@@ -1,15 +1,13 @@
 """Unpadded ("valid") 2-D convolution, stride 1, 1x1 or 3x3: forward and both backwards.
 
     conv2d_forward(x[N,C,H,W], w[K,C,R,R], b[K], relu=False)  -> y[N,K,H-R+1,W-R+1]
-    conv2d_backward_input(dy[N,K,OH,OW], w[K,C,R,R], relu_y=None)   -> dx[N,C,OH+R-1,OW+R-1]
-    conv2d_backward_params(x[N,C,H,W], dy[N,K,OH,OW], relu_y=None)  -> (dw[K,C,R,R], db[K])
+    conv2d_backward_input(dy[N,K,OH,OW], w[K,C,R,R])           -> dx[N,C,OH+R-1,OW+R-1]
+    conv2d_backward_params(x[N,C,H,W], dy[N,K,OH,OW])          -> (dw[K,C,R,R], db[K])
 
 (Like every deep-learning "convolution", this is a cross-correlation: y[oh,ow] sums
 x[oh+r, ow+s] * w[r,s], the filter is not flipped.) With ``relu=True`` the forward
-returns max(conv + b, 0): the ReLU costs nothing inside the GEMM epilogue. Its backward,
-dy where y > 0, comes first in the backward ops when they are given ``relu_y=y``: the
-cpu's C++ kernels apply it as they read dy (conv2d_fuses_relu_backward), which saves
-relu_backward's own pass over dy; elsewhere the op runs relu_backward first.
+returns max(conv + b, 0): the ReLU costs nothing inside the GEMM epilogue. The autograd
+layer applies relu_backward(y, dy) before the backward ops when it was fused.
 
 cuda/opencl: kernels/conv2d.cu, three implicit GEMMs on the main loop of kernels/gemm.h
 (FP32 on CUDA cores, or TF32 on tensor cores: ``runtime.math``; the files' top comments
@@ -18,7 +16,7 @@ gradient's long reduction is split by the policy both GEMM ops share (cunet/ops/
 
 cpu: cunet/cpu/conv2d.py, three algorithms picked per op by the layer's shape: the C++
 kernels of kernels/host/ for the float32 3x3 ops (direct sums for layers with few channels,
-Winograd F(4x4, 3x3) for those with many), im2col + BLAS for the rest (that file's top
+Winograd F(2x2, 3x3) for those with many), im2col + BLAS for the rest (that file's top
 comment says why).
 float32 and float64 both work on cpu (float64 for gradient checks).
 """
@@ -28,10 +26,8 @@ import numpy as np
 
 from cunet.cpu import conv2d as cpu
 
-from .common import (INT32_LIMIT, ceil_div, check_float_array, check_same_device, check_same_dtype, check_same_shape,
-                     grid_1d)
+from .common import INT32_LIMIT, ceil_div, check_float_array, check_same_device, check_same_dtype, grid_1d
 from .gemm import TileConfig, declare_modules, gemm_module, split_k, tile_config
-from .relu import relu_backward
 
 FILTER_SIZES = (1, 3)
 
@@ -64,14 +60,6 @@ def _check_fits_int32(op: str, name: str, shape) -> None:
     if int(np.prod(shape)) >= INT32_LIMIT:
         raise ValueError(f"{op}: the {name} would have shape {tuple(shape)}, 2**31 elements or more; "
                          "kernels index with 32-bit ints (split the batch or use smaller tiles)")
-
-
-def _check_relu_y(op: str, relu_y, dy) -> None:
-    """relu_y (the forward's output after its fused ReLU) must be like dy."""
-    check_float_array(op, "relu_y", relu_y, ndim=4, layout="N, K, OH, OW")
-    check_same_shape(op, dy=dy, relu_y=relu_y)
-    check_same_dtype(op, dy=dy, relu_y=relu_y)
-    check_same_device(op, dy=dy, relu_y=relu_y)
 
 
 def _check_operands(op: str, **arrays):
@@ -154,29 +142,8 @@ def conv2d_forward(x, w, b, relu: bool = False):
     return _forward_device(runtime, x, w, b, bool(relu))
 
 
-def conv2d_fuses_relu_backward(dy, w) -> bool:
-    """Whether the backward ops of this layer apply ``relu_y`` as they read dy (the cpu's C++
-    kernels) rather than in a relu_backward pass of their own."""
-    runtime = check_same_device("conv2d_fuses_relu_backward", dy=dy, w=w)
-    return runtime is None and cpu.fuses_relu_backward(w.shape[2], dy.dtype)
-
-
-def _relu_gated(op: str, dy, relu_y, runtime, R: int):
-    """(dy, relu_y) for the op's kernels: as given where they fuse ReLU's backward, else
-    (relu_backward(relu_y, dy), None): a new array, the caller's dy stays as it was."""
-    if relu_y is None:
-        return dy, None
-    _check_relu_y(op, relu_y, dy)
-    if runtime is None and cpu.fuses_relu_backward(R, dy.dtype):
-        return dy, relu_y
-    return relu_backward(relu_y, dy), None
-
-
-def conv2d_backward_input(dy, w, relu_y=None):
-    """dx[N,C,OH+R-1,OW+R-1]: the gradient of the loss with respect to conv2d_forward's x.
-
-    relu_y: the forward's output if it fused a ReLU; dy (the gradient of that output) then
-    counts only where relu_y > 0."""
+def conv2d_backward_input(dy, w):
+    """dx[N,C,OH+R-1,OW+R-1]: the gradient of the loss with respect to conv2d_forward's x."""
     op = "conv2d_backward_input"
     runtime = _check_operands(op, dy=dy, w=w)
     R = _check_filter(op, w)
@@ -188,16 +155,13 @@ def conv2d_backward_input(dy, w, relu_y=None):
     if OH < 1 or OW < 1:
         raise ValueError(f"{op}: dy {tuple(dy.shape)} has an empty image; expected OH, OW >= 1")
     _check_fits_int32(op, "input gradient", (N, w.shape[1], OH + R - 1, OW + R - 1))
-    dy, relu_y = _relu_gated(op, dy, relu_y, runtime, R)
     if runtime is None:
-        return cpu.input_grad(dy, w, relu_y)
+        return cpu.input_grad(dy, w)
     return _backward_input_device(runtime, dy, w)
 
 
-def conv2d_backward_params(x, dy, relu_y=None):
-    """(dw[K,C,R,R], db[K]): the gradients for conv2d_forward's w and b; R = H - OH + 1.
-
-    relu_y: as conv2d_backward_input's."""
+def conv2d_backward_params(x, dy):
+    """(dw[K,C,R,R], db[K]): the gradients for conv2d_forward's w and b; R = H - OH + 1."""
     op = "conv2d_backward_params"
     runtime = _check_operands(op, x=x, dy=dy)
     N, C, H, W = x.shape
@@ -211,7 +175,6 @@ def conv2d_backward_params(x, dy, relu_y=None):
                          f"(R = H - OH + 1, S = W - OW + 1); expected 1x1 or 3x3")
     if OH < 1 or OW < 1 or K < 1:
         raise ValueError(f"{op}: dy {tuple(dy.shape)} is empty; expected K, OH, OW >= 1")
-    dy, relu_y = _relu_gated(op, dy, relu_y, runtime, R)
     if runtime is None:
-        return cpu.params_grad(x, dy, relu_y)
+        return cpu.params_grad(x, dy)
     return _backward_params_device(runtime, x, dy)

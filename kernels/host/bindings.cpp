@@ -20,7 +20,6 @@
 
 #include <cstdint>
 #include <initializer_list>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -121,18 +120,7 @@ void forward(const py::object& x_, const py::object& w_, const py::object& b_, c
     cunet_host::conv3x3_forward(xp, wp, bp, yp, N, C, H, W, K, relu, winograd);
 }
 
-// The optional relu_y of the backward ops: None, or an input of dy's shape.
-const float* relu_gate(const char* op, const py::object& relu_y_, const py::array& dy, std::optional<py::array>& keep) {
-    if (relu_y_.is_none()) return nullptr;
-    keep = checked(op, "relu_y", relu_y_, {"N", "K", "OH", "OW"}, false);
-    std::vector<index_t> shape(size_t(dy.ndim()));
-    for (py::ssize_t i = 0; i < dy.ndim(); ++i) shape[size_t(i)] = dy.shape(i);
-    expect_shape(op, "relu_y", *keep, {shape[0], shape[1], shape[2], shape[3]}, "= dy's shape (the forward's output)");
-    return in_ptr(*keep);
-}
-
-void backward_input(const py::object& dy_, const py::object& w_, const py::object& dx_, bool winograd,
-                    const py::object& relu_y_) {
+void backward_input(const py::object& dy_, const py::object& w_, const py::object& dx_, bool winograd) {
     const char* op = "conv3x3_backward_input";
     py::array dy = checked(op, "dy", dy_, {"N", "K", "OH", "OW"}, false);
     py::array w = checked(op, "w", w_, {"K", "C", "3", "3"}, false);
@@ -141,18 +129,15 @@ void backward_input(const py::object& dy_, const py::object& w_, const py::objec
     expect_shape(op, "w", w, {K, C, 3, 3}, "= [K, C, 3, 3] for dy " + shape_of(dy) + " (K = dy.shape[1])");
     expect_shape(op, "dx", dx, {N, C, OH + 2, OW + 2},
                  "= [N, C, OH+2, OW+2] for dy " + shape_of(dy) + " and w " + shape_of(w));
-    std::optional<py::array> relu_y;
-    const float* gate = relu_gate(op, relu_y_, dy, relu_y);
     expect_disjoint(op, {{"dx", &dx}}, {{"dy", &dy}, {"w", &w}, {"dx", &dx}});
-    if (relu_y) expect_disjoint(op, {{"dx", &dx}}, {{"relu_y", &*relu_y}});
     const float *dyp = in_ptr(dy), *wp = in_ptr(w);
     float* dxp = out_ptr(dx);
     py::gil_scoped_release release;
-    cunet_host::conv3x3_backward_input(dyp, wp, dxp, N, K, OH, OW, C, winograd, gate);
+    cunet_host::conv3x3_backward_input(dyp, wp, dxp, N, K, OH, OW, C, winograd);
 }
 
 void backward_params(const py::object& x_, const py::object& dy_, const py::object& dw_, const py::object& db_,
-                     bool winograd, const py::object& relu_y_) {
+                     bool winograd) {
     const char* op = "conv3x3_backward_params";
     py::array x = checked(op, "x", x_, {"N", "C", "H", "W"}, false);
     py::array dy = checked(op, "dy", dy_, {"N", "K", "H-2", "W-2"}, false);
@@ -164,14 +149,11 @@ void backward_params(const py::object& x_, const py::object& dy_, const py::obje
     expect_shape(op, "dy", dy, {N, K, H - 2, W - 2}, "= [N, K, H-2, W-2] for x " + shape_of(x) + " and a 3x3 filter");
     expect_shape(op, "dw", dw, {K, C, 3, 3}, "= [K, C, 3, 3] for x " + shape_of(x) + " and dy " + shape_of(dy));
     expect_shape(op, "db", db, {K}, "= [K] for dy " + shape_of(dy));
-    std::optional<py::array> relu_y;
-    const float* gate = relu_gate(op, relu_y_, dy, relu_y);
     expect_disjoint(op, {{"dw", &dw}, {"db", &db}}, {{"x", &x}, {"dy", &dy}, {"dw", &dw}, {"db", &db}});
-    if (relu_y) expect_disjoint(op, {{"dw", &dw}, {"db", &db}}, {{"relu_y", &*relu_y}});
     const float *xp = in_ptr(x), *dyp = in_ptr(dy);
     float *dwp = out_ptr(dw), *dbp = out_ptr(db);
     py::gil_scoped_release release;
-    cunet_host::conv3x3_backward_params(xp, dyp, dwp, dbp, N, C, H, W, K, winograd, gate);
+    cunet_host::conv3x3_backward_params(xp, dyp, dwp, dbp, N, C, H, W, K, winograd);
 }
 
 void upconv_forward(const py::object& x_, const py::object& w_, const py::object& b_, const py::object& y_) {
@@ -239,16 +221,13 @@ PYBIND11_MODULE(_host, m) {
           "relu (NaN -> 0, as cunet's other paths). winograd: by Winograd F(4x4, 3x3) (4x fewer multiplies) "
           "instead of the direct sum.");
     m.def("conv3x3_backward_input", &backward_input, py::arg("dy"), py::arg("w"), py::arg("dx"),
-          py::arg("winograd") = false, py::arg("relu_y") = py::none(),
+          py::arg("winograd") = false,
           "dx[N,C,OH+2,OW+2] = the gradient of conv3x3_forward's x: dy[N,K,OH,OW] zero-padded by 2, correlated "
-          "with w[K,C,3,3] flipped and transposed (winograd: by Winograd F(4x4, 3x3), as the forward). relu_y: "
-          "the forward's output after its fused ReLU; dy then counts only where relu_y > 0 (ReLU's backward, "
-          "fused into the read of dy).");
+          "with w[K,C,3,3] flipped and transposed (winograd: by Winograd F(4x4, 3x3), as the forward).");
     m.def("conv3x3_backward_params", &backward_params, py::arg("x"), py::arg("dy"), py::arg("dw"), py::arg("db"),
-          py::arg("winograd") = false, py::arg("relu_y") = py::none(),
+          py::arg("winograd") = false,
           "dw[K,C,3,3] = sum over n and pixels of dy times the shifted x; db[K] = the sum of dy. Bitwise "
-          "independent of the number of threads. winograd: by Winograd F(4x4, 3x3), as the forward. relu_y: as "
-          "conv3x3_backward_input's.");
+          "independent of the number of threads. winograd: by Winograd F(4x4, 3x3), as the forward.");
 
     m.def("upconv2x2_forward", &upconv_forward, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("y"),
           "y[N,K,2H,2W] = the 2x2, stride-2 up-convolution of x[N,C,H,W] with w[C,K,2,2], plus b[K].");

@@ -792,7 +792,6 @@ void winograd_grad_task_generic(const WinogradGrad& g, index_t task) {
 struct WeightGrad {
     const float* x;   // [N, C, H, W]
     const float* dy;  // [N, K, OH, OW]
-    const float* gate;  // [N, K, OH, OW] or null: dy counts where gate > 0 (copy_gated)
     float* dw;        // [K, C, 3, 3]
     float* db;        // [K]
     const float* zeros;  // OW zeros: the dy row of the padding filters of a partial block
@@ -808,19 +807,6 @@ struct WeightGrad {
 CUNET_INLINE float* aligned_slot(float* buffer, index_t floats, int t) {
     const auto at = reinterpret_cast<std::uintptr_t>(buffer + t * (floats + 16));
     return reinterpret_cast<float*>((at + 63) & ~std::uintptr_t(63));
-}
-
-// ReLU's backward as the backward ops read dy: dst[i] = src[i] where gate[i] > 0, else 0
-// (relu_grad_value of cunet/ops/relu.py: a select, so a NaN in dy where the ReLU was off
-// gives 0, as the separate op does); a plain copy where gate is null. Fused into the copies
-// the kernels make of dy anyway, it saves relu_backward's pass over dy (read dy and y,
-// write dy) for every convolution with a fused ReLU.
-CUNET_INLINE void copy_gated(float* dst, const float* src, const float* gate, index_t n) {
-    if (!gate) {
-        std::memcpy(dst, src, size_t(n) * sizeof(float));
-        return;
-    }
-    for (index_t i = 0; i < n; ++i) dst[i] = gate[i] > 0.0f ? src[i] : 0.0f;
 }
 
 // The bias gradient db[k] = the sum of dy[:, k], added up row by row as the rows of dy are
@@ -941,8 +927,7 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
                 for (index_t k = 0; k < kn; ++k)
                     for (index_t oy = h0; oy < h1; ++oy) {
                         float* const row = band + (k * g.rows + oy - h0) * g.band_width;
-                        const index_t at = (n * g.K + k0 + k) * out_plane + oy * OW;
-                        copy_gated(row, g.dy + at, g.gate ? g.gate + at : nullptr, OW);
+                        std::memcpy(row, g.dy + (n * g.K + k0 + k) * out_plane + oy * OW, size_t(OW) * sizeof(float));
                         if (sums_bias) bias[(kb - kb0) * KB + k].add_row(row, OW);
                     }
                 for (index_t c = c0; c < c1; ++c) {
@@ -1306,11 +1291,9 @@ index_t forward_tasks(const Forward& f) { return f.N * f.groups * f.kblocks; }
 index_t forward_macs(const Forward& f) { return f.N * f.K * f.C * 9 * f.OH * f.OW; }
 
 // Rows oy0 .. oy0 + rows - 1 of every channel of dy zero-padded by 2 on every side (the
-// backward input's input, H = OH + 4 rows of W = OW + 4), written into band [K][rows][W];
-// dy gated by gate_image if not null (copy_gated). Rows past the padded image (the last
-// group's band) are zeros, never read.
-void pad_band(const float* dy_image, const float* gate_image, index_t K, index_t OH, index_t OW, index_t oy0,
-              index_t rows, float* band) {
+// backward input's input, H = OH + 4 rows of W = OW + 4), written into band [K][rows][W].
+// Rows past the padded image (the last group's band) are zeros, never read.
+void pad_band(const float* dy_image, index_t K, index_t OH, index_t OW, index_t oy0, index_t rows, float* band) {
     const index_t W = OW + 4;
     for (index_t k = 0; k < K; ++k) {
         for (index_t i = 0; i < rows; ++i) {
@@ -1321,8 +1304,7 @@ void pad_band(const float* dy_image, const float* gate_image, index_t K, index_t
                 continue;
             }
             row[0] = row[1] = 0.0f;
-            const index_t at = (k * OH + src) * OW;
-            copy_gated(row + 2, dy_image + at, gate_image ? gate_image + at : nullptr, OW);
+            std::memcpy(row + 2, dy_image + (k * OH + src) * OW, size_t(OW) * sizeof(float));
             row[OW + 2] = row[OW + 3] = 0.0f;
         }
     }
@@ -1535,19 +1517,14 @@ void winograd_run(const Version& v, const float* x, const float* u, const float*
         }
 }
 
-// D = A dY A^T for the 4x4 block of dy_k at tile (i, j) (zero past dy's edge; gated by gate_k
-// if not null, as copy_gated). Written to d[e * e_stride].
-CUNET_INLINE void winograd_gradient_tile(const float* dyk, const float* gatek, index_t OH, index_t OW, index_t i,
-                                         index_t j, float* d, index_t e_stride) {
+// D = A dY A^T for the 4x4 block of dy_k at tile (i, j) (zero past dy's edge). Written to d[e * e_stride].
+CUNET_INLINE void winograd_gradient_tile(const float* dyk, index_t OH, index_t OW, index_t i, index_t j, float* d,
+                                         index_t e_stride) {
     const index_t y0 = kTile * i, x0 = kTile * j;
-    const auto at = [&](index_t r, index_t c) {
-        if (r >= OH || c >= OW) return 0.0f;
-        return !gatek || gatek[r * OW + c] > 0.0f ? dyk[r * OW + c] : 0.0f;
-    };
     float a[6][4];   // A dY, a column at a time
     for (int s = 0; s < 4; ++s) {
         float column[4], out[6];
-        for (int r = 0; r < 4; ++r) column[r] = at(y0 + r, x0 + s);
+        for (int r = 0; r < 4; ++r) column[r] = y0 + r < OH && x0 + s < OW ? dyk[(y0 + r) * OW + x0 + s] : 0.0f;
         times_A(column, out);
         for (int u = 0; u < 6; ++u) a[u][s] = out[u];
     }
@@ -1574,8 +1551,8 @@ void winograd_filter_gradient(const float* x, index_t x_stride, float* dw, index
 }
 
 // The Winograd weight gradient: chunks of tile rows as the forward's, each adding its sums into X.
-void winograd_gradient_run(const Version& v, const float* x, const float* dy, const float* gate, float* dw, float* db,
-                           index_t N, index_t C, index_t H, index_t W, index_t K) {
+void winograd_gradient_run(const Version& v, const float* x, const float* dy, float* dw, float* db, index_t N,
+                           index_t C, index_t H, index_t W, index_t K) {
     constexpr int kBiasLanes = 16;
     const int KB = v.geometry.forward_filters, L = v.geometry.forward_pixels;
     const index_t OH = H - 2, OW = W - 2, tile_rows = ceil_div(OH, kTile), tiles_per_row = ceil_div(OW, kTile);
@@ -1593,20 +1570,12 @@ void winograd_gradient_run(const Version& v, const float* x, const float* dy, co
             winograd_input_chunk(x + n * C * H * W, C, H, W, row0, rows, L, false, vbuf.data(), v_stride);
             run_tasks(K, K * T * kElements, [&](index_t k) {   // D; and db's rows
                 const float* dyk = dy + (n * K + k) * OH * OW;
-                const float* gatek = gate ? gate + (n * K + k) * OH * OW : nullptr;
                 float* dk = dbuf.data() + (k / KB) * T * KB + k % KB;
                 for (index_t i = row0, t = 0; i < row0 + rows; ++i)
                     for (index_t j = 0; j < tiles_per_row; ++j, ++t)
-                        winograd_gradient_tile(dyk, gatek, OH, OW, i, j, dk + t * KB, d_stride);
-                std::vector<float> gated(gatek ? size_t(OW) : 0);
-                for (index_t oy = kTile * row0; oy < std::min(kTile * (row0 + rows), OH); ++oy) {
-                    const float* row = dyk + oy * OW;
-                    if (gatek) {
-                        copy_gated(gated.data(), row, gatek + oy * OW, OW);
-                        row = gated.data();
-                    }
-                    bias[size_t(k)].add_row(row, OW);
-                }
+                        winograd_gradient_tile(dyk, OH, OW, i, j, dk + t * KB, d_stride);
+                for (index_t oy = kTile * row0; oy < std::min(kTile * (row0 + rows), OH); ++oy)
+                    bias[size_t(k)].add_row(dyk + oy * OW, OW);
             });
             const WinogradGrad g{vbuf.data(), dbuf.data(), xbuf.data(), C, K, T, kblocks, cblocks,
                                  v_stride, d_stride, x_stride};
@@ -1689,7 +1658,7 @@ void conv3x3_forward(const float* x, const float* w, const float* b, float* y, i
 // band of its own (K x (rows + 2) x (OW + 4)) and keeps it for its next task if that one
 // reads the same rows (consecutive tasks differ only in their block of filters).
 void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
-                            index_t OW, index_t C, bool winograd, const float* relu_y) {
+                            index_t OW, index_t C, bool winograd) {
     begin_op();
     const Version v = current_version();
     const int KB = v.geometry.forward_filters;
@@ -1697,9 +1666,7 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
         const Scratch u(kElements * winograd_filter_stride(KB, C, K), false), zero_bias(C), padded(N * K * (OH + 4) * (OW + 4), false);
         winograd_filters(u.data(), KB, C, K, [&](index_t c, index_t k, int t) { return w[(k * C + c) * 9 + 8 - t]; });
         run_tasks(N, N * K * (OH + 4) * (OW + 4), [&](index_t n) {
-            const index_t image = n * K * OH * OW;
-            pad_band(dy + image, relu_y ? relu_y + image : nullptr, K, OH, OW, 0, OH + 4,
-                     padded.data() + n * K * (OH + 4) * (OW + 4));
+            pad_band(dy + n * K * OH * OW, K, OH, OW, 0, OH + 4, padded.data() + n * K * (OH + 4) * (OW + 4));
         });
         winograd_run(v, padded.data(), u.data(), zero_bias.data(), dx, N, K, OH + 4, OW + 4, C, false);
         return;
@@ -1717,8 +1684,7 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
         const int thread = thread_index();
         float* band = bands.data() + thread * band_floats;
         if (band_holds[size_t(thread)] != t.n * f.groups + t.g) {
-            const index_t image = t.n * K * OH * OW;
-            pad_band(dy + image, relu_y ? relu_y + image : nullptr, K, OH, OW, t.oy0, band_rows, band);
+            pad_band(dy + t.n * K * OH * OW, K, OH, OW, t.oy0, band_rows, band);
             band_holds[size_t(thread)] = t.n * f.groups + t.g;
         }
         v.forward_task(f, task, band, band_rows * W);
@@ -1726,13 +1692,13 @@ void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t 
 }
 
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C, index_t H,
-                             index_t W, index_t K, bool winograd, const float* relu_y) {
+                             index_t W, index_t K, bool winograd) {
     begin_op();
     const Version v = current_version();
     const Geometry geo = v.geometry;
     const index_t OH = H - 2, OW = W - 2;
     if (winograd) {
-        winograd_gradient_run(v, x, dy, relu_y, dw, db, N, C, H, W, K);
+        winograd_gradient_run(v, x, dy, dw, db, N, C, H, W, K);
         return;
     }
     const Scratch zeros(OW);
@@ -1756,7 +1722,7 @@ void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* 
     const index_t band_width = ceil_div(OW, geo.wgrad_pixels) * geo.wgrad_pixels;
     const index_t band_floats = geo.wgrad_filters * rows * band_width;
     const Scratch bands(index_t(max_threads()) * (band_floats + 16), /*zero=*/false);
-    WeightGrad g{x, dy, relu_y, dw, db, zeros.data(), totals.data(), bands.data(), N, C, H, W, K, OH, OW,
+    WeightGrad g{x, dy, dw, db, zeros.data(), totals.data(), bands.data(), N, C, H, W, K, OH, OW,
                  kblocks, cgroups, rows, total_floats, band_floats, band_width,
                  channels, task_kblocks, ceil_div(kblocks, task_kblocks)};
     run_tasks(g.kgroups * g.cgroups, N * K * C * 9 * OH * OW, [&](index_t t) { v.wgrad_task(g, t); });

@@ -39,15 +39,12 @@ struct Geometry {
 Geometry geometry(Isa isa);
 
 // winograd: Winograd F(4x4, 3x3) instead of the direct sum (fewer multiplies; the wide layers).
-// relu_y (the backward ops; [N, K, OH, OW] or null): the forward's output after its fused
-// ReLU; dy is then the gradient of that output and counts only where relu_y > 0 (ReLU's
-// backward, applied as the kernels read dy instead of in a pass of its own).
 void conv3x3_forward(const float* x, const float* w, const float* b, float* y, index_t N, index_t C,
                      index_t H, index_t W, index_t K, bool relu, bool winograd = false);
 void conv3x3_backward_input(const float* dy, const float* w, float* dx, index_t N, index_t K, index_t OH,
-                            index_t OW, index_t C, bool winograd = false, const float* relu_y = nullptr);
+                            index_t OW, index_t C, bool winograd = false);
 void conv3x3_backward_params(const float* x, const float* dy, float* dw, float* db, index_t N, index_t C,
-                             index_t H, index_t W, index_t K, bool winograd = false, const float* relu_y = nullptr);
+                             index_t H, index_t W, index_t K, bool winograd = false);
 
 // The 2x2 up-convolution with stride 2 (cunet/ops/upconv.py), w [C, K, 2, 2]:
 //   upconv2x2_forward         y[n,k,2i+a,2j+e] = b[k] + sum_c x[n,c,i,j] * w[c,k,a,e]      x [N,C,H,W], y [N,K,2H,2W]
