@@ -40,19 +40,22 @@ except ImportError as exc:
 
 # Where auto sends a float32 3x3 op when the C++ kernels are built. The products of a
 # Winograd layer multiply K x C x tiles; its transforms touch C x tiles (the input), K x C
-# (the filters) and K x tiles (the products) values each. Their ratio, the harmonic-like
+# (the filters) and K x tiles (the products) values each. Their ratio,
 #     intensity = 1 / (1/C + 1/K + 1/tiles)
 # (tiles: the op's own 4x4 output tiles), says how many multiply-adds each transformed value
 # pays for. Measured with `python -m benchmarks.conv2d_cpu --pick --base 64 --base 16`
 # (each op by the direct kernels and by F(4x4, 3x3), interleaved; 2-core AMD EPYC, AVX-512,
-# 2026-12-07): the forward and backward input are faster by Winograd on every layer of
-# intensity >= 63 (up to 1.7x, 512 -> 512 at 54 x 54) and slower
-# or tied on every one <= 59 (the base-64 bottom, 1024 -> 1024 at 30 x 30, 45: 43 ms
-# against 39; base 16's 128 -> 128 at 66 x 66, 51: 3.4 against 2.9). The weight gradient
-# sums over the tiles inside its products and transforms the filters' gradient once, so
-# only C x K counts: Winograd is faster on every layer from 128 x 128 channel pairs on
-# (up to 2.1x: 1024 -> 1024 at 30 x 30, 33 ms against 68) and tied or slower below.
-WINOGRAD_MIN_INTENSITY = 60
+# 2026-12-07, three runs): the forward and backward input are faster by Winograd on every
+# layer of intensity >= 63 (1.2-1.8x: 512 -> 512 at 54 x 54, 18 ms against 29), faster or
+# tied at 54-57 (the base-64 bottom's backward input, 1024 -> 1024 and 512 -> 1024 at 32 x
+# 32: 37 against 45-70 ms, 20 against 25), slower at 45 (its forward, 1024 -> 1024 at 30 x
+# 30: 43 against 39) and 51-52 (base 16's 128 -> 128 at 66 x 66, by ~0.6 ms); between 45
+# and 60 on base 16's small layers the runs disagree by more than the two differ (~1.5 ms).
+# The weight gradient sums over the tiles inside its products and transforms the filters'
+# gradient once, so only C x K counts: Winograd is faster on every layer from 128 x 128
+# channel pairs on (up to 2.1x: 1024 -> 1024 at 30 x 30, 33 ms against 68) and tied or
+# slower below.
+WINOGRAD_MIN_INTENSITY = 53
 WINOGRAD_MIN_CK = 128 * 128
 
 
