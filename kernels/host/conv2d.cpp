@@ -942,12 +942,25 @@ CUNET_INLINE void wgrad_task_impl(const WeightGrad& g, index_t task) {
                         if (sums_bias) bias[(kb - kb0) * KB + k].add_row(row, OW);
                     }
                 for (index_t c = c0; c < c1; ++c) {
+                    // The next channel's rows of x, a few lines per row of this one: each
+                    // channel's rows are a new stream, which the hardware prefetchers would
+                    // only pick up after its first misses. (Alternating builds, 2-core AMD
+                    // EPYC: 16 -> 16 at 570 x 570 5.3 -> 4.3 ms, 32 -> 16 at 392 4.5 -> 4.0;
+                    // the wider layers, whose x a task reads for more filters, unchanged.)
+                    const char* next_x = c + 1 < c1 ? reinterpret_cast<const char*>(g.x + ((n * g.C + c + 1) * g.H + h0) * g.W)
+                                                    : nullptr;
+                    const index_t x_lines = BandPrefetch<KB>::ceil_lines((h1 - h0 + 2) * g.W * index_t(sizeof(float)));
+                    const index_t x_per_row = (x_lines + 3 * (h1 - h0) - 1) / (3 * (h1 - h0));
+                    index_t x_done = 0;
                     for (int r = 0; r < 3; ++r) {
                         next.step();
                         vec<L> acc[KB][3];
 #pragma GCC unroll 8
                         for (int k = 0; k < KB; ++k) acc[k][0] = acc[k][1] = acc[k][2] = vec<L>{};
                         for (index_t oy = h0; oy < h1; ++oy) {
+                            if (next_x)
+                                for (index_t i = 0; i < x_per_row && x_done < x_lines; ++i, ++x_done)
+                                    __builtin_prefetch(next_x + x_done * 64, 0, 2);
                             const float* xr = g.x + ((n * g.C + c) * g.H + oy + r) * g.W;
                             const float* d[KB];
 #pragma GCC unroll 8
