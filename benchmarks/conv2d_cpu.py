@@ -24,7 +24,7 @@ w = Winograd, i = im2col: cunet.cpu.conv2d.cpu_algorithm under --algorithm) and,
 cunet's three ops, GFLOP/s and the
 percentage of the machine's FMA peak. FLOPs are 2*N*K*C*R*R*OH*OW per op (a multiply-add
 is 2 FLOPs; the bias, db and the ReLU are not counted), the direct-equivalent count also
-for Winograd, which does 2.25x fewer multiplies: its "GFLOP/s" is a speed in the direct
+for Winograd, which does 4x fewer multiplies: its "GFLOP/s" is a speed in the direct
 sum's units and may pass 100% of peak. The peak is measured once at start, in this
 process: cunet._host's register-only FMA loop on every thread (kernels/host/conv2d.cpp,
 "The FMA peak"), best of 3. The sgemm rate (a NumPy float32 matmul 2048^3, 512^3 under

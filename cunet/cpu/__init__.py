@@ -4,7 +4,7 @@ A GPU reader can skip this package; a CPU reader finds the host path here whole:
 
     cunet/cpu/conv2d.py     the convolutions, three algorithms picked per op by shape, two
                             of them C++ (kernels/host/, module cunet._host): direct sums for
-                            the float32 3x3 layers with few channels, Winograd F(2x2, 3x3)
+                            the float32 3x3 layers with few channels, Winograd F(4x4, 3x3)
                             for those with many; im2col + BLAS for the 1x1 head (and for
                             float64, the gradient checks' dtype)
     cunet/cpu/upconv.py     the 2x2 up-convolution: C++ kernels in float32, BLAS in float64

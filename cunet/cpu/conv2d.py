@@ -53,8 +53,11 @@ except ImportError as exc:
 # and 60 on base 16's small layers the runs disagree by more than the two differ (~1.5 ms).
 # The weight gradient sums over the tiles inside its products and transforms the filters'
 # gradient once, so only C x K counts: Winograd is faster on every layer from 128 x 128
-# channel pairs on (up to 2.1x: 1024 -> 1024 at 30 x 30, 33 ms against 68) and tied or
-# slower below.
+# channel pairs on (up to 2.4x: 1024 -> 1024 at 30 x 30, 33 ms against 80) and tied or
+# mixed below. The step itself agrees: base 16's train step with the thresholds lowered,
+# alternating round by round (12 rounds each, one process): this rule 251 ms, C*K >= 64 x
+# 128 257 ms, and intensity >= 45 or 35 as well 270 ms (Winograd's transforms, cheap beside
+# the layer's own call in --pick, cost more among the step's other work).
 WINOGRAD_MIN_INTENSITY = 53
 WINOGRAD_MIN_CK = 128 * 128
 

@@ -16,7 +16,7 @@ gradient's long reduction is split by the policy both GEMM ops share (cunet/ops/
 
 cpu: cunet/cpu/conv2d.py, three algorithms picked per op by the layer's shape: the C++
 kernels of kernels/host/ for the float32 3x3 ops (direct sums for layers with few channels,
-Winograd F(2x2, 3x3) for those with many), im2col + BLAS for the rest (that file's top
+Winograd F(4x4, 3x3) for those with many), im2col + BLAS for the rest (that file's top
 comment says why).
 float32 and float64 both work on cpu (float64 for gradient checks).
 """
