@@ -667,8 +667,9 @@ void upconv_input_task_generic(const Upconv& u, index_t task, const float* dy, f
 // 8 and divide by 6, so the error is ~10x F(2x2)'s, still ~1e-5 of the values' scale
 // (tests/test_conv2d.py bounds it by the same computation run on absolute values). The
 // choice of F(4x4) over F(2x2) was measured (benchmarks/README.md, "Train step, cpu"): faster
-// on every layer but the bottom two of base 64, where the rule (cunet/cpu/conv2d.py) runs
-// the forward by the direct kernels instead.
+// on every layer but base 64's bottom level (49 and 64 tiles, too few to pay for 36 K C
+// transformed filters), where the rule (cunet/cpu/conv2d.py) runs the 30 x 30 forward by
+// the direct kernels instead.
 //
 // The backward input is this forward on dy zero-padded by 2, with the filters turned by 180
 // degrees and C and K swapped (as the direct kernels do). The weight gradient: Y is linear
