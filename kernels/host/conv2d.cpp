@@ -1458,7 +1458,7 @@ CUNET_INLINE void winograd_output_tile(const float* m, index_t e_stride, float b
     }
     const index_t y0 = kTile * i, x0 = kTile * j;
     float* const y = yk + y0 * OW + x0;
-    for (int p = 0; p < 4; ++p) {   // (A^T M) A, a row at a time
+    for (int p = 0; p < 4 && y0 + p < OH; ++p) {   // (A^T M) A, a row at a time; rows past the edge dropped
         float row[4];
         times_A_T(z[p], row);
         // A row of outputs as one small vector, so the ReLU is a select (NaN -> 0, as relu1),
@@ -1467,7 +1467,6 @@ CUNET_INLINE void winograd_output_tile(const float* m, index_t e_stride, float b
         vec<4> out = {row[0], row[1], row[2], row[3]};
         out += bias;
         if (Relu) out = out > 0.0f ? out : vec<4>{};
-        if (y0 + p >= OH) break;
         if (x0 + 3 < OW) {
             store<4>(y + p * OW, out);
         } else {
