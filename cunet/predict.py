@@ -110,12 +110,21 @@ def predict_probabilities(model: UNet, image: np.ndarray, tile: int, batch: int 
     ``tile`` is the network's input size; ``progress``, if given, is called with the number
     of tiles finished after each batch (e.g. a tqdm bar's ``update``).
     """
+    return _predict_prepared(model, _prepare(model, image), tile, batch, progress)
+
+
+def _prepare(model: UNet, image: np.ndarray) -> np.ndarray:
+    """The whole image as the network takes it (``UNet.prepare``), after checking it is one 2-D image."""
     if image.ndim != 2:
         raise ValueError(f"predict: expected one 2-D image, got shape {image.shape}")
-    plan = plan_tiles(image.shape, tile, model.output_size(tile), align=2 ** (model.depth - 1))
-    image = model.normalise(image)  # affine, so normalising before mirroring equals normalising each tile
-    result = np.empty((model.config["n_classes"],) + image.shape, np.float32)
-    return predict_plan(model, lambda t: extract_tile(image, t), plan, result, batch=batch, progress=progress)
+    return model.prepare(image)  # the registration and an affine map: of the whole image, before mirroring
+
+
+def _predict_prepared(model: UNet, prepared: np.ndarray, tile: int, batch: int, progress) -> np.ndarray:
+    """``predict_probabilities`` of an image already through ``_prepare``."""
+    plan = plan_tiles(prepared.shape, tile, model.output_size(tile), align=2 ** (model.depth - 1))
+    result = np.empty((model.config["n_classes"],) + prepared.shape, np.float32)
+    return predict_plan(model, lambda t: extract_tile(prepared, t), plan, result, batch=batch, progress=progress)
 
 
 # The eight symmetries of the square: (number of 90-degree turns, flip left-right first).
@@ -123,11 +132,15 @@ DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 
 
 def predict_with_tta(model: UNet, image: np.ndarray, tile: int, batch: int = 1, progress=None) -> np.ndarray:
-    """Test-time augmentation: the mean of the predictions for the 8 flips/rotations, each mapped back."""
-    total = None
+    """Test-time augmentation: the mean of the predictions for the 8 flips/rotations, each mapped back.
+
+    The image is prepared (registered, normalised) once, before it is turned: the registration
+    moves it in its own frame, the one the labels were drawn in.
+    """
+    prepared, total = _prepare(model, image), None
     for k, flip in DIHEDRAL:
-        view = np.rot90(np.fliplr(image) if flip else image, k)
-        probs = predict_probabilities(model, np.ascontiguousarray(view), tile, batch, progress)
+        view = np.rot90(np.fliplr(prepared) if flip else prepared, k)
+        probs = _predict_prepared(model, np.ascontiguousarray(view), tile, batch, progress)
         back = np.rot90(probs, -k, axes=(1, 2))
         back = back[:, :, ::-1] if flip else back
         total = back if total is None else total + back
@@ -143,7 +156,8 @@ def model_from_checkpoint(path, device: Device) -> tuple[UNet, dict]:
     ckpt = load_checkpoint(path)
     c = ckpt.config
     model = UNet(1, 2, c["base"], c["depth"], c["dropout"], seed=c["seed"],
-                 input_mean=c["input_mean"], input_std=c["input_std"]).to(device)
+                 input_mean=c["input_mean"], input_std=c["input_std"],
+                 input_shift=c.get("input_shift", (0.0, 0.0))).to(device)  # checkpoints before 2026-12-07: none
     try:
         model.load_state_dict(ckpt.inference_params)
     except ValueError as exc:

@@ -34,7 +34,8 @@ import numpy as np
 
 from cunet.autograd import Tensor
 from cunet.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from cunet.data import AugmentConfig, BatchStream, TrainingSampler, load_dataset, make_split, make_synthetic
+from cunet.data import AugmentConfig, BatchStream, TrainingSampler, label_offset, load_dataset, make_split, make_synthetic, \
+    register
 from cunet.device import DEVICE_NAMES, Device, add_math_argument, get_device
 from cunet.loss import weighted_cross_entropy
 from cunet.isbi import score_stack
@@ -43,7 +44,7 @@ from cunet.optim import SGD, WeightAverage
 from cunet.predict import USER_ERRORS, predict_probabilities
 from cunet.runlog import append_record, cut_log_at, read_log
 from cunet.scale.data_parallel import GradientAverager, World, mpi_world, rank_seed
-from cunet.unet import UNet, check_input_size, input_size_for_output, output_size
+from cunet.unet import MAX_INPUT_SHIFT, UNet, check_input_size, input_size_for_output, output_size
 
 # The paper's network: what a GPU runs by default. The learning rate is cunet's: with the
 # paper's momentum of 0.99 an SGD step is effectively 100 x lr, and on the weighted,
@@ -64,7 +65,8 @@ PRESETS = {
     # last quarter (held-out Rand error 0.125 -> 0.098). On the idle 2-core Xeon a step takes
     # 0.114 s and drawing its sample 0.009 s (medians): 22000 steps ~ 45 min, which leaves
     # room in the hour (README: the recipe).
-    "isbi-cpu-1h": dict(CPU_LAPTOP, steps=22000, lr_drops=[17000], val_every=2000, checkpoint_every=500),
+    "isbi-cpu-1h": dict(CPU_LAPTOP, steps=22000, lr_drops=[17000], val_every=2000, checkpoint_every=500,
+                        input_shift=None),
     # The paper's network and settings, for a GPU: 572 tiles, base 64, depth 5, batch 1,
     # momentum 0.99, drop-out 0.5, w0 = 10, sigma = 5. The paper does not give its step count
     # (it trained for 10 hours on a 6 GB Titan); 20000 steps is ~8 min of a GPU at 45 img/s.
@@ -101,6 +103,10 @@ class TrainConfig:
     checkpoint_every: int = 50
     input_mean: float | None = None  # measured on the training images when the run starts
     input_std: float | None = None
+    # (dy, dx) px: the training images are registered to their labels' grid by this offset
+    # (cunet.data.register) and so is every image the model predicts; None: measured on
+    # the training images when the run starts (--input-shift auto).
+    input_shift: list[float] | None = field(default_factory=lambda: [0.0, 0.0])
     notes: list[str] = field(default_factory=list)
 
 
@@ -178,6 +184,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--elastic-sigma", type=float, metavar="PX",
                    help="strength of the elastic deformation: std in pixels of its 3x3 grid of displacements "
                         "(default 10, the paper's; 0: none)")
+    p.add_argument("--input-shift", type=_input_shift, metavar="auto|DY,DX",
+                   help="register the images to their labels' pixel grid: 'auto' measures the offset on the "
+                        "training images (cunet.data.register; ISBI 2012's labels sit ~0.6 px above theirs), "
+                        "DY,DX gives it in pixels (default 0,0: none; the isbi-cpu-1h preset: auto)")
     p.add_argument("--val-every", type=int, help="validate every N steps (default: only before and after)")
     p.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps (default 50)")
     p.add_argument("--out", help="output folder (default runs/<time>; with --resume the checkpoint's folder)")
@@ -202,6 +212,17 @@ def _step_list(text: str) -> list[int]:
     return steps
 
 
+def _input_shift(text: str) -> list[float] | str:
+    """'auto' or 'DY,DX' (argparse type for --input-shift)."""
+    if text == "auto":
+        return text
+    try:
+        dy, dx = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or two pixel offsets DY,DX, e.g. 0.6,0.15; got {text!r}") from None
+    return [dy, dx]
+
+
 def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
     """Fill unset options: from --preset if given, else the paper's network on a GPU and the
     laptop settings elsewhere; note why."""
@@ -218,11 +239,13 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
     notes = [why] if any(getattr(args, k) is None for k in defaults) else []
     extra = {k: getattr(args, k) for k in ("lr_drops", "lr_schedule", "momentum", "weight_decay", "weight_average",
                                            "batch", "seed", "dropout", "w0", "sigma", "elastic_sigma", "val_every",
-                                           "checkpoint_every", "data", "synthetic_images")
+                                           "checkpoint_every", "data", "synthetic_images", "input_shift")
              if getattr(args, k) is not None and k not in chosen}
     if args.lr_schedule == "cosine" and args.lr_drops is None and chosen.get("lr_drops"):
         chosen["lr_drops"] = []   # the preset's drops are its step schedule's
     config = TrainConfig(**chosen, **extra, notes=notes)
+    if config.input_shift == "auto":
+        config.input_shift = None  # measured when the data is loaded
     if config.data is not None:  # stored resolved, so the run can be resumed from any directory
         config.data = str(Path(config.data).resolve())
     validate_config(config)
@@ -248,6 +271,9 @@ def validate_config(c: TrainConfig) -> None:
     if c.lr_schedule == "cosine" and c.lr_drops:
         raise ValueError(f"--lr-drops {','.join(map(str, c.lr_drops))} is for --lr-schedule step; the cosine schedule "
                          "has no drops (leave out --lr-drops, or --lr-schedule)")
+    if c.input_shift is not None and not all(abs(v) <= MAX_INPUT_SHIFT for v in c.input_shift):
+        raise ValueError(f"--input-shift must be two offsets of at most {MAX_INPUT_SHIFT:g} px (or auto), "
+                         f"got {','.join(map(str, c.input_shift))}")
     if not 0 <= c.weight_average < 1:
         raise ValueError(f"--weight-average must be a decay in [0, 1) (0: no average; 0.9995 averages over ~2000 "
                          f"steps), got {c.weight_average}")
@@ -282,15 +308,21 @@ def load_data(c: TrainConfig) -> Data:
     # The last slices are held out (for ISBI's 25: train on 0-19, validate on 20-24), so
     # `python -m cunet.evaluate --slices 20-24` scores exactly the images training never saw.
     split = make_split(len(images), val_fraction=c.val_fraction, names=names)
-    if c.input_mean is None:  # the normalisation is part of the model: measured once, then kept
-        c.input_mean, c.input_std = float(images[split.train].mean()), float(images[split.train].std())
+    # The registration and the normalisation are part of the model: measured once, then kept.
+    if c.input_shift is None:
+        c.input_shift = list(label_offset(images[split.train], labels[split.train]))
+    train_images = register(images[split.train], c.input_shift)
+    if c.input_mean is None:
+        c.input_mean, c.input_std = float(train_images.mean()), float(train_images.std())
     out = output_size(c.tile, c.depth)
-    sampler = TrainingSampler(images[split.train], labels[split.train], in_size=c.tile, out_size=out,
+    sampler = TrainingSampler(train_images, labels[split.train], in_size=c.tile, out_size=out,
                               augment=c.augment, seed=c.seed, config=AugmentConfig(elastic_sigma=c.elastic_sigma),
                               instances=None if instances is None else instances[split.train],
                               weight_kwargs=dict(w0=c.w0, sigma=c.sigma))
     description = (f"{source}: {len(split.train)} for training, {len(split.val)} held out "
                    f"(slices {split.val[0]}-{split.val[-1]})")
+    if any(c.input_shift):
+        description += f"; images registered to the labels' grid by ({c.input_shift[0]:.2f}, {c.input_shift[1]:.2f}) px"
     return Data(sampler, images[split.val], labels[split.val], description, json.loads(split.to_json()))
 
 
@@ -357,7 +389,8 @@ class Run:
             raise ValueError(f"need --workers >= 0 and --sync-every >= 1, got {self.workers} and {self.sync_every}")
         self.data = load_data(config)
         self.model = UNet(1, 2, config.base, config.depth, config.dropout, seed=config.seed,
-                          input_mean=config.input_mean, input_std=config.input_std).to(device)
+                          input_mean=config.input_mean, input_std=config.input_std,
+                          input_shift=config.input_shift).to(device)
         self.optimizer = SGD(self.model.parameters(), config.lr, config.momentum, config.weight_decay)
         self.average = WeightAverage(self.model.parameters(), config.weight_average) if config.weight_average else None
         self.averager = None

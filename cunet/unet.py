@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from cunet.autograd import Tensor
+from cunet.data.register import register
 from cunet.nn import Conv2d, CropConcat, Dropout, MaxPool2d, Module, UpConv2d
 from cunet.ops.common import INT32_LIMIT, ceil_div, check_int, check_real
 from cunet.ops.random import SEED_LIMIT
@@ -156,9 +157,20 @@ def check_input_size(input_size: int, depth: int = 5, asker: str = "check_input_
 MAX_DEPTH = 32
 
 
-def _checked_config(in_channels, n_classes, base, depth, dropout, seed, input_mean, input_std) -> dict:
+# The input registration (cunet.data.register) moves an image by a fraction of a pixel; an
+# offset this large would mean labels that do not belong to their images.
+MAX_INPUT_SHIFT = 8.0
+
+
+def _checked_config(in_channels, n_classes, base, depth, dropout, seed, input_mean, input_std, input_shift) -> dict:
     """UNet's arguments validated (TypeError/ValueError naming each), as plain ints and floats."""
     fn = "UNet"
+    try:
+        shift = tuple(input_shift)
+    except TypeError:
+        shift = ()
+    if len(shift) != 2:
+        raise ValueError(f"{fn}: input_shift must be two numbers (dy, dx) in pixels, got {input_shift!r}")
     config = dict(
         in_channels=check_int(fn, "in_channels", in_channels, 1, INT32_LIMIT),
         n_classes=check_int(fn, "n_classes", n_classes, 2, INT32_LIMIT),
@@ -168,6 +180,8 @@ def _checked_config(in_channels, n_classes, base, depth, dropout, seed, input_me
         seed=check_int(fn, "seed", seed, 0, SEED_LIMIT),  # drop-out's Philox key is 64 bits
         input_mean=check_real(fn, "input_mean", input_mean),
         input_std=check_real(fn, "input_std", input_std, 0.0, low_open=True),
+        input_shift=[check_real(fn, "input_shift", v, -MAX_INPUT_SHIFT, MAX_INPUT_SHIFT, high_open=False)
+                     for v in shift],
     )
     widest = config["base"] * 2 ** (config["depth"] - 1)
     weights = widest * widest * 9  # the bottom level's second 3x3 convolution: the largest tensor of parameters
@@ -210,7 +224,10 @@ class UNet(Module):
 
     ``input_mean`` and ``input_std`` record the affine map the training data was given
     (``normalise``): inputs of zero mean and unit spread keep the first layers' activations
-    and gradients well scaled. They travel with the model so prediction uses the same map.
+    and gradients well scaled. ``input_shift`` (dy, dx) is the registration of the images to
+    their labels' pixel grid the network was trained with (``cunet.data.register``; zero
+    unless the run measured one). Both travel with the model, so ``prepare`` gives every
+    image at prediction exactly the treatment the training images had.
 
     Every argument is checked before anything is built; a TypeError or ValueError names
     it (``UNet: input_std must be finite and > 0, got nan``). A NaN or infinite mean or
@@ -218,8 +235,10 @@ class UNet(Module):
     """
 
     def __init__(self, in_channels: int = 1, n_classes: int = 2, base: int = 64, depth: int = 5,
-                 dropout: float = 0.5, seed: int = 0, input_mean: float = 0.0, input_std: float = 1.0):
-        self.config = _checked_config(in_channels, n_classes, base, depth, dropout, seed, input_mean, input_std)
+                 dropout: float = 0.5, seed: int = 0, input_mean: float = 0.0, input_std: float = 1.0,
+                 input_shift=(0.0, 0.0)):
+        self.config = _checked_config(in_channels, n_classes, base, depth, dropout, seed, input_mean, input_std,
+                                      input_shift)
         in_channels, n_classes, base, depth, dropout, seed = (self.config[k] for k in (
             "in_channels", "n_classes", "base", "depth", "dropout", "seed"))
         rng = np.random.default_rng(seed)
@@ -242,6 +261,11 @@ class UNet(Module):
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """Host images (floats in [0, 1], as the loaders give) mapped to the network's input scale."""
         return ((images - self.config["input_mean"]) / self.config["input_std"]).astype(np.float32)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """A whole host image [H, W] as the network takes it: registered to the labels' grid
+        (``input_shift``; a resampling, so of the whole image, never of a tile) and normalised."""
+        return self.normalise(register(image, self.config["input_shift"]))
 
     def valid_input_sizes(self, up_to: int = 1024) -> list[int]:
         """All valid input tile sizes up to ``up_to``."""

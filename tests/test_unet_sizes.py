@@ -146,10 +146,11 @@ def test_unet_refuses_bad_arguments_by_name(kwargs, error, message):
 def test_unet_config_holds_plain_numbers():
     """NumPy scalars are accepted (a mean measured with NumPy) and stored as Python numbers."""
     model = UNet(base=np.int64(2), depth=np.int32(2), input_mean=np.float32(0.5), input_std=np.float64(0.25),
-                 seed=np.uint64(3))
+                 seed=np.uint64(3), input_shift=np.array([0.5, -0.25], np.float32))
     assert model.config == dict(in_channels=1, n_classes=2, base=2, depth=2, dropout=0.5, seed=3, input_mean=0.5,
-                                input_std=0.25)
-    assert all(type(v) in (int, float) for v in model.config.values())
+                                input_std=0.25, input_shift=[0.5, -0.25])
+    values = [v for v in model.config.values() if not isinstance(v, list)] + model.config["input_shift"]
+    assert all(type(v) in (int, float) for v in values)
 
 
 def count_by_hand(base, depth, c_in=1, classes=2):

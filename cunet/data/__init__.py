@@ -8,6 +8,7 @@ Modules, in the order data flows through them:
 * `synthetic` EM-like images, labels and instance ids, generated from a seed
 * `weights`   the paper's loss weight map w = w_c + w0 exp(-(d1 + d2)^2 / 2 sigma^2)
 * `mirror`    the one mirrored-border convention everything shares
+* `register`  the offset between images and their labels, and the resampling that removes it
 * `augment`   elastic deformation, rotation, flips, shifts, grey values: one resampling
 * `sampler`   random training tiles (input, label, weight): sample k is a function of (seed, k)
 * `stream`    the batches of a run, drawn ahead by worker processes
@@ -19,6 +20,7 @@ from .augment import AugmentConfig, GeometricTransform, GreyTransform, augment, 
     draw_transform, elastic_displacement, resample, source_coordinates
 from .loaders import Dataset, load_dataset, load_folder, load_isbi
 from .mirror import mirror_index, mirror_window
+from .register import label_offset, register
 from .sampler import TrainingSampler
 from .stream import BatchStream
 from .splits import Split, make_split
@@ -29,7 +31,7 @@ from .weights import class_balance_weights, instances_from_labels, weight_map, w
 __all__ = [
     "AugmentConfig", "BatchStream", "Dataset", "GeometricTransform", "GreyTransform", "Split", "Tile", "TrainingSampler",
     "augment", "class_balance_weights", "coarse_to_dense", "draw_grey", "draw_transform", "elastic_displacement",
-    "extract_tile", "instances_from_labels", "load_dataset", "load_folder", "load_isbi", "make_split",
-    "make_synthetic", "mirror_index", "mirror_window", "plan_tiles", "resample", "source_coordinates", "stitch",
+    "extract_tile", "instances_from_labels", "label_offset", "load_dataset", "load_folder", "load_isbi", "make_split",
+    "make_synthetic", "mirror_index", "mirror_window", "plan_tiles", "register", "resample", "source_coordinates", "stitch",
     "weight_map", "weight_maps",
 ]

@@ -660,6 +660,11 @@ def predict_large(checkpoint, source, output, *, chunk: int | None = None, sched
     checkpoint = checkpoint.resolve()
     output = check_output(output)
     config = load_checkpoint(checkpoint).config
+    if any(config.get("input_shift", (0.0, 0.0))):
+        dy, dx = config["input_shift"]
+        raise ValueError(f"checkpoint {checkpoint} registers every image by ({dy:.3f}, {dx:.3f}) px before predicting "
+                         "(trained with --input-shift): a spline resampling of the whole image, which chunk by chunk "
+                         "would not give the same bits; predict it in memory (an --output not ending in .zarr)")
     n_classes = 2  # model_from_checkpoint builds UNet(1, 2, ...)
     tile = int(tile or config["tile"])
     out = output_size(tile, config["depth"])  # a clear error naming valid sizes, before any work
