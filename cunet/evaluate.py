@@ -125,12 +125,16 @@ def mean_metrics(per_slice: list[dict]) -> dict:
 
 
 def format_challenge(challenge: dict) -> str:
-    """The headline: one row per prediction (single, tta), the challenge's five scores with their thresholds."""
+    """The headline: one row per prediction (single, tta), the challenge's five scores with their
+    thresholds, and the two parts of its Rand F-score (a diagnostic, ``cunet.isbi.rand_parts``)."""
     names = {"single": "single prediction", "tta": "mean of 8 flips/rotations"}
     lines = [f"{'ISBI 2012 method (stack)':<28}" + "".join(f"{k:>15}" for k in METRICS)]
     for key, result in challenge.items():
         lines.append(f"{names[key]:<28}" + "".join(f"{result['scores'][k]:>15.5f}" for k in METRICS))
         lines.append(f"{'  at threshold':<28}" + "".join(f"{result['best_threshold'][k]:>15.1f}" for k in METRICS))
+        parts = result["rand_parts"]
+        lines.append(f"{'  Rand F = 2PR/(P+R)':<28}precision {parts['precision']:.4f} (merges), "
+                     f"recall {parts['recall']:.4f} (splits, cell pixels taken for membrane)")
     return "\n".join(lines)
 
 

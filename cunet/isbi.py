@@ -290,11 +290,24 @@ class StackScores:
     best_threshold: dict[str, float]
     thresholds: list[float]
     curves: dict[str, list[float]] = field(default_factory=dict)
+    rand_parts: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        """JSON-ready: scores, best thresholds, the grid and the curves."""
+        """JSON-ready: scores, best thresholds, the grid, the curves and the Rand error's parts."""
         return dict(scores=self.scores, best_threshold=self.best_threshold, thresholds=self.thresholds,
-                    curves=self.curves)
+                    curves=self.curves, rand_parts=self.rand_parts)
+
+
+def rand_parts(joint: float, truth_sum: float, proposal_sum: float) -> dict[str, float]:
+    """The two halves of the pooled Rand F-score (a diagnostic; the challenge reports only F).
+
+    precision = sum n_ij^2 / sum b_j^2 falls when a proposed segment spans several true
+    cells (merges: a gap in a membrane); recall = sum n_ij^2 / sum a_i^2 falls when a true
+    cell is cut into several segments or loses pixels to the proposal's membrane (each such
+    pixel is a singleton), which a membrane drawn thicker than the truth's does all round.
+    """
+    return dict(precision=joint / proposal_sum if proposal_sum else 1.0,
+                recall=joint / truth_sum if truth_sum else 1.0)
 
 
 def slice_statistics(prob: np.ndarray, label: np.ndarray, threshold: float, warping: bool = True,
@@ -328,10 +341,12 @@ def slice_statistics(prob: np.ndarray, label: np.ndarray, threshold: float, warp
 
 
 def stack_values(per_slice: list[dict], warping: bool = True) -> dict[str, float]:
-    """Pool one threshold's slice statistics the way each Fiji script pools them."""
+    """Pool one threshold's slice statistics the way each Fiji script pools them (and the Rand
+    F-score's two parts, ``rand_parts``)."""
     total = lambda key: sum(s[key] for s in per_slice)  # noqa: E731
     joint, truth_sum, proposal_sum = (sum(s["rand"][k] for s in per_slice) for k in range(3))
     values = {
+        "rand_parts": rand_parts(joint, truth_sum, proposal_sum),
         "pixel_error": 1.0 - f_score(total("tp"), total("fp"), total("fn")),
         "rand_error": 1.0 - f_score(joint, proposal_sum - joint, truth_sum - joint),
         "v_rand": float(np.mean([s["v_rand"] for s in per_slice])),
@@ -356,18 +371,19 @@ def score_stack(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], warpi
         if p.shape != l.shape or p.ndim != 2:
             raise ValueError(f"expected two 2-D images of the same shape, got {p.shape} and {l.shape}")
     truths = [cell_segments(l > 0)[0] for l in labels]  # the truth does not depend on the threshold
-    curves: dict[str, list[float]] = {}
+    curves: dict[str, list] = {}
     for th in thresholds:
         values = stack_values([slice_statistics(p, l, th, warping, t) for p, l, t in zip(probs, labels, truths)],
                               warping)
         for name, value in values.items():
             curves.setdefault(name, []).append(value)
     names = [m for m in METRICS if m in curves]
-    scores, best = {}, {}
+    scores, best, picked = {}, {}, {}
     for name in names:
-        k, scores[name] = _best(curves[name], LOWER_IS_BETTER[name])
-        best[name] = float(thresholds[k])
-    return StackScores(scores, best, [float(t) for t in thresholds], {n: curves[n] for n in names})
+        picked[name], scores[name] = _best(curves[name], LOWER_IS_BETTER[name])
+        best[name] = float(thresholds[picked[name]])
+    return StackScores(scores, best, [float(t) for t in thresholds], {n: curves[n] for n in names},
+                       curves["rand_parts"][picked["rand_error"]])
 
 
 def _best(values: list[float], lower_is_better: bool) -> tuple[int, float]:

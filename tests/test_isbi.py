@@ -57,6 +57,23 @@ def test_one_threshold_for_the_stack_reads_higher_than_per_slice_optima():
     assert result.scores["rand_error"] > 0 and result.scores["pixel_error"] > 0
 
 
+def test_rand_parts_name_merges_and_splits():
+    """The Rand F-score's precision falls on a merge, its recall on a split and on cell pixels
+    taken for membrane; 2PR/(P+R) is the F the challenge reports."""
+    label = two_cells()  # cells of 32 and 24 pixels
+    merged = isbi.score_stack([prediction(label, 0.9, 0.9)], [label])  # the membrane missed at every threshold
+    assert merged.rand_parts["recall"] == 1.0
+    assert merged.rand_parts["precision"] == pytest.approx((32**2 + 24**2) / 56**2)
+    thick = prediction(label, 0.9, 0.1)
+    thick[:, 3] = 0.1  # the membrane two pixels wide: 8 pixels of the left cell become singletons
+    result = isbi.score_stack([thick], [label])
+    assert result.rand_parts["precision"] == 1.0
+    assert result.rand_parts["recall"] == pytest.approx((24**2 + 24**2 + 8) / (32**2 + 24**2))
+    p, r = result.rand_parts["precision"], result.rand_parts["recall"]
+    assert result.scores["rand_error"] == pytest.approx(1 - 2 * p * r / (p + r), abs=1e-12)
+    assert set(result.as_dict()["rand_parts"]) == {"precision", "recall"}
+
+
 def test_stack_values_pool_counts_not_errors():
     """Pooling sums TP/FP/FN (and Rand pair counts) over slices before the F-score: a big
     slice weighs more than a small one, unlike a mean of per-slice errors."""
