@@ -66,7 +66,7 @@ PRESETS = {
     # 0.114 s and drawing its sample 0.009 s (medians): 22000 steps ~ 45 min, which leaves
     # room in the hour (README: the recipe).
     "isbi-cpu-1h": dict(CPU_LAPTOP, steps=22000, lr_drops=[17000], val_every=2000, checkpoint_every=500,
-                        input_shift=None),
+                        input_shift=None, class_balance=False),
     # The paper's network and settings, for a GPU: 572 tiles, base 64, depth 5, batch 1,
     # momentum 0.99, drop-out 0.5, w0 = 10, sigma = 5. The paper does not give its step count
     # (it trained for 10 hours on a 6 GB Titan); 20000 steps is ~8 min of a GPU at 45 img/s.
@@ -94,6 +94,7 @@ class TrainConfig:
     dropout: float = 0.5
     w0: float = 10.0
     sigma: float = 5.0
+    class_balance: bool = True  # the weight map's w_c (the paper's); False: 1 everywhere
     elastic_sigma: float = 10.0  # px std of the elastic deformation's coarse displacements (the paper's 10)
     data: str | None = None
     synthetic_images: int = 10
@@ -181,6 +182,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, help="drop-out probability at the end of the contracting path (default 0.5)")
     p.add_argument("--w0", type=float, help="border weight w0 of the weight map (default 10)")
     p.add_argument("--sigma", type=float, help="border width sigma of the weight map in pixels (default 5)")
+    p.add_argument("--class-balance", choices=("on", "off"),
+                   help="the weight map's class-balancing term w_c: on (the paper's, the default) or off (w_c = 1; "
+                        "the isbi-cpu-1h preset: off)")
     p.add_argument("--elastic-sigma", type=float, metavar="PX",
                    help="strength of the elastic deformation: std in pixels of its 3x3 grid of displacements "
                         "(default 10, the paper's; 0: none)")
@@ -241,6 +245,9 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
                                            "batch", "seed", "dropout", "w0", "sigma", "elastic_sigma", "val_every",
                                            "checkpoint_every", "data", "synthetic_images", "input_shift")
              if getattr(args, k) is not None and k not in chosen}
+    if args.class_balance is not None:
+        extra["class_balance"] = args.class_balance == "on"
+        chosen.pop("class_balance", None)
     if args.lr_schedule == "cosine" and args.lr_drops is None and chosen.get("lr_drops"):
         chosen["lr_drops"] = []   # the preset's drops are its step schedule's
     config = TrainConfig(**chosen, **extra, notes=notes)
@@ -318,7 +325,7 @@ def load_data(c: TrainConfig) -> Data:
     sampler = TrainingSampler(train_images, labels[split.train], in_size=c.tile, out_size=out,
                               augment=c.augment, seed=c.seed, config=AugmentConfig(elastic_sigma=c.elastic_sigma),
                               instances=None if instances is None else instances[split.train],
-                              weight_kwargs=dict(w0=c.w0, sigma=c.sigma))
+                              weight_kwargs=dict(w0=c.w0, sigma=c.sigma, class_balance=c.class_balance))
     description = (f"{source}: {len(split.train)} for training, {len(split.val)} held out "
                    f"(slices {split.val[0]}-{split.val[-1]})")
     if any(c.input_shift):

@@ -99,6 +99,22 @@ def test_cosine_schedule_falls_from_lr_to_zero_and_replaces_the_presets_drops():
         train.resolve_config(train.parse_args([*TINY, "--lr-schedule", "cosine", "--lr-drops", "100"]), device)
 
 
+def test_class_balance_reaches_the_sampler_and_the_preset_turns_it_off():
+    """--class-balance off gives w_c = 1: the weight map is 1 on every cell pixel (the border
+    term lies on membranes only); on, the cells weigh below 1 and the membranes above."""
+    device = train.get_device("cpu")
+    preset = ["--preset", "isbi-cpu-1h", "--data", "somewhere"]
+    assert train.resolve_config(train.parse_args(preset), device).class_balance is False
+    assert train.resolve_config(train.parse_args([*preset, "--class-balance", "on"]), device).class_balance is True
+    default = train.resolve_config(train.parse_args(TINY), device)
+    off = train.resolve_config(train.parse_args([*TINY, "--class-balance", "off"]), device)
+    assert default.class_balance is True and off.class_balance is False
+    for config, cells_weigh_one in ((off, True), (default, False)):
+        sampler = train.load_data(config).sampler
+        _, label, weight = sampler.sample_at(0)
+        assert np.all(weight[label == 1] == 1.0) == cells_weigh_one
+
+
 def test_elastic_sigma_reaches_the_sampler():
     """--elastic-sigma sets the training sampler's deformation (default: the paper's 10 px)."""
     device = train.get_device("cpu")
