@@ -30,6 +30,12 @@ from scipy import ndimage
 
 from .mirror import NDIMAGE_MODE
 
+#: Pixels a block needs beyond the ones it registers for ``register`` of the block to equal
+#: ``register`` of the whole image to ~1e-9: the cubic spline's prefilter is recursive over
+#: the whole row, but the influence of a pixel d px away falls as |z|^d with z = sqrt(3) - 2
+#: (|z|^16 = 7e-10). Chunked prediction (cunet.scale.dask_predict) reads this halo.
+SPLINE_HALO = 16
+
 
 def _correlations(images: np.ndarray, membrane: np.ndarray, search: int) -> np.ndarray:
     """[2s+1, 2s+1] mean of image * membrane-mask-moved-by-(sy, sx), both centred, borders trimmed."""

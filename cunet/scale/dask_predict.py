@@ -37,6 +37,14 @@ if and only if every tile is computed once, on the same window, by the same code
 * Pixels are converted by ``image_to_float`` and ``model.normalise``, both element-wise
   (float32 results of the same operations on the same values), so converting a block
   gives the same numbers as converting the whole image.
+* The one exception: a model trained with ``--input-shift`` registers the image first
+  (``cunet.data.register``), a cubic spline whose prefilter is recursive over whole rows,
+  so no block gives the whole image's bits. Each block is read ``SPLINE_HALO`` = 16 pixels
+  wider (inside the image; at the image's edges the block's edge is the image's, mirrored
+  alike), where the far pixels' influence has fallen below 1e-9: the registered pixels
+  agree to that, i.e. to the last bit of float32 but for rare ties, and the probabilities
+  to a few ulps (3e-8 largest, 99.999% of them equal bit for bit on a 600 x 300 image in
+  3 x 2 chunks; without the halo 3e-3: tests/test_register.py).
 * The tile loop is ``cunet.predict.predict_plan``, the very function
   ``predict_probabilities`` runs, with batch 1 (a batch of several tiles blocks the
   convolutions' sums differently, a few ulps apart). cunet's CPU kernels split their work
@@ -63,7 +71,8 @@ side (``chunk + 2 * depth_px`` away from the image's far edges) and ``C = n_clas
 
 * the raw block, B^2 * itemsize, and its conversion: for integer pixels two float64
   temporaries in ``image_to_float`` (16 B^2), then two float32 copies (the [0, 1] image
-  and the normalised one, 8 B^2);
+  and the normalised one, 8 B^2); for a registered model B grows by 2 * SPLINE_HALO and the
+  resampling holds a float64 copy, its spline coefficients and its result (28 B^2);
 * the output chunk, C * chunk^2 * 4 bytes, and its encoded copy while zarr writes it;
 * one tile's forward pass (batch 1): every layer's activation (``cunet.summary``) plus
   the convolutions' workspaces, bounded here by twice the activations' sum;
@@ -97,6 +106,7 @@ import numpy as np
 
 from cunet.data.loaders import image_to_float
 from cunet.data.mirror import mirror_index
+from cunet.data.register import SPLINE_HALO, register
 from cunet.data.tiling import Tile
 
 #: The default chunk is the multiple of the tile step nearest this many pixels.
@@ -129,6 +139,7 @@ class ChunkGeometry:
     out: int
     align: int
     chunk: int
+    halo: int = 0  # pixels read beyond the tiles' windows, for a registered model (SPLINE_HALO)
 
     @property
     def step(self) -> int:
@@ -171,10 +182,11 @@ def check_chunk(chunk: int, step: int) -> int:
     )
 
 
-def chunk_geometry(shape, tile: int, out: int, depth: int, chunk: int | None = None) -> ChunkGeometry:
+def chunk_geometry(shape, tile: int, out: int, depth: int, chunk: int | None = None, halo: int = 0) -> ChunkGeometry:
     """The ChunkGeometry for an image ``shape`` (H, W), a network of ``depth`` levels and ``tile`` -> ``out``.
 
     ``chunk`` None picks ``default_chunk``; otherwise it must be a multiple of the step.
+    ``halo``: pixels each block reads beyond its tiles' windows (inside the image).
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) != 2 or min(shape) < 1:
@@ -184,7 +196,7 @@ def chunk_geometry(shape, tile: int, out: int, depth: int, chunk: int | None = N
     if step < 1:
         raise ValueError(f"output size {out} is smaller than the alignment {align}: choose a larger tile")
     chunk = default_chunk(step) if chunk is None else check_chunk(int(chunk), step)
-    return ChunkGeometry(shape, tile, out, align, chunk)
+    return ChunkGeometry(shape, tile, out, align, chunk, int(halo))
 
 
 def _axis_starts(g: ChunkGeometry, lo: int, hi: int) -> range:
@@ -207,10 +219,11 @@ def chunk_tiles(g: ChunkGeometry, i: int, j: int) -> list[Tile]:
 
 
 def _axis_window(g: ChunkGeometry, lo: int, hi: int, n: int) -> tuple[int, int]:
-    """The span [first, last + 1) of the (mirrored) indices the tiles starting in [lo, hi) read on an axis of n."""
+    """The span [first, last + 1) of the (mirrored) indices the tiles starting in [lo, hi) read on an axis of n,
+    grown by the halo (within the image)."""
     starts = _axis_starts(g, lo, hi)
     wanted = mirror_index(np.arange(starts[0] - g.margin, starts[-1] - g.margin + g.tile), n)
-    return int(wanted.min()), int(wanted.max()) + 1
+    return max(int(wanted.min()) - g.halo, 0), min(int(wanted.max()) + 1 + g.halo, n)
 
 
 def chunk_window(g: ChunkGeometry, i: int, j: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -234,11 +247,13 @@ def worker_memory_bound(g: ChunkGeometry, *, n_classes: int, itemsize: int, base
     """
     from cunet.summary import layer_table
 
-    side = min(g.chunk + 2 * (g.margin + g.out), max(g.shape))
+    side = min(g.chunk + 2 * (g.margin + g.out + g.halo), max(g.shape))
     block = side * side
     terms = {
         "block_raw": block * itemsize,
         "block_float": block * ((16 if integer_pixels else 0) + 8),
+        # a registered model's resampling: the float64 block, its spline coefficients, the result
+        "registration": block * (8 + 8 + 8 + 4) if g.halo else 0,
         "output_chunk": 2 * n_classes * g.chunk * g.chunk * 4,
         "tile_forward": 2 * sum(r.activation_bytes for r in layer_table(g.tile, base, depth, n_classes=n_classes)),
         "malloc_kept": MALLOC_TRIM_THRESHOLD,
@@ -494,7 +509,10 @@ def predict_chunk(job: ChunkJob, source, block: np.ndarray | None = None) -> dic
         raise ValueError(f"chunk {job.index}: block of shape {block.shape}, expected {(hi - lo, chi - clo)}")
     # Element-wise, so converting the block equals converting the whole image (the float range
     # check of a float image runs per block and names the block).
-    block = model.normalise(image_to_float(block, f"{job.source_name}[{lo}:{hi}, {clo}:{chi}]"))
+    # (A registered model's blocks carry SPLINE_HALO pixels more, so that registering the block
+    # equals registering the whole image to ~1e-9: see the module's docstring.)
+    block = image_to_float(block, f"{job.source_name}[{lo}:{hi}, {clo}:{chi}]")
+    block = model.normalise(register(block, model.config["input_shift"]))
     (h, w) = g.shape
 
     def read_window(t: Tile) -> np.ndarray:
@@ -660,16 +678,12 @@ def predict_large(checkpoint, source, output, *, chunk: int | None = None, sched
     checkpoint = checkpoint.resolve()
     output = check_output(output)
     config = load_checkpoint(checkpoint).config
-    if any(config.get("input_shift", (0.0, 0.0))):
-        dy, dx = config["input_shift"]
-        raise ValueError(f"checkpoint {checkpoint} registers every image by ({dy:.3f}, {dx:.3f}) px before predicting "
-                         "(trained with --input-shift): a spline resampling of the whole image, which chunk by chunk "
-                         "would not give the same bits; predict it in memory (an --output not ending in .zarr)")
+    halo = SPLINE_HALO if any(config.get("input_shift", (0.0, 0.0))) else 0  # a registered model's blocks
     n_classes = 2  # model_from_checkpoint builds UNet(1, 2, ...)
     tile = int(tile or config["tile"])
     out = output_size(tile, config["depth"])  # a clear error naming valid sizes, before any work
     src = open_source(source)
-    g = chunk_geometry(src.shape, tile, out, config["depth"], chunk)
+    g = chunk_geometry(src.shape, tile, out, config["depth"], chunk, halo)
     name = str(source) if isinstance(source, (str, os.PathLike)) else "source array"
     partial = output.with_name(f"{output.name}.partial-{os.getpid()}")
     if os.path.lexists(partial):
