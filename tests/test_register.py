@@ -151,41 +151,7 @@ def test_checkpoints_carry_the_shift_and_older_ones_have_none(tmp_path):
                                                                "input_std", "input_shift")})
     path = save_checkpoint(tmp_path / "new.npz", shifted.state_dict(), [], dict(step=0, config=config))
     assert predict.model_from_checkpoint(path, get_device("cpu"))[0].config["input_shift"] == [0.6, -0.35]
-
-
-@pytest.mark.parametrize("shape, chunk", [((600, 300), 268), ((269, 540), 268), ((45, 31), 536)])
-def test_chunked_prediction_of_a_registered_model_equals_in_memory(tmp_path, rng, shape, chunk):
-    """Each chunk registers its block with SPLINE_HALO pixels more: the same registration as the
-    whole image's to ~1e-9, so probabilities to float32 rounding (bit for bit without a shift)."""
-    pytest.importorskip("distributed")
-    zarr = pytest.importorskip("zarr")
-    from cunet.checkpoint import save_checkpoint
-    from cunet.data.loaders import image_to_float
-    from cunet.device import get_device
-    from cunet.scale import dask_predict as dp
-
-    shifted, _ = small_models((0.6, -0.35))
-    config = dict(tile=308, **{k: shifted.config[k] for k in ("base", "depth", "dropout", "seed", "input_mean",
-                                                                "input_std", "input_shift")})
-    path = save_checkpoint(tmp_path / "ckpt.npz", shifted.state_dict(), [], dict(step=0, config=config))
-    model = predict.model_from_checkpoint(path, get_device("cpu"))[0]
-    raw = rng.integers(0, 65536, shape, dtype=np.uint16)
-    g = dp.chunk_geometry(shape, 308, 268, 3, chunk, halo=dp.SPLINE_HALO)
-    dp.create_output(tmp_path / "out.zarr", g, 2)
-    for job in dp.chunk_jobs(path, g, tmp_path / "out.zarr"):
-        (lo, hi), (clo, chi) = job.window
-        dp.predict_chunk(job, None, raw[lo:hi, clo:chi])
-    chunked = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
-    expected = predict.predict_probabilities(model, image_to_float(raw, "reference"), 308)
-    np.testing.assert_allclose(chunked, expected, rtol=0, atol=1e-6)  # 3e-8 measured at (600, 300)
-    # without the halo the blocks' registration differs near their cut edges
-    g0 = dp.chunk_geometry(shape, 308, 268, 3, chunk)
-    if g0.grid != (1, 1):
-        dp.create_output(tmp_path / "no_halo.zarr", g0, 2)
-        for job in dp.chunk_jobs(path, g0, tmp_path / "no_halo.zarr"):
-            (lo, hi), (clo, chi) = job.window
-            dp.predict_chunk(job, None, raw[lo:hi, clo:chi])
-        assert np.abs(zarr.open_array(str(tmp_path / "no_halo.zarr"), mode="r")[...] - expected).max() > 1e-5
+    # (chunked prediction of such a checkpoint: tests/test_dask_predict.py)
 
 
 def test_the_isbi_preset_measures_the_shift_and_the_command_line_overrides_it():

@@ -1,7 +1,7 @@
 """Registering images to their labels' pixel grid: measure the offset, resample the image.
 
 Why it matters. ISBI 2012's labels do not sit exactly on the pixels they annotate: on the
-training slices 0-19 the membranes of ``train-labels.tif`` lie 0.61 px above and 0.20 px
+training slices 0-19 the membranes of ``train-labels.tif`` lie 0.61 px above and 0.15 px
 left of the dark membranes of ``train-volume.tif`` (``label_offset`` below). A network can
 learn a fixed offset, but training rotates and flips every sample, so it sees the offset
 in every direction at once, cannot learn it, and learns a membrane blurred by it instead:

@@ -44,7 +44,7 @@ if and only if every tile is computed once, on the same window, by the same code
   alike), where the far pixels' influence has fallen below 1e-9: the registered pixels
   agree to that, i.e. to the last bit of float32 but for rare ties, and the probabilities
   to a few ulps (3e-8 largest, 99.999% of them equal bit for bit on a 600 x 300 image in
-  3 x 2 chunks; without the halo 3e-3: tests/test_register.py).
+  3 x 2 chunks; without the halo 3e-3: tests/test_dask_predict.py).
 * The tile loop is ``cunet.predict.predict_plan``, the very function
   ``predict_probabilities`` runs, with batch 1 (a batch of several tiles blocks the
   convolutions' sums differently, a few ulps apart). cunet's CPU kernels split their work
@@ -106,7 +106,7 @@ import numpy as np
 
 from cunet.data.loaders import image_to_float
 from cunet.data.mirror import mirror_index
-from cunet.data.register import SPLINE_HALO, register
+from cunet.data.register import SPLINE_HALO
 from cunet.data.tiling import Tile
 
 #: The default chunk is the multiple of the tile step nearest this many pixels.
@@ -508,11 +508,10 @@ def predict_chunk(job: ChunkJob, source, block: np.ndarray | None = None) -> dic
     if block.shape != (hi - lo, chi - clo):
         raise ValueError(f"chunk {job.index}: block of shape {block.shape}, expected {(hi - lo, chi - clo)}")
     # Element-wise, so converting the block equals converting the whole image (the float range
-    # check of a float image runs per block and names the block).
-    # (A registered model's blocks carry SPLINE_HALO pixels more, so that registering the block
-    # equals registering the whole image to ~1e-9: see the module's docstring.)
-    block = image_to_float(block, f"{job.source_name}[{lo}:{hi}, {clo}:{chi}]")
-    block = model.normalise(register(block, model.config["input_shift"]))
+    # check of a float image runs per block and names the block). A registered model's blocks
+    # carry SPLINE_HALO pixels more, so that registering the block equals registering the
+    # whole image to ~1e-9 (see the module's docstring).
+    block = model.prepare(image_to_float(block, f"{job.source_name}[{lo}:{hi}, {clo}:{chi}]"))
     (h, w) = g.shape
 
     def read_window(t: Tile) -> np.ndarray:
