@@ -646,7 +646,7 @@ def plot_validation_panel(model: UNet, data: Data, png_path: Path, index: int = 
     errors[(pred == 0) & (label == 1)] = (0.1, 0.35, 0.95)
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
     panels = ((image, "gray", "input (held out)"), (label, "gray", "truth (white = cell)"),
-              (prob[1], "magma", "predicted P(cell)"), (errors, None, "wrong: red = missed membrane,\nblue = extra membrane"))
+              (prob[1], "magma", "predicted P(cell)"), (errors, None, "wrong: red missed, blue extra"))
     for ax, (picture, cmap, title) in zip(axes, panels):
         ax.imshow(picture, cmap=cmap, interpolation="nearest")
         ax.set_title(title, fontsize=14)
