@@ -63,10 +63,10 @@ PRESETS = {
     # The best use of one hour of a 2-core CPU on ISBI 2012 found so far: the small
     # network of CPU_LAPTOP, trained 11x longer, the learning rate divided by 10 for the
     # last quarter, the images registered to their labels' grid (they sit 0.6 px off) and
-    # the weight map without its class balance: held-out Rand error 0.071 and pixel error
-    # 0.0447 with rotation averaging (seed 0; the paper's w_c on the images as given:
-    # 0.089-0.098 and 0.047-0.048 over three seeds). 19 min on the 2-core AMD EPYC, idle
-    # (README: the recipe, every trial and the seeds).
+    # the weight map without its class balance: held-out pixel error 0.0444-0.0449 with
+    # rotation averaging over three seeds (0.0472-0.0479 on the images as given, with the
+    # paper's w_c), Rand error 0.071-0.108 (0.089-0.098 before). 18-20 min on the 2-core
+    # AMD EPYC, idle (README: the recipe, every trial and the seeds).
     "isbi-cpu-1h": dict(CPU_LAPTOP, steps=22000, lr_drops=[17000], val_every=2000, checkpoint_every=500,
                         input_shift=None, class_balance=False),
     # The paper's network and settings, for a GPU: 572 tiles, base 64, depth 5, batch 1,
