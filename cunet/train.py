@@ -184,7 +184,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, help="drop-out probability at the end of the contracting path (default 0.5)")
     p.add_argument("--w0", type=float, help="border weight w0 of the weight map (default 10)")
     p.add_argument("--sigma", type=float, help="border width sigma of the weight map in pixels (default 5)")
-    p.add_argument("--class-balance", choices=("on", "off"),
+    p.add_argument("--class-balance", type=_on_off, metavar="on|off",
                    help="the weight map's class-balancing term w_c: on (the paper's, the default) or off (w_c = 1; "
                         "the isbi-cpu-1h preset: off)")
     p.add_argument("--elastic-sigma", type=float, metavar="PX",
@@ -218,6 +218,13 @@ def _step_list(text: str) -> list[int]:
     return steps
 
 
+def _on_off(text: str) -> bool:
+    """'on' or 'off' (argparse type for --class-balance)."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
 def _input_shift(text: str) -> list[float] | str:
     """'auto' or 'DY,DX' (argparse type for --input-shift)."""
     if text == "auto":
@@ -245,11 +252,9 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
     notes = [why] if any(getattr(args, k) is None for k in defaults) else []
     extra = {k: getattr(args, k) for k in ("lr_drops", "lr_schedule", "momentum", "weight_decay", "weight_average",
                                            "batch", "seed", "dropout", "w0", "sigma", "elastic_sigma", "val_every",
-                                           "checkpoint_every", "data", "synthetic_images", "input_shift")
+                                           "checkpoint_every", "data", "synthetic_images", "input_shift",
+                                           "class_balance")
              if getattr(args, k) is not None and k not in chosen}
-    if args.class_balance is not None:
-        extra["class_balance"] = args.class_balance == "on"
-        chosen.pop("class_balance", None)
     if args.lr_schedule == "cosine" and args.lr_drops is None and chosen.get("lr_drops"):
         chosen["lr_drops"] = []   # the preset's drops are its step schedule's
     config = TrainConfig(**chosen, **extra, notes=notes)

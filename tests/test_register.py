@@ -116,8 +116,10 @@ def test_tta_registers_before_it_turns_the_image(rng):
     np.testing.assert_array_equal(predict.predict_with_tta(shifted, image, 76), expected)
 
 
-@pytest.mark.parametrize("shift, match", [((0.5,), "two numbers"), (0.5, "two numbers"), (("a", 0.0), "real number"), ((float("nan"), 0.0), "input_shift must be"),
-                                          ((9.0, 0.0), "input_shift must be")])
+@pytest.mark.parametrize("shift, match", [
+    ((0.5,), "two numbers"), (0.5, "two numbers"), (("a", 0.0), "real number"),
+    ((float("nan"), 0.0), "input_shift must be"), ((9.0, 0.0), "input_shift must be"),
+])
 def test_unet_checks_its_input_shift(shift, match):
     with pytest.raises((TypeError, ValueError), match=match):
         UNet(base=2, depth=2, input_shift=shift)

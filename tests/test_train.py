@@ -109,6 +109,9 @@ def test_class_balance_reaches_the_sampler_and_the_preset_turns_it_off():
     default = train.resolve_config(train.parse_args(TINY), device)
     off = train.resolve_config(train.parse_args([*TINY, "--class-balance", "off"]), device)
     assert default.class_balance is True and off.class_balance is False
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_args([*TINY, "--class-balance", "no"])
+    assert exit_.value.code == 2
     for config, cells_weigh_one in ((off, True), (default, False)):
         sampler = train.load_data(config).sampler
         _, label, weight = sampler.sample_at(0)
