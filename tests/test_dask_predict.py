@@ -255,13 +255,9 @@ def test_a_registered_model_reads_a_halo_and_agrees_with_in_process(thread_clien
     prediction to a few ulps; without the halo, not near the blocks' cut edges."""
     from test_register import small_models
 
-    from cunet.checkpoint import save_checkpoint
-
     shifted, _ = small_models((0.6, -0.35))
     assert (shifted.config["depth"], shifted.config["base"]) == (DEPTH, BASE)
-    config = dict(tile=TILE, **{k: shifted.config[k] for k in ("base", "depth", "dropout", "seed", "input_mean",
-                                                                 "input_std", "input_shift")})
-    path = save_checkpoint(tmp_path / "ckpt.npz", shifted.state_dict(), [], dict(step=0, config=config))
+    path = write_checkpoint(tmp_path / "ckpt.npz", shifted, tile=TILE)
     raw = rng.integers(0, 65536, (600, 300), dtype=np.uint16)
     expected = in_process(predict.model_from_checkpoint(path, get_device("cpu"))[0], raw)
     out = dp.predict_large(path, raw, tmp_path / "out.zarr", chunk=STEP, scheduler=thread_client, progress=False)

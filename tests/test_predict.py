@@ -75,7 +75,7 @@ def test_memory_is_bounded_by_the_tile_batch_for_a_4096_image(rng):
 
 
 def write_checkpoint(path, model, tile):
-    config = dict(tile=tile, **{k: model.config[k] for k in ("base", "depth", "dropout", "seed", "input_mean", "input_std")})
+    config = dict(tile=tile, **{k: v for k, v in model.config.items() if k not in ("in_channels", "n_classes")})
     return save_checkpoint(path, model.state_dict(), [], dict(step=0, config=config))
 
 

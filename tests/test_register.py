@@ -147,11 +147,11 @@ def test_checkpoints_carry_the_shift_and_older_ones_have_none(tmp_path):
     from cunet.device import get_device
 
     shifted, plain = small_models((0.6, -0.35))
-    old = write_checkpoint(tmp_path / "old.npz", plain, tile=76)  # a config without input_shift
+    config = dict(tile=76, **{k: v for k, v in plain.config.items() if k not in ("in_channels", "n_classes",
+                                                                               "input_shift")})
+    old = save_checkpoint(tmp_path / "old.npz", plain.state_dict(), [], dict(step=0, config=config))  # none stored
     assert predict.model_from_checkpoint(old, get_device("cpu"))[0].config["input_shift"] == [0.0, 0.0]
-    config = dict(tile=76, **{k: shifted.config[k] for k in ("base", "depth", "dropout", "seed", "input_mean",
-                                                               "input_std", "input_shift")})
-    path = save_checkpoint(tmp_path / "new.npz", shifted.state_dict(), [], dict(step=0, config=config))
+    path = write_checkpoint(tmp_path / "new.npz", shifted, tile=76)
     assert predict.model_from_checkpoint(path, get_device("cpu"))[0].config["input_shift"] == [0.6, -0.35]
     # (chunked prediction of such a checkpoint: tests/test_dask_predict.py)
 
