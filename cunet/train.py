@@ -38,6 +38,7 @@ from cunet.data import AugmentConfig, BatchStream, TrainingSampler, label_offset
     register
 from cunet.device import DEVICE_NAMES, Device, add_math_argument, get_device
 from cunet.loss import weighted_cross_entropy
+from cunet.malis import malis_weights
 from cunet.isbi import score_stack
 from cunet.metrics import dice, iou, seg
 from cunet.optim import SGD, WeightAverage
@@ -98,6 +99,8 @@ class TrainConfig:
     sigma: float = 5.0
     class_balance: bool = True  # the weight map's w_c (the paper's); False: 1 everywhere
     elastic_sigma: float = 10.0  # px std of the elastic deformation's coarse displacements (the paper's 10)
+    malis: float = 0.0  # weight of the MALIS map added to the weight map (cunet.malis); 0: none, the paper's loss
+    malis_from: int = 0  # the first step that adds it
     data: str | None = None
     synthetic_images: int = 10
     val_fraction: float = 0.2
@@ -190,6 +193,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--elastic-sigma", type=float, metavar="PX",
                    help="strength of the elastic deformation: std in pixels of its 3x3 grid of displacements "
                         "(default 10, the paper's; 0: none)")
+    p.add_argument("--malis", type=float, metavar="WEIGHT",
+                   help="add WEIGHT x the MALIS map to the weight map: extra weight on the pixels that decide "
+                        "the Rand error, from each step's own prediction (cunet/malis.py; default 0: none; "
+                        "reads the logits back every step, a sync on a GPU)")
+    p.add_argument("--malis-from", type=int, metavar="STEP", help="the first step that adds the MALIS map (default 0)")
     p.add_argument("--input-shift", type=_input_shift, metavar="auto|DY,DX",
                    help="register the images to their labels' pixel grid: 'auto' measures the offset on the "
                         "training images (cunet.data.register; ISBI 2012's labels sit ~0.6 px above theirs), "
@@ -253,7 +261,7 @@ def resolve_config(args: argparse.Namespace, device: Device) -> TrainConfig:
     extra = {k: getattr(args, k) for k in ("lr_drops", "lr_schedule", "momentum", "weight_decay", "weight_average",
                                            "batch", "seed", "dropout", "w0", "sigma", "elastic_sigma", "val_every",
                                            "checkpoint_every", "data", "synthetic_images", "input_shift",
-                                           "class_balance")
+                                           "class_balance", "malis", "malis_from")
              if getattr(args, k) is not None and k not in chosen}
     if args.lr_schedule == "cosine" and args.lr_drops is None and chosen.get("lr_drops"):
         chosen["lr_drops"] = []   # the preset's drops are its step schedule's
@@ -288,6 +296,9 @@ def validate_config(c: TrainConfig) -> None:
     if c.input_shift is not None and not all(abs(v) <= MAX_INPUT_SHIFT for v in c.input_shift):
         raise ValueError(f"--input-shift must be two offsets of at most {MAX_INPUT_SHIFT:g} px (or auto), "
                          f"got {','.join(map(str, c.input_shift))}")
+    if not (c.malis >= 0 and c.malis_from >= 0):
+        raise ValueError(f"--malis must be a weight >= 0 (0: none) and --malis-from a step >= 0, "
+                         f"got {c.malis} and {c.malis_from}")
     if not 0 <= c.weight_average < 1:
         raise ValueError(f"--weight-average must be a decay in [0, 1) (0: no average; 0.9995 averages over ~2000 "
                          f"steps), got {c.weight_average}")
@@ -474,6 +485,8 @@ class Run:
         x, labels, weights = batch
         self.optimizer.lr = lr_at(self.config, self.step)
         logits = self.model(Tensor(self.device.to_device(self.model.normalise(x))))
+        if self.config.malis > 0 and self.step >= self.config.malis_from:
+            weights = weights + self.config.malis * self._malis_maps(logits, labels)
         loss = weighted_cross_entropy(logits, labels, weights)
         loss.backward()
         if self.averager is not None:  # every rank leaves with the ranks' mean gradient and loss
@@ -489,6 +502,12 @@ class Run:
             # is cheap; on a GPU the check runs before each checkpoint (see save).
             _check_finite(self.model.named_parameters(), self.step + 1)
         return loss.data
+
+    def _malis_maps(self, logits: Tensor, labels: np.ndarray) -> np.ndarray:
+        """The MALIS map of each tile of the batch, from this step's P(cell) (read back to the host)."""
+        scores = self.device.to_host(logits.data).astype(np.float64)
+        cell_prob = 1.0 / (1.0 + np.exp(scores[:, 0] - scores[:, 1]))  # softmax of two classes
+        return np.stack([malis_weights(p, l) for p, l in zip(cell_prob, labels)])
 
     def _record(self, pending: list, bar) -> None:
         """Read back the losses and times of the steps run since the last read; log and check them.

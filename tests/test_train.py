@@ -11,6 +11,7 @@ import pytest
 
 from cunet import train
 from cunet.checkpoint import load_checkpoint
+from cunet.malis import malis_weights
 from cunet.predict import model_from_checkpoint
 from helpers import skip_without_pocl
 
@@ -126,6 +127,31 @@ def test_elastic_sigma_reaches_the_sampler():
     assert default.elastic_sigma == 10.0 and stronger.elastic_sigma == 15.0
     assert train.load_data(stronger).sampler.config.elastic_sigma == 15.0
     assert train.load_data(default).sampler.config.elastic_sigma == 10.0
+
+
+def test_malis_adds_its_map_from_its_first_step_on(tmp_path, monkeypatch):
+    """--malis W --malis-from S: the loss of steps S+1.. gets the weight map plus W x the
+    MALIS map of that step's own prediction; the steps before get the weight map alone."""
+    real, seen = train.weighted_cross_entropy, []
+
+    def spy(logits, labels, weights):
+        scores = logits.data.astype(np.float64)
+        seen.append((1.0 / (1.0 + np.exp(scores[:, 0] - scores[:, 1])), labels.copy(), weights.copy()))
+        return real(logits, labels, weights)
+
+    monkeypatch.setattr(train, "weighted_cross_entropy", spy)
+    code, out = run_main(tmp_path, "--steps", "4", "--device", "cpu", "--malis", "2.5", "--malis-from", "2")
+    assert code == 0 and len(seen) == 4
+    sampler = train.load_data(train.TrainConfig(**load_checkpoint(out / "checkpoint.npz").config)).sampler
+    for step, (cell_prob, labels, weights) in enumerate(seen):
+        _, _, plain = sampler.batch_at(step, 1)
+        extra = 2.5 * malis_weights(cell_prob[0], labels[0]) if step >= 2 else 0.0
+        np.testing.assert_allclose(weights[0], plain[0] + extra, rtol=1e-6)
+
+
+def test_bad_malis_is_a_clear_error(tmp_path, capsys):
+    code, _ = run_main(tmp_path, "--steps", "1", "--malis", "-1")
+    assert code == 2 and "--malis must be a weight >= 0" in capsys.readouterr().err
 
 
 def test_isbi_preset_without_data_is_a_clear_error(capsys):
