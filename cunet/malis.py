@@ -74,10 +74,9 @@ def maximin_pair_counts(cell_prob: np.ndarray, objects: np.ndarray, count: int) 
     # Negative: every cell present and whole from the start (P(cell) taken to be 1), one
     # component per cell weighing its pixels; the membrane pixels join, weighing nothing.
     # Two components never share a cell, so every pair a join decides is of different cells.
-    first = np.full(count + 1, -1, np.int64)
-    for_each = np.flatnonzero(flat > 0)
-    first_seen = np.unique(flat[for_each], return_index=True)[1]
-    first[flat[for_each[first_seen]]] = for_each[first_seen]
+    first = np.zeros(count + 1, np.int64)  # each cell's first pixel: its component's root
+    present, first_index = np.unique(flat, return_index=True)
+    first[present] = first_index
     parent = np.where(flat > 0, first[flat], -1)
     mass = np.bincount(parent[flat > 0], minlength=flat.size).astype(np.float64)
     different = _kruskal(order[~cell], parent, mass, width, height)
