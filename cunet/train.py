@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 from cunet.autograd import Tensor
 from cunet.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -197,7 +198,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="add WEIGHT x the MALIS map to the weight map: extra weight on the pixels that decide "
                         "the Rand error, from each step's own prediction (cunet/malis.py; default 0: none; "
                         "reads the logits back every step, a sync on a GPU)")
-    p.add_argument("--malis-from", type=int, metavar="STEP", help="the first step that adds the MALIS map (default 0)")
+    p.add_argument("--malis-from", type=int, metavar="STEP",
+                   help="the first step that adds the MALIS map (default 0; start it once the network draws "
+                        "membranes: from step 0 one of two ISBI runs collapsed to its untrained output)")
     p.add_argument("--input-shift", type=_input_shift, metavar="auto|DY,DX",
                    help="register the images to their labels' pixel grid: 'auto' measures the offset on the "
                         "training images (cunet.data.register; ISBI 2012's labels sit ~0.6 px above theirs), "
@@ -506,7 +509,7 @@ class Run:
     def _malis_maps(self, logits: Tensor, labels: np.ndarray) -> np.ndarray:
         """The MALIS map of each tile of the batch, from this step's P(cell) (read back to the host)."""
         scores = self.device.to_host(logits.data).astype(np.float64)
-        cell_prob = 1.0 / (1.0 + np.exp(scores[:, 0] - scores[:, 1]))  # softmax of two classes
+        cell_prob = expit(scores[:, 1] - scores[:, 0])  # the softmax of two classes
         return np.stack([malis_weights(p, l) for p, l in zip(cell_prob, labels)])
 
     def _record(self, pending: list, bar) -> None:
