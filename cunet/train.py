@@ -101,7 +101,7 @@ class TrainConfig:
     class_balance: bool = True  # the weight map's w_c (the paper's); False: 1 everywhere
     elastic_sigma: float = 10.0  # px std of the elastic deformation's coarse displacements (the paper's 10)
     malis: float = 0.0  # weight of the MALIS map added to the weight map (cunet.malis); 0: none, the paper's loss
-    malis_from: int = 0  # the first step that adds it
+    malis_from: int = 0  # added to the steps after this one (like lr_drops)
     data: str | None = None
     synthetic_images: int = 10
     val_fraction: float = 0.2
@@ -199,8 +199,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the Rand error, from each step's own prediction (cunet/malis.py; default 0: none; "
                         "reads the logits back every step, a sync on a GPU)")
     p.add_argument("--malis-from", type=int, metavar="STEP",
-                   help="the first step that adds the MALIS map (default 0; start it once the network draws "
-                        "membranes: from step 0 one of two ISBI runs collapsed to its untrained output)")
+                   help="add the MALIS map to the steps after step STEP, like --lr-drops (default 0: every step; "
+                        "start it once the network draws membranes: from step 0 one of two ISBI runs collapsed to its untrained output)")
     p.add_argument("--input-shift", type=_input_shift, metavar="auto|DY,DX",
                    help="register the images to their labels' pixel grid: 'auto' measures the offset on the "
                         "training images (cunet.data.register; ISBI 2012's labels sit ~0.6 px above theirs), "

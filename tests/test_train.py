@@ -130,7 +130,7 @@ def test_elastic_sigma_reaches_the_sampler():
 
 
 def test_malis_adds_its_map_from_its_first_step_on(tmp_path, monkeypatch):
-    """--malis W --malis-from S: the loss of steps S+1.. gets the weight map plus W x the
+    """--malis W --malis-from S: the loss of the steps after step S gets the weight map plus W x the
     MALIS map of that step's own prediction; the steps before get the weight map alone."""
     real, seen = train.weighted_cross_entropy, []
 
