@@ -200,7 +200,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "reads the logits back every step, a sync on a GPU)")
     p.add_argument("--malis-from", type=int, metavar="STEP",
                    help="add the MALIS map to the steps after step STEP, like --lr-drops (default 0: every step; "
-                        "start it once the network draws membranes: from step 0 one of two ISBI runs collapsed to its untrained output)")
+                        "start it once the network draws membranes: from step 0 one of two ISBI runs "
+                        "collapsed to its untrained output)")
     p.add_argument("--input-shift", type=_input_shift, metavar="auto|DY,DX",
                    help="register the images to their labels' pixel grid: 'auto' measures the offset on the "
                         "training images (cunet.data.register; ISBI 2012's labels sit ~0.6 px above theirs), "
