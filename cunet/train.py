@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-from scipy.special import expit
 
 from cunet.autograd import Tensor
 from cunet.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -43,7 +42,7 @@ from cunet.malis import malis_weights
 from cunet.isbi import score_stack
 from cunet.metrics import dice, iou, seg
 from cunet.optim import SGD, WeightAverage
-from cunet.predict import USER_ERRORS, predict_probabilities
+from cunet.predict import USER_ERRORS, predict_probabilities, softmax
 from cunet.runlog import append_record, cut_log_at, read_log
 from cunet.scale.data_parallel import GradientAverager, World, mpi_world, rank_seed
 from cunet.unet import MAX_INPUT_SHIFT, UNet, check_input_size, input_size_for_output, output_size
@@ -509,8 +508,7 @@ class Run:
 
     def _malis_maps(self, logits: Tensor, labels: np.ndarray) -> np.ndarray:
         """The MALIS map of each tile of the batch, from this step's P(cell) (read back to the host)."""
-        scores = self.device.to_host(logits.data).astype(np.float64)
-        cell_prob = expit(scores[:, 1] - scores[:, 0])  # the softmax of two classes
+        cell_prob = softmax(self.device.to_host(logits.data).astype(np.float64))[:, 1]
         return np.stack([malis_weights(p, l) for p, l in zip(cell_prob, labels)])
 
     def _record(self, pending: list, bar) -> None:
